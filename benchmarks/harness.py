@@ -1,0 +1,218 @@
+"""Timing, rooflines, parity and reporting for ``benchmarks/run.py``.
+
+A :class:`Case` is one input configuration with several providers (the fast
+backends and the baselines) that compute the same thing; every provider of a case is
+timed in the same run on the same inputs, and checked against a float64 result.
+Adding a case is building one :class:`Case` in a suite module.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+# Parity floors (max|y - ref| / max|ref|) by dtype; a provider passes when its error is
+# at most max(floor, 2 x the eager baseline's error) -- FlashAttention's rule.
+PARITY_FLOOR = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}
+
+
+@dataclass
+class Case:
+    """One benchmark configuration.
+
+    make_inputs: builds fresh inputs (a tuple passed to every provider and to expected).
+    providers: name -> callable(*inputs) -> Tensor; the first is the baseline the
+        speedups are relative to.
+    expected: callable(*inputs) -> float64 Tensor, the ground truth for parity.
+    bytes_moved: inputs read once + outputs written once.
+    flops: floating-point operations of one call (0 when not meaningful).
+    """
+
+    suite: str
+    op: str
+    label: str
+    dtype: torch.dtype
+    params: dict[str, Any]
+    make_inputs: Callable[[], tuple]
+    providers: dict[str, Callable[..., torch.Tensor]]
+    expected: Callable[..., torch.Tensor]
+    bytes_moved: int
+    flops: int = 0
+    notes: dict[str, str] = field(default_factory=dict)  # provider -> why it was skipped
+
+
+@dataclass
+class Timing:
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    reps: int
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_fn(fn: Callable[[], Any], device: str, quick: bool) -> Timing:
+    """Median and p10/p90 of one call. CUDA: per-call CUDA events after a warm-up, L2
+    flushed between calls (triton.testing.do_bench when available); CPU: wall clock
+    per call after a warm-up, repeated for a fixed time budget."""
+    budget = 0.3 if quick else 1.5
+    if device == "cuda":
+        try:
+            from triton.testing import do_bench
+
+            med, p10, p90 = do_bench(fn, quantiles=[0.5, 0.1, 0.9], rep=int(budget * 1000))
+            return Timing(med, p10, p90, reps=-1)
+        except ImportError:
+            pass
+    fn()  # warm-up: first-call allocations, lazy initialisation
+    _sync(device)
+    times: list[float] = []
+    deadline = time.perf_counter() + budget
+    while len(times) < 5 or (time.perf_counter() < deadline and len(times) < 1000):
+        if device == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    q = statistics.quantiles(times, n=10) if len(times) >= 2 else [times[0]] * 9
+    return Timing(statistics.median(times), q[0], q[-1], len(times))
+
+
+def measure_ceilings(device: str, quick: bool) -> dict[str, float]:
+    """This machine's copy bandwidth (GB/s) and matmul throughput (TFLOP/s), measured
+    now, so each case's % of roofline is against what the hardware really does."""
+    n = (1 << 28 if device == "cuda" else 1 << 24) // 4  # 1 GiB / 64 MiB of float32
+    src = torch.empty(n, dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    copy = time_fn(lambda: dst.copy_(src), device, quick)
+    ceilings = {"copy_gbs": 2 * src.numel() * 4 / copy.median_ms / 1e6}
+    if device == "cuda":
+        m, dt, key = 8192, torch.bfloat16, "matmul_bf16_tflops"
+    else:
+        m, dt, key = 1024, torch.float32, "matmul_fp32_tflops"
+    a = torch.randn(m, m, device=device, dtype=dt)
+    b = torch.randn(m, m, device=device, dtype=dt)
+    mm = time_fn(lambda: a @ b, device, quick)
+    ceilings[key] = 2 * m**3 / mm.median_ms / 1e9
+    return ceilings
+
+
+def parity(out: torch.Tensor, expected: torch.Tensor) -> tuple[float, float]:
+    """(max-abs, max-rel) error, max-rel normalised by max|expected| (elementwise
+    relative error is meaningless where the result crosses zero)."""
+    diff = (out.double() - expected).abs()
+    if not torch.isfinite(out).all():
+        return math.inf, math.inf
+    max_abs = diff.max().item() if diff.numel() else 0.0
+    scale = expected.abs().max().item() if expected.numel() else 1.0
+    return max_abs, max_abs / max(scale, 1e-30)
+
+
+def run_case(case: Case, device: str, ceilings: dict[str, float], quick: bool) -> list[dict]:
+    """Time and check every provider of one case; one result row per provider."""
+    inputs = case.make_inputs()
+    expected = case.expected(*inputs)
+    peak_flops = next((v for k, v in ceilings.items() if k.endswith("tflops")), 0.0) * 1e12
+    roofline_s = max(
+        case.bytes_moved / (ceilings["copy_gbs"] * 1e9),
+        case.flops / peak_flops if peak_flops else 0.0,
+    )
+    rows: list[dict] = []
+    baseline_ms = baseline_rel = None
+    for name, fn in case.providers.items():
+        row: dict[str, Any] = {
+            "suite": case.suite,
+            "op": case.op,
+            "case": case.label,
+            "dtype": str(case.dtype).removeprefix("torch."),
+            "provider": name,
+            **case.params,
+        }
+        try:
+            t0 = time.perf_counter()
+            out = fn(*inputs)  # first call: includes compilation for compiled providers
+            _sync(device)
+            row["first_call_s"] = round(time.perf_counter() - t0, 3)
+            row["max_abs"], row["max_rel"] = parity(out, expected)
+            del out
+            timing = time_fn(functools.partial(fn, *inputs), device, quick)
+        except Exception as exc:  # a baseline that cannot run here is reported, not fatal
+            row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+            rows.append(row)
+            continue
+        row.update(
+            median_ms=timing.median_ms, p10_ms=timing.p10_ms, p90_ms=timing.p90_ms, reps=timing.reps
+        )
+        row["gbs"] = case.bytes_moved / timing.median_ms / 1e6
+        if case.flops:
+            row["tflops"] = case.flops / timing.median_ms / 1e9
+        row["roofline_pct"] = 100 * roofline_s / (timing.median_ms / 1e3)
+        if baseline_ms is None:
+            baseline_ms, baseline_rel = timing.median_ms, row["max_rel"]
+        row["speedup"] = baseline_ms / timing.median_ms
+        tol = max(PARITY_FLOOR.get(case.dtype, 1e-5), 2 * baseline_rel)
+        row["parity_tol"] = tol
+        row["parity_ok"] = bool(row["max_rel"] <= tol)
+        rows.append(row)
+    for name, why in case.notes.items():
+        rows.append(
+            {
+                "suite": case.suite,
+                "op": case.op,
+                "case": case.label,
+                "dtype": str(case.dtype).removeprefix("torch."),
+                "provider": name,
+                "skipped": why,
+                **case.params,
+            }
+        )
+    return rows
+
+
+def markdown_table(rows: list[dict]) -> str:
+    head = [
+        "op",
+        "case",
+        "dtype",
+        "provider",
+        "median ms",
+        "p10-p90 ms",
+        "GB/s",
+        "% roofline",
+        "speedup",
+        "max-abs",
+        "max-rel",
+        "parity",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        if "median_ms" not in r:
+            why = r.get("error") or r.get("skipped")
+            lines.append(
+                f"| {r['op']} | {r['case']} | {r['dtype']} | {r['provider']} | "
+                f"{'failed' if 'error' in r else 'skipped'}: {why} |" + " |" * 7
+            )
+            continue
+        lines.append(
+            f"| {r['op']} | {r['case']} | {r['dtype']} | {r['provider']} | "
+            f"{r['median_ms']:.3f} | {r['p10_ms']:.3f}-{r['p90_ms']:.3f} | {r['gbs']:.1f} | "
+            f"{r['roofline_pct']:.1f} | {r['speedup']:.2f}x | {r['max_abs']:.2e} | "
+            f"{r['max_rel']:.2e} | {'ok' if r['parity_ok'] else 'FAIL'} |"
+        )
+    return "\n".join(lines)

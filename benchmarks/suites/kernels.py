@@ -1,0 +1,220 @@
+"""The ``kernels`` suite: group_norm (+FiLM+SiLU) and temporal_attention per backend,
+against the eager PyTorch formulation users write, its torch.compile, and (for
+attention) scaled_dot_product_attention with the permutes it needs."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+from harness import Case
+from shapes import GROUP_NORM, TEMPORAL_ATTENTION
+
+from lddm_fast import ops
+from lddm_fast.ops import dispatch
+
+
+def _eager_group_norm(x, w, b, scale, shift, groups):
+    """What a diffusers-style block does today: three kernels and two temporaries."""
+    y = F.group_norm(x, groups, w, b)
+    y = y * (1 + scale[:, :, None, None, None]) + shift[:, :, None, None, None]
+    return F.silu(y)
+
+
+def _to_sequences(t, heads):
+    # [B, C, T, H, W] -> [B * heads * H * W, T, d], a full copy as diffusers does
+    b, c, T, h, w = t.shape
+    return (
+        t.reshape(b, heads, c // heads, T, h, w)
+        .permute(0, 1, 4, 5, 3, 2)
+        .reshape(-1, T, c // heads)
+    )
+
+
+def _from_sequences(o, shape, heads):
+    b, c, T, h, w = shape
+    return o.reshape(b, heads, h, w, T, c // heads).permute(0, 1, 5, 4, 2, 3).reshape(shape)
+
+
+def _eager_attention(q, k, v, heads):
+    qs, ks, vs = (_to_sequences(t, heads) for t in (q, k, v))
+    weights = torch.softmax(qs @ ks.transpose(1, 2) * qs.shape[-1] ** -0.5, dim=-1)
+    return _from_sequences(weights @ vs, q.shape, heads)
+
+
+def _sdpa_attention(q, k, v, heads):
+    qs, ks, vs = (_to_sequences(t, heads) for t in (q, k, v))
+    return _from_sequences(F.scaled_dot_product_attention(qs, ks, vs), q.shape, heads)
+
+
+def _backend_providers(op: str, device: str, dtype: torch.dtype, fn_for) -> tuple[dict, dict]:
+    """A provider per registered backend that can run ``op`` here (interpreted Triton
+    is for tests, not timing); notes say why the others are absent."""
+    providers, notes = {}, {}
+    for name, backend in dispatch.backends().items():
+        if name == "reference":
+            continue
+        why = backend.refusal(op, device, dtype, needs_grad=False)
+        if why is None and "interpreter" in backend.status():
+            why = "Triton interpreter: correctness only, not timed"
+        if why is None:
+            providers[name] = fn_for(name)
+        else:
+            notes[name] = why
+    return providers, notes
+
+
+def _compiled(fn, name: str, notes: dict, enabled: bool):
+    if not enabled:
+        notes[name] = "torch.compile disabled (--no-compile)"
+        return None
+    return torch.compile(fn, dynamic=False)
+
+
+def group_norm_cases(device: str, dtype: torch.dtype, quick: bool, compile_: bool) -> list[Case]:
+    cases = []
+    shapes = GROUP_NORM[device][: 1 if quick else None]
+    for s in shapes:
+
+        def make(s=s):
+            x = (
+                torch.randn(s.shape, device=device)
+                .to(dtype)
+                .contiguous(memory_format=torch.channels_last_3d)
+            )
+            w = torch.randn(s.c, device=device).to(dtype)
+            b = torch.randn(s.c, device=device).to(dtype)
+            scale = (0.1 * torch.randn(s.n, s.c, device=device)).to(dtype)
+            shift = (0.1 * torch.randn(s.n, s.c, device=device)).to(dtype)
+            return x, w, b, scale, shift
+
+        g = s.groups
+        eager = functools.partial(_eager_group_norm, groups=g)
+        providers = {"eager": eager}
+        notes: dict[str, str] = {}
+        compiled = _compiled(
+            functools.partial(_eager_group_norm, groups=g), "compile", notes, compile_
+        )
+        if compiled is not None:
+            providers["compile"] = compiled
+        fast, fast_notes = _backend_providers(
+            "group_norm",
+            device,
+            dtype,
+            lambda name, g=g: (
+                lambda x, w, b, sc, sh: ops.group_norm(
+                    x, g, w, b, scale=sc, shift=sh, activation="silu", backend=name
+                )
+            ),
+        )
+        providers.update(fast)
+        notes.update(fast_notes)
+
+        def expected(x, w, b, sc, sh, g=g):
+            return ops.group_norm(
+                x.double(),
+                g,
+                w.double(),
+                b.double(),
+                scale=sc.double(),
+                shift=sh.double(),
+                activation="silu",
+                backend="reference",
+            )
+
+        numel = s.n * s.c * s.t * s.h * s.w
+        cases.append(
+            Case(
+                suite="kernels",
+                op="group_norm",
+                label=f"{s.label} {list(s.shape)} G={g}",
+                dtype=dtype,
+                params={"shape": list(s.shape), "groups": g, "layout": "channels_last_3d"},
+                make_inputs=make,
+                providers=providers,
+                expected=expected,
+                bytes_moved=2 * numel * torch.finfo(dtype).bits // 8,
+                notes=notes,
+            )
+        )
+    return cases
+
+
+def attention_cases(device: str, dtype: torch.dtype, quick: bool, compile_: bool) -> list[Case]:
+    cases = []
+    shapes = TEMPORAL_ATTENTION[device][: 1 if quick else None]
+    for s in shapes:
+
+        def make(s=s):
+            # q, k, v as views of one qkv tensor from a 1x1x1 conv, the model's layout.
+            qkv = torch.randn(s.b, 3 * s.c, s.t, s.h, s.w, device=device).to(dtype)
+            qkv = qkv.contiguous(memory_format=torch.channels_last_3d)
+            return qkv.chunk(3, dim=1)
+
+        heads = s.heads
+        providers = {"eager": functools.partial(_eager_attention, heads=heads)}
+        notes: dict[str, str] = {}
+        compiled = _compiled(
+            functools.partial(_eager_attention, heads=heads), "compile", notes, compile_
+        )
+        if compiled is not None:
+            providers["compile"] = compiled
+        providers["sdpa"] = functools.partial(_sdpa_attention, heads=heads)
+        try:
+            import xformers.ops as xops
+
+            def _xformers(q, k, v, heads=heads):
+                qs, ks, vs = (_to_sequences(t, heads).unsqueeze(2) for t in (q, k, v))
+                o = xops.memory_efficient_attention(qs, ks, vs).squeeze(2)
+                return _from_sequences(o, q.shape, heads)
+
+            if device == "cuda":
+                providers["xformers"] = _xformers
+        except ImportError:
+            notes["xformers"] = "xformers not installed"
+        fast, fast_notes = _backend_providers(
+            "temporal_attention",
+            device,
+            dtype,
+            lambda name, h=heads: (
+                lambda q, k, v: ops.temporal_attention(q, k, v, num_heads=h, backend=name)
+            ),
+        )
+        providers.update(fast)
+        notes.update(fast_notes)
+
+        def expected(q, k, v, h=heads):
+            return ops.temporal_attention(
+                q.double(), k.double(), v.double(), num_heads=h, backend="reference"
+            )
+
+        numel = s.b * s.c * s.t * s.h * s.w
+        d = s.c // heads
+        cases.append(
+            Case(
+                suite="kernels",
+                op="temporal_attention",
+                label=f"{s.label} {list(s.shape)} heads={heads}",
+                dtype=dtype,
+                params={
+                    "shape": list(s.shape),
+                    "heads": heads,
+                    "head_dim": d,
+                    "layout": "qkv views, channels_last_3d",
+                },
+                make_inputs=make,
+                providers=providers,
+                expected=expected,
+                bytes_moved=4 * numel * torch.finfo(dtype).bits // 8,
+                flops=4 * s.b * heads * s.h * s.w * s.t * s.t * d,
+                notes=notes,
+            )
+        )
+    return cases
+
+
+def cases(device: str, dtype: torch.dtype, quick: bool, compile_: bool = True) -> list[Case]:
+    return group_norm_cases(device, dtype, quick, compile_) + attention_cases(
+        device, dtype, quick, compile_
+    )

@@ -1,0 +1,43 @@
+// The one registration file: op schemas in the `lddm` namespace and their CPU / CUDA
+// kernels. The same op names dispatch by device; the fake (meta) implementations that
+// torch.compile and CUDA-graph capture need live in lddm_fast/ops/_fake.py.
+#include <Python.h>
+
+#include <torch/library.h>
+
+#include "ops.h"
+
+TORCH_LIBRARY(lddm, m) {
+  m.set_python_module("lddm_fast.ops._fake");
+  m.def(
+      "group_norm(Tensor x, int num_groups, Tensor? weight, Tensor? bias, float eps, "
+      "Tensor? scale, Tensor? shift, bool silu) -> Tensor");
+  m.def("temporal_attention(Tensor q, Tensor k, Tensor v, int num_heads, float scale) -> Tensor");
+  m.def("sampler_step(Tensor x, Tensor eps, Tensor a, Tensor b, Tensor? noise, Tensor? c) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(lddm, CPU, m) {
+  m.impl("group_norm", &lddm::group_norm_cpu);
+  m.impl("temporal_attention", &lddm::temporal_attention_cpu);
+  m.impl("sampler_step", &lddm::sampler_step_cpu);
+}
+
+#ifdef LDDM_WITH_CUDA
+TORCH_LIBRARY_IMPL(lddm, CUDA, m) { m.impl("sampler_step", &lddm::sampler_step_cuda); }
+#endif
+
+// `import lddm_fast._C` runs the registrations above; the module itself only reports
+// how the CUDA part was built (decided by CMake).
+static PyModuleDef lddm_module = {PyModuleDef_HEAD_INIT, "_C",
+                                  "lddm_fast compiled ops (registered as torch.ops.lddm)", -1,
+                                  nullptr};
+
+PyMODINIT_FUNC PyInit__C() {
+  PyObject* module = PyModule_Create(&lddm_module);
+  if (module != nullptr &&
+      PyModule_AddStringConstant(module, "cuda_status", LDDM_CUDA_STATUS) != 0) {
+    Py_DECREF(module);
+    return nullptr;
+  }
+  return module;
+}

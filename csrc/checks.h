@@ -1,0 +1,32 @@
+// Argument checks shared by the torch-side launchers; failures raise RuntimeError
+// (ValueError for TORCH_CHECK_VALUE) naming the argument.
+#pragma once
+
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#define LDDM_CHECK_DEVICE(t, dev_type, name)                                          \
+  TORCH_CHECK_VALUE((t).device().type() == (dev_type), name " must be a ", dev_type, \
+                    " tensor, got one on ", (t).device())
+#define LDDM_CHECK_FLOAT(t, name)                                                   \
+  TORCH_CHECK_VALUE(at::isFloatingType((t).scalar_type()), name                     \
+                    " must be a floating-point tensor, got ", (t).scalar_type())
+#define LDDM_CHECK_SHAPE(t, expected, name)                                             \
+  TORCH_CHECK_VALUE((t).sizes() == at::IntArrayRef(expected), name " must have shape ", \
+                    at::IntArrayRef(expected), ", got ", (t).sizes())
+
+namespace lddm {
+
+// With LDDM_POISON_OUTPUTS=1 every op fills its freshly allocated output with NaN
+// before the kernel runs, so a test sees any element the kernel failed to write.
+inline void poison_if_requested(at::Tensor& out) {
+  const char* flag = std::getenv("LDDM_POISON_OUTPUTS");
+  if (flag != nullptr && std::strcmp(flag, "1") == 0)
+    out.fill_(std::numeric_limits<double>::quiet_NaN());
+}
+
+}  // namespace lddm

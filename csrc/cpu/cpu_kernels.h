@@ -1,0 +1,70 @@
+// Framework-free CPU kernels, compiled once per instruction set (isa_*.cpp) and picked
+// at run time (see select_kernels in cpu/dispatch.h). No torch headers here: an
+// inline torch function compiled with -mavx2 could otherwise be linked into the
+// baseline build and crash a CPU without AVX2.
+#pragma once
+
+#include <cstdint>
+
+namespace lddm {
+namespace cpu {
+
+using bf16_t = uint16_t;  // bfloat16 storage; converted to float on load
+
+// Mean and sum of squared deviations (M2) of `count` values, in double so that
+// groups and chunks combine exactly (Chan et al.'s pairwise formula).
+// Plain aggregate (no inline constructors that an AVX2 build could emit).
+struct Moments {
+  double mean;
+  double m2;
+  double count;
+};
+
+// Strides (in elements) of one [B, C, T, H, W] tensor.
+struct Strides5 {
+  int64_t b, c, t, h, w;
+};
+
+template <typename T>
+struct Kernels {
+  // x: [n] contiguous -> its moments.
+  Moments (*row_moments)(const T* x, int64_t n);
+  // x: [positions, C] (channels innermost) -> per channel a shift near the mean in
+  // work[0:C], the sum of deviations from it in work[C:2C] and of their squares in
+  // work[2C:3C] (the caller forms mean and M2 in double).
+  void (*chunk_moments)(const T* x, int64_t positions, int64_t C, float* work);
+  // y[i] = act(a * (x[i] - m) + b) for a contiguous row of n values. Subtracting the
+  // (float-rounded) group mean first keeps large-mean inputs exact: x - m is exact
+  // when x is near m, where a * x + b' would cancel two large terms.
+  void (*affine_row)(const T* x, T* y, int64_t n, float a, float m, float b, bool silu);
+  // y[p, c] = act(a[c] * (x[p, c] - m[c]) + b[c]) for [positions, C], channels innermost.
+  void (*affine_chunk)(const T* x, T* y, int64_t positions, int64_t C, const float* a,
+                       const float* m, const float* b, bool silu);
+  // Softmax attention over T for `count` consecutive (b, head, y, x) positions
+  // starting at flat position `first` (order b, head, y, x; x fastest). q/k/v/o are
+  // [B, C, T, H, W] with C = heads * D and the given strides; work holds
+  // attention_work_floats(T, D) floats.
+  void (*attention)(const T* q, const T* k, const T* v, T* o, Strides5 sq, Strides5 sk,
+                    Strides5 sv, Strides5 so, int64_t heads, int64_t D, int64_t T_len,
+                    int64_t H, int64_t W, int64_t first, int64_t count, float scale,
+                    float* work);
+  // out[i] = a * x[i] + b * eps[i] (+ c * noise[i] when noise is not null), n values.
+  void (*sampler_step)(const T* x, const T* eps, const T* noise, T* out, int64_t n, float a,
+                       float b, float c);
+};
+
+inline int64_t attention_work_floats(int64_t T, int64_t D) { return 4 * T * D + T * T; }
+
+namespace isa_default {
+const Kernels<float>& kernels_f32();
+const Kernels<bf16_t>& kernels_bf16();
+}  // namespace isa_default
+
+namespace isa_avx2 {
+// Null when this build has no AVX2 variant (non-x86 compilers).
+const Kernels<float>* kernels_f32();
+const Kernels<bf16_t>* kernels_bf16();
+}  // namespace isa_avx2
+
+}  // namespace cpu
+}  // namespace lddm

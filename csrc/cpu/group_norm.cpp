@@ -1,0 +1,193 @@
+// CPU group_norm: statistics and the fused affine/FiLM/SiLU epilogue, parallel over
+// independent work with at::parallel_for, vector loops in cpu_kernels_impl.h.
+//
+// Layouts: NCS (contiguous; a group is Cg rows of S values, processed by one task
+// while it is in cache) and NSC (channels_last; split into chunks of positions whose
+// per-group moments are combined in a fixed order, so results are deterministic).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <cmath>
+#include <vector>
+
+#include "checks.h"
+#include "cpu/dispatch.h"
+#include "ops.h"
+
+namespace lddm {
+namespace {
+
+using cpu::Moments;
+
+void combine(Moments& acc, const Moments& m) {
+  if (m.count == 0.0) return;
+  if (acc.count == 0.0) {
+    acc = m;
+    return;
+  }
+  const double n = acc.count + m.count;
+  const double delta = m.mean - acc.mean;
+  acc.mean += delta * m.count / n;
+  acc.m2 += m.m2 + delta * delta * acc.count * m.count / n;
+  acc.count = n;
+}
+
+// Per-channel coefficients of y = a * (x - m) + b for sample n, group g: m is the group
+// mean rounded to float and b absorbs the rounding error, so x - m stays exact.
+struct Coefficients {
+  const float* weight;  // [C] or null
+  const float* bias;    // [C] or null
+  const float* scale;   // [N, C] or null
+  const float* shift;   // [N, C] or null
+  int64_t C;
+  double eps;
+
+  void fill(const Moments& m, int64_t n, int64_t c0, int64_t cg, float* a, float* mean,
+            float* b) const {
+    const double var = m.count > 0.0 ? m.m2 / m.count : 0.0;
+    const double rstd = 1.0 / std::sqrt(var + eps);
+    const float mean_f = float(m.mean);
+    const double mean_lo = m.mean - double(mean_f);
+    for (int64_t i = 0; i < cg; ++i) {
+      const int64_t c = c0 + i;
+      const double w = weight ? weight[c] : 1.0;
+      const double bi = bias ? bias[c] : 0.0;
+      const double s = scale ? 1.0 + scale[n * C + c] : 1.0;
+      const double sh = shift ? shift[n * C + c] : 0.0;
+      a[i] = float(rstd * w * s);
+      mean[i] = mean_f;
+      b[i] = float((bi - mean_lo * rstd * w) * s + sh);
+    }
+  }
+};
+
+std::optional<at::Tensor> as_float(const std::optional<at::Tensor>& t) {
+  if (!t.has_value()) return std::nullopt;
+  return t->to(at::kFloat).contiguous();
+}
+
+template <typename scalar_t>
+void run_ncs(const at::Tensor& x, at::Tensor& y, int64_t G, const Coefficients& coef, bool silu) {
+  using T = typename cpu::StorageOf<scalar_t>::type;
+  const auto& k = cpu::select_kernels<T>();
+  const int64_t N = x.size(0), C = x.size(1), S = x.numel() / std::max<int64_t>(N * C, 1);
+  const int64_t cg = C / G;
+  const T* xp = cpu::storage(x.const_data_ptr<scalar_t>());
+  T* yp = cpu::storage(y.mutable_data_ptr<scalar_t>());
+  at::parallel_for(0, N * G, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> a(cg), mean(cg), b(cg);
+    for (int64_t ng = begin; ng < end; ++ng) {
+      const int64_t n = ng / G, c0 = (ng % G) * cg;
+      const T* xg = xp + (n * C + c0) * S;
+      Moments m{0.0, 0.0, 0.0};
+      for (int64_t i = 0; i < cg; ++i) combine(m, k.row_moments(xg + i * S, S));
+      coef.fill(m, n, c0, cg, a.data(), mean.data(), b.data());
+      for (int64_t i = 0; i < cg; ++i)
+        k.affine_row(xg + i * S, yp + (n * C + c0 + i) * S, S, a[i], mean[i], b[i], silu);
+    }
+  });
+}
+
+template <typename scalar_t>
+void run_nsc(const at::Tensor& x, at::Tensor& y, int64_t G, const Coefficients& coef, bool silu) {
+  using T = typename cpu::StorageOf<scalar_t>::type;
+  const auto& k = cpu::select_kernels<T>();
+  const int64_t N = x.size(0), C = x.size(1), S = x.numel() / std::max<int64_t>(N * C, 1);
+  const int64_t cg = C / G;
+  // About 64 KiB of input per chunk: small enough that pass 2 reads it from cache.
+  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(S, 16384 / C));
+  const int64_t chunks = (S + chunk - 1) / chunk;
+  const T* xp = cpu::storage(x.const_data_ptr<scalar_t>());
+  T* yp = cpu::storage(y.mutable_data_ptr<scalar_t>());
+
+  std::vector<Moments> partial(N * chunks * G);
+  at::parallel_for(0, N * chunks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> work(3 * C);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t n = item / chunks, p0 = (item % chunks) * chunk;
+      const int64_t len = std::min(chunk, S - p0);
+      k.chunk_moments(xp + (n * S + p0) * C, len, C, work.data());
+      for (int64_t g = 0; g < G; ++g) {
+        Moments m{0.0, 0.0, 0.0};
+        for (int64_t i = g * cg; i < (g + 1) * cg; ++i) {
+          const double s1 = work[C + i], s2 = work[2 * C + i], n = double(len);
+          combine(m, Moments{double(work[i]) + s1 / n, std::max(s2 - s1 * s1 / n, 0.0), n});
+        }
+        partial[item * G + g] = m;
+      }
+    }
+  });
+
+  std::vector<float> a(N * C), mean(N * C), b(N * C);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t g = 0; g < G; ++g) {
+      Moments m{0.0, 0.0, 0.0};
+      for (int64_t ch = 0; ch < chunks; ++ch) combine(m, partial[(n * chunks + ch) * G + g]);
+      const int64_t at = n * C + g * cg;
+      coef.fill(m, n, g * cg, cg, a.data() + at, mean.data() + at, b.data() + at);
+    }
+
+  at::parallel_for(0, N * chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t n = item / chunks, p0 = (item % chunks) * chunk;
+      const int64_t len = std::min(chunk, S - p0);
+      const int64_t off = (n * S + p0) * C;
+      k.affine_chunk(xp + off, yp + off, len, C, a.data() + n * C, mean.data() + n * C,
+                     b.data() + n * C, silu);
+    }
+  });
+}
+
+}  // namespace
+
+at::Tensor group_norm_cpu(const at::Tensor& x_in, int64_t num_groups,
+                          const std::optional<at::Tensor>& weight,
+                          const std::optional<at::Tensor>& bias, double eps,
+                          const std::optional<at::Tensor>& scale,
+                          const std::optional<at::Tensor>& shift, bool silu) {
+  LDDM_CHECK_DEVICE(x_in, at::kCPU, "x");
+  TORCH_CHECK_VALUE(x_in.dim() == 4 || x_in.dim() == 5,
+                    "x must be 4-D [N, C, H, W] or 5-D [N, C, T, H, W], got ", x_in.sizes());
+  TORCH_CHECK_VALUE(x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kBFloat16,
+                    "x must be float32 or bfloat16 for the cpp backend, got ",
+                    x_in.scalar_type());
+  const int64_t N = x_in.size(0), C = x_in.size(1);
+  TORCH_CHECK_VALUE(num_groups > 0 && C % num_groups == 0, "num_groups=", num_groups,
+                    " must be a positive divisor of C=", C);
+  for (const auto& [t, name] : {std::pair{weight, "weight"}, std::pair{bias, "bias"}}) {
+    if (!t.has_value()) continue;
+    LDDM_CHECK_DEVICE(*t, at::kCPU, "weight/bias");
+    LDDM_CHECK_FLOAT(*t, "weight/bias");
+    TORCH_CHECK_VALUE(t->sizes() == at::IntArrayRef({C}), name, " must have shape [", C,
+                      "], got ", t->sizes());
+  }
+  for (const auto& [t, name] : {std::pair{scale, "scale"}, std::pair{shift, "shift"}}) {
+    if (!t.has_value()) continue;
+    LDDM_CHECK_DEVICE(*t, at::kCPU, "scale/shift");
+    LDDM_CHECK_FLOAT(*t, "scale/shift");
+    TORCH_CHECK_VALUE(t->sizes() == at::IntArrayRef({N, C}), name, " must have shape [", N,
+                      ", ", C, "], got ", t->sizes());
+  }
+  const auto cl = x_in.dim() == 4 ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::ChannelsLast3d;
+  const bool nsc = !x_in.is_contiguous() && x_in.is_contiguous(cl);
+  // Any other strides: one copy into the contiguous layout, output contiguous.
+  const at::Tensor x = nsc ? x_in : x_in.contiguous();
+  at::Tensor y = at::empty_like(x, nsc ? cl : at::MemoryFormat::Contiguous);
+  poison_if_requested(y);
+  if (x.numel() == 0) return y;
+
+  const auto w = as_float(weight), bi = as_float(bias), sc = as_float(scale), sh = as_float(shift);
+  const Coefficients coef{w ? w->const_data_ptr<float>() : nullptr,
+                          bi ? bi->const_data_ptr<float>() : nullptr,
+                          sc ? sc->const_data_ptr<float>() : nullptr,
+                          sh ? sh->const_data_ptr<float>() : nullptr, C, eps};
+  if (x.scalar_type() == at::kFloat) {
+    nsc ? run_nsc<float>(x, y, num_groups, coef, silu) : run_ncs<float>(x, y, num_groups, coef, silu);
+  } else {
+    nsc ? run_nsc<c10::BFloat16>(x, y, num_groups, coef, silu)
+        : run_ncs<c10::BFloat16>(x, y, num_groups, coef, silu);
+  }
+  return y;
+}
+
+}  // namespace lddm

@@ -1,0 +1,31 @@
+// AVX2 + FMA build of the CPU kernels. CMake compiles this file alone with
+// -mavx2 -mfma; cpu/dispatch.h calls it only when the CPU reports both features.
+#include "cpu/cpu_kernels.h"
+
+#if defined(__AVX2__) && defined(__FMA__)
+#define LDDM_ISA_NAMESPACE isa_avx2
+#include "cpu/cpu_kernels_impl.h"
+#endif
+
+namespace lddm {
+namespace cpu {
+namespace isa_avx2 {
+
+#if defined(__AVX2__) && defined(__FMA__)
+const Kernels<float>* kernels_f32() {
+  static const Kernels<float> k = make_kernels<float>();
+  return &k;
+}
+
+const Kernels<bf16_t>* kernels_bf16() {
+  static const Kernels<bf16_t> k = make_kernels<bf16_t>();
+  return &k;
+}
+#else
+const Kernels<float>* kernels_f32() { return nullptr; }
+const Kernels<bf16_t>* kernels_bf16() { return nullptr; }
+#endif
+
+}  // namespace isa_avx2
+}  // namespace cpu
+}  // namespace lddm

@@ -1,0 +1,36 @@
+// Declarations of every op implementation registered in bindings.cpp.
+#pragma once
+
+#include <optional>
+
+#include <ATen/core/Tensor.h>
+
+namespace lddm {
+
+// x: [N, C, *spatial] (4-D or 5-D), contiguous or channels_last(_3d); weight, bias: [C];
+// scale, shift: [N, C]. Returns act((xhat * weight + bias) * (1 + scale) + shift) in x's
+// dtype and memory format.
+at::Tensor group_norm_cpu(const at::Tensor& x, int64_t num_groups,
+                          const std::optional<at::Tensor>& weight,
+                          const std::optional<at::Tensor>& bias, double eps,
+                          const std::optional<at::Tensor>& scale,
+                          const std::optional<at::Tensor>& shift, bool silu);
+
+// q, k, v: [B, C, T, H, W], any strides, C = num_heads * head_dim. Softmax attention over
+// T at every (b, head, y, x); returns [B, C, T, H, W] (channels_last_3d when q.stride(1)
+// is 1, else contiguous).
+at::Tensor temporal_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                  int64_t num_heads, double scale);
+
+// x, eps, noise: [B, ...]; a, b, c: [B] float32. Returns a*x + b*eps (+ c*noise).
+at::Tensor sampler_step_cpu(const at::Tensor& x, const at::Tensor& eps, const at::Tensor& a,
+                            const at::Tensor& b, const std::optional<at::Tensor>& noise,
+                            const std::optional<at::Tensor>& c);
+
+#ifdef LDDM_WITH_CUDA
+at::Tensor sampler_step_cuda(const at::Tensor& x, const at::Tensor& eps, const at::Tensor& a,
+                             const at::Tensor& b, const std::optional<at::Tensor>& noise,
+                             const std::optional<at::Tensor>& c);
+#endif
+
+}  // namespace lddm

@@ -1,0 +1,5 @@
+"""`python -m lddm_fast ...` is the same as the `lddm-fast` command."""
+
+from lddm_fast.cli import main
+
+raise SystemExit(main())

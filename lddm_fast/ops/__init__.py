@@ -1,0 +1,216 @@
+"""Fused ops of the LDDM denoiser, each dispatched to the fastest available backend.
+
+Backends: ``reference`` (plain PyTorch, differentiable, always there), ``cpp`` (the
+C++ extension on CPU tensors), ``cuda`` (the extension's CUDA kernels). See
+:func:`available_backends` for what works here and :func:`use_backend` /
+``LDDM_BACKEND`` to force one. Arguments are validated here once, with errors that
+name the argument, before any backend runs.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lddm_fast.ops import extension, reference
+from lddm_fast.ops.dispatch import (
+    Backend,
+    BackendError,
+    available_backends,
+    default_choice,
+    register,
+    select,
+    use_backend,
+)
+
+__all__ = [
+    "BackendError",
+    "available_backends",
+    "default_choice",
+    "group_norm",
+    "sampler_step",
+    "temporal_attention",
+    "use_backend",
+]
+
+_FLOATS = (torch.float32, torch.bfloat16, torch.float16)
+
+register(
+    Backend(
+        name="reference",
+        ops={
+            "group_norm": reference.group_norm,
+            "temporal_attention": reference.temporal_attention,
+            "sampler_step": reference.sampler_step,
+        },
+        devices=("cpu", "cuda"),
+        dtypes=(*_FLOATS, torch.float64),
+        status=lambda: "ok",
+        differentiable=True,
+    )
+)
+register(
+    Backend(
+        name="cpp",
+        ops=extension.CPP_OPS,
+        devices=("cpu",),
+        dtypes=(torch.float32, torch.bfloat16),
+        status=extension.cpp_status,
+    ),
+    default_for={"cpu": 0},
+)
+register(
+    Backend(
+        name="cuda",
+        ops=extension.CUDA_OPS,
+        devices=("cuda",),
+        dtypes=_FLOATS,
+        status=extension.cuda_status,
+    ),
+    default_for={"cuda": 0},
+)
+
+def _check_tensor(name: str, t: torch.Tensor, like: torch.Tensor) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.device != like.device:
+        raise ValueError(f"{name} is on {t.device} but the input is on {like.device}")
+    if not t.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got {t.dtype}")
+
+
+def group_norm(
+    x: torch.Tensor,
+    num_groups: int,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    eps: float = 1e-5,
+    *,
+    scale: torch.Tensor | None = None,
+    shift: torch.Tensor | None = None,
+    activation: str | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """GroupNorm with the affine, FiLM and activation fused into one pass.
+
+    ``y = act((xhat * weight + bias) * (1 + scale) + shift)`` where ``xhat`` is x
+    normalised over (C / num_groups, *spatial) per sample and group, with statistics
+    accumulated in float32.
+
+    Args:
+        x: ``[N, C, H, W]`` or ``[N, C, T, H, W]``; contiguous or channels_last(_3d);
+            float32, bfloat16 or float16.
+        num_groups: G, a divisor of C.
+        weight, bias: ``[C]`` or None.
+        eps: added to the variance.
+        scale, shift: per-sample FiLM ``[N, C]`` or None.
+        activation: None or ``"silu"``.
+        backend: force one backend for this call (see :func:`available_backends`).
+
+    Returns:
+        ``[N, C, *spatial]`` in x's dtype and memory format.
+    """
+    _check_tensor("x", x, x)
+    if x.dim() not in (4, 5):
+        raise ValueError(
+            f"x must be 4-D [N, C, H, W] or 5-D [N, C, T, H, W], got shape {tuple(x.shape)}"
+        )
+    n, c = x.shape[:2]
+    if not isinstance(num_groups, int) or num_groups <= 0 or c % num_groups:
+        raise ValueError(f"num_groups={num_groups} must be a positive divisor of C={c}")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None:
+            _check_tensor(name, t, x)
+            if t.shape != (c,):
+                raise ValueError(f"{name} must have shape ({c},), got {tuple(t.shape)}")
+    for name, t in (("scale", scale), ("shift", shift)):
+        if t is not None:
+            _check_tensor(name, t, x)
+            if t.shape != (n, c):
+                raise ValueError(
+                    f"{name} must have shape ({n}, {c}) = [N, C], got {tuple(t.shape)}"
+                )
+    if activation not in (None, "silu"):
+        raise ValueError(f"activation must be None or 'silu', got {activation!r}")
+    impl = select("group_norm", backend, x, weight, bias, scale, shift)
+    return impl(x, num_groups, weight, bias, eps, scale=scale, shift=shift, activation=activation)
+
+
+def temporal_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    num_heads: int,
+    scale: float | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Multi-head softmax attention over the T frames at every spatial position.
+
+    Args:
+        q, k, v: ``[B, C, T, H, W]`` with ``C = num_heads * head_dim``, any strides
+            (views of one ``[B, 3C, T, H, W]`` qkv tensor are the normal case).
+        num_heads: number of heads.
+        scale: logit scale, default ``head_dim ** -0.5``.
+        backend: force one backend for this call.
+
+    Returns:
+        ``[B, C, T, H, W]`` in q's dtype; channels_last_3d when q's channel stride is 1,
+        else contiguous. Softmax is computed in float32.
+    """
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        _check_tensor(name, t, q)
+        if t.dim() != 5:
+            raise ValueError(f"{name} must be 5-D [B, C, T, H, W], got shape {tuple(t.shape)}")
+        if t.shape != q.shape:
+            raise ValueError(f"{name} has shape {tuple(t.shape)} but q has {tuple(q.shape)}")
+        if t.dtype != q.dtype:
+            raise ValueError(f"{name} is {t.dtype} but q is {q.dtype}")
+    c = q.shape[1]
+    if not isinstance(num_heads, int) or num_heads <= 0 or c % num_heads:
+        raise ValueError(f"num_heads={num_heads} must be a positive divisor of C={c}")
+    impl = select("temporal_attention", backend, q, k, v)
+    return impl(q, k, v, num_heads=num_heads, scale=scale)
+
+
+def sampler_step(
+    x: torch.Tensor,
+    eps: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    noise: torch.Tensor | None = None,
+    c: torch.Tensor | None = None,
+    *,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """The per-element update of a DDIM / DPM-Solver step, fused into one pass:
+    ``x_next = a * x + b * eps (+ c * noise)`` in float32.
+
+    Args:
+        x, eps, noise: ``[B, ...]`` of one shape and dtype.
+        a, b, c: per-sample coefficients ``[B]`` (float32 on x's device, so a captured
+            CUDA graph can update them without a host sync).
+
+    Returns:
+        ``[B, ...]`` in x's dtype and memory format.
+    """
+    _check_tensor("x", x, x)
+    if x.dim() < 1:
+        raise ValueError("x must have a batch dimension [B, ...]")
+    bsz = x.shape[0]
+    for name, t in (("eps", eps), ("noise", noise)):
+        if t is not None:
+            _check_tensor(name, t, x)
+            if t.shape != x.shape or t.dtype != x.dtype:
+                raise ValueError(
+                    f"{name} must match x ({tuple(x.shape)}, {x.dtype}), "
+                    f"got {tuple(t.shape)}, {t.dtype}"
+                )
+    if (noise is None) != (c is None):
+        raise ValueError("noise and c must be given together")
+    for name, t in (("a", a), ("b", b), ("c", c)):
+        if t is not None:
+            _check_tensor(name, t, x)
+            if t.shape != (bsz,):
+                raise ValueError(f"{name} must have shape ({bsz},) = [B], got {tuple(t.shape)}")
+    impl = select("sampler_step", backend, x, eps, noise)
+    return impl(x, eps, a, b, noise, c)

@@ -1,0 +1,152 @@
+"""Backend registry and selection for :mod:`lddm_fast.ops`.
+
+Selection order for one call: the ``backend=`` argument, then :func:`use_backend`,
+then the ``LDDM_BACKEND`` environment variable, then the default for the tensors'
+device. A backend named by any of the first three must serve the call or raise
+:class:`BackendError` saying why; only the default choice may fall back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+ENV_VAR = "LDDM_BACKEND"
+
+
+class BackendError(RuntimeError):
+    """A backend was asked for by name and cannot run the call."""
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One implementation of the ops.
+
+    ops: op name -> implementation. devices: device types it runs on. dtypes: input
+    dtypes it accepts. status: ``"ok..."`` or why it is unusable on this machine.
+    differentiable: whether autograd flows through it (training needs that).
+    """
+
+    name: str
+    ops: dict[str, Callable[..., torch.Tensor]]
+    devices: tuple[str, ...]
+    dtypes: tuple[torch.dtype, ...]
+    status: Callable[[], str]
+    differentiable: bool = False
+
+    def refusal(self, op: str, device: str, dtype: torch.dtype, needs_grad: bool) -> str | None:
+        """Why this backend cannot run ``op`` for these inputs, or None if it can."""
+        status = self.status()
+        if not status.startswith("ok"):
+            return status
+        if op not in self.ops:
+            return f"it has no {op} kernel"
+        if device not in self.devices:
+            return f"it runs on {'/'.join(self.devices)} tensors, not {device}"
+        if dtype not in self.dtypes:
+            names = ", ".join(str(d).removeprefix("torch.") for d in self.dtypes)
+            return f"it supports {names}, not {str(dtype).removeprefix('torch.')}"
+        if needs_grad and not self.differentiable:
+            return "it has no backward; use backend='reference' for training"
+        return None
+
+
+_REGISTRY: dict[str, Backend] = {}
+# Default preference per device type, fastest first (see benchmarks/RESULTS.md).
+_DEFAULT_ORDER: dict[str, list[str]] = {"cpu": [], "cuda": []}
+_forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("lddm_backend", default=None)
+
+
+def register(backend: Backend, default_for: dict[str, int] | None = None) -> None:
+    """Add a backend; ``default_for`` maps device type -> rank in the default order."""
+    _REGISTRY[backend.name] = backend
+    for device, rank in (default_for or {}).items():
+        order = _DEFAULT_ORDER.setdefault(device, [])
+        order.insert(min(rank, len(order)), backend.name)
+
+
+def backends() -> dict[str, Backend]:
+    return dict(_REGISTRY)
+
+
+def default_order(device: str) -> list[str]:
+    return list(_DEFAULT_ORDER.get(device, [])) + ["reference"]
+
+
+def available_backends() -> dict[str, str]:
+    """Backend name -> ``"ok"`` (possibly with a note) or why it is unusable here."""
+    return {name: b.status() for name, b in _REGISTRY.items()}
+
+
+@contextlib.contextmanager
+def use_backend(name: str | None) -> Iterator[None]:
+    """Force one backend for every op called inside the block (None: back to default).
+
+    >>> with lddm_fast.ops.use_backend("reference"):
+    ...     y = lddm_fast.ops.group_norm(x, 32)
+    """
+    if name is not None:
+        _lookup(name)
+    token = _forced.set(name)
+    try:
+        yield
+    finally:
+        _forced.reset(token)
+
+
+def _lookup(name: str) -> Backend:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        known = ", ".join(sorted(_REGISTRY))
+        raise BackendError(f"unknown backend {name!r}; known backends: {known}") from None
+
+
+def requested_backend() -> tuple[str | None, str]:
+    """The backend forced by use_backend() or LDDM_BACKEND, and where it came from."""
+    forced = _forced.get()
+    if forced is not None:
+        return forced, "use_backend()"
+    env = os.environ.get(ENV_VAR, "").strip()
+    if env:
+        return env, f"{ENV_VAR}={env}"
+    return None, "default"
+
+
+def select(
+    op: str, backend: str | None, *tensors: torch.Tensor | None
+) -> Callable[..., torch.Tensor]:
+    """The implementation of ``op`` to run for these tensors (the first is the main input)."""
+    main = tensors[0]
+    device, dtype = main.device.type, main.dtype
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    source = "backend= argument"
+    if backend is None:
+        backend, source = requested_backend()
+    if backend is not None:
+        chosen = _lookup(backend)
+        why = chosen.refusal(op, device, dtype, needs_grad)
+        if why is not None:
+            raise BackendError(
+                f"backend {backend!r} (from {source}) cannot run lddm_fast.ops.{op} on a "
+                f"{device} {str(dtype).removeprefix('torch.')} tensor: {why}"
+            )
+        return chosen.ops[op]
+    for name in default_order(device):
+        candidate = _REGISTRY[name]
+        if candidate.refusal(op, device, dtype, needs_grad) is None:
+            return candidate.ops[op]
+    raise BackendError(f"no backend can run lddm_fast.ops.{op} on {device} {dtype}")
+
+
+def default_choice(op: str, device: str, dtype: torch.dtype) -> str:
+    """Name of the backend an inference call would get by default (for `lddm-fast info`)."""
+    for name in default_order(device):
+        if _REGISTRY[name].refusal(op, device, dtype, needs_grad=False) is None:
+            return name
+    return "none"

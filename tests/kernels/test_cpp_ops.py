@@ -1,0 +1,211 @@
+"""The cpp backend (lddm_fast._C on CPU) against the float64 reference: fresh random
+inputs each run, outputs poisoned with NaN before every launch, odd and strided
+shapes, both memory formats, both dtypes, and both CPU kernel builds (baseline and
+AVX2)."""
+
+import pytest
+import torch
+
+from lddm_fast import ops
+
+pytestmark = pytest.mark.skipif(
+    ops.available_backends()["cpp"] != "ok",
+    reason=f"cpp backend unavailable: {ops.available_backends()['cpp']}",
+)
+
+
+def _has_avx2() -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return " avx2" in flags and " fma" in flags
+
+
+ISAS = [
+    "default",
+    pytest.param(
+        "auto", marks=pytest.mark.skipif(not _has_avx2(), reason="this CPU has no AVX2+FMA")
+    ),
+]
+DTYPES = [torch.float32, torch.bfloat16]
+FP32_TOL = 1e-5  # max|y - ref| / max|ref|
+BF16_FLOOR = 2.0**-8  # one bfloat16 rounding step, relative
+
+
+@pytest.fixture(autouse=True)
+def poisoned_outputs(monkeypatch):
+    monkeypatch.setenv("LDDM_POISON_OUTPUTS", "1")
+
+
+@pytest.fixture(params=ISAS)
+def isa(request, monkeypatch):
+    if request.param == "default":
+        monkeypatch.setenv("LDDM_CPU_ISA", "default")
+    else:
+        monkeypatch.delenv("LDDM_CPU_ISA", raising=False)
+    return request.param
+
+
+def rel(y: torch.Tensor, ref: torch.Tensor) -> float:
+    assert torch.isfinite(y).all(), "output has NaN/Inf: an element was not written"
+    return ((y.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
+
+
+def check(fast: torch.Tensor, eager: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype) -> None:
+    """fp32: within FP32_TOL; bf16: no worse than 2x the eager error in bf16."""
+    err = rel(fast, ref)
+    if dtype == torch.float32:
+        assert err <= FP32_TOL, err
+    else:
+        assert err <= max(2 * rel(eager, ref), BF16_FLOOR), (err, rel(eager, ref))
+
+
+def layout(x: torch.Tensor, fmt: str) -> torch.Tensor:
+    if fmt == "channels_last":
+        return x.contiguous(
+            memory_format=torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+        )
+    if fmt == "strided":  # a view that is neither format: every other element of the last dim
+        return torch.cat([x, x], dim=-1)[..., ::2]
+    return x
+
+
+GN_SHAPES = [
+    ((2, 40, 7, 5, 5), 8),  # C/G = 5, T = 7
+    ((2, 32, 7, 1, 1), 32),  # G = C, 1-pixel frames
+    ((3, 6, 9, 9), 1),  # 4-D, G = 1
+    ((1, 320, 3, 4, 4), 32),  # C/G = 10
+    ((2, 24, 1, 1), 3),  # 4-D single pixel
+]
+
+
+@pytest.mark.parametrize("shape,groups", GN_SHAPES)
+@pytest.mark.parametrize("fmt", ["contiguous", "channels_last", "strided"])
+@pytest.mark.parametrize("film,silu", [(False, False), (True, True), (False, True), (True, False)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_group_norm(shape, groups, fmt, film, silu, dtype, isa):
+    n, c = shape[:2]
+    x = layout(torch.randn(shape).to(dtype), fmt)
+    w, b = torch.randn(c), torch.randn(c)
+    scale = torch.randn(n, c) if film else None
+    shift = torch.randn(n, c) if film else None
+    act = "silu" if silu else None
+    y = ops.group_norm(x, groups, w, b, scale=scale, shift=shift, activation=act, backend="cpp")
+    eager = ops.group_norm(
+        x, groups, w, b, scale=scale, shift=shift, activation=act, backend="reference"
+    )
+    d = lambda t: None if t is None else t.double()  # noqa: E731
+    ref = ops.group_norm(
+        x.double(),
+        groups,
+        d(w),
+        d(b),
+        scale=d(scale),
+        shift=d(shift),
+        activation=act,
+        backend="reference",
+    )
+    assert y.dtype == dtype and y.shape == x.shape
+    assert y.is_contiguous(memory_format=ops.layout.memory_format_of(x))
+    check(y, eager, ref, dtype)
+
+
+@pytest.mark.parametrize("fmt", ["contiguous", "channels_last"])
+def test_group_norm_large_mean(fmt, isa):
+    x = layout(1000 + torch.randn(2, 64, 5, 6, 6), fmt)
+    y = ops.group_norm(x, 8, backend="cpp")
+    ref = ops.group_norm(x.double(), 8, backend="reference")
+    assert rel(y, ref) <= FP32_TOL
+
+
+def test_group_norm_no_affine_matches_torch(isa):
+    x = torch.randn(3, 16, 4, 5, 5)
+    torch.testing.assert_close(
+        ops.group_norm(x, 4, backend="cpp"), torch.nn.functional.group_norm(x, 4)
+    )
+
+
+ATTN_CASES = [
+    (7, 2, 24, (3, 5)),  # odd T, head_dim 24
+    (1, 1, 16, (2, 2)),  # T = 1
+    (16, 4, 32, (1, 1)),  # 1-pixel frames
+    (17, 3, 16, (2, 3)),
+]
+
+
+@pytest.mark.parametrize("T,heads,d,hw", ATTN_CASES)
+@pytest.mark.parametrize("fmt", ["contiguous", "qkv_views", "qkv_views_cl"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_temporal_attention(T, heads, d, hw, fmt, dtype, isa):
+    B, C = 2, heads * d
+    if fmt == "contiguous":
+        q, k, v = (torch.randn(B, C, T, *hw).to(dtype) for _ in range(3))
+    else:
+        qkv = torch.randn(B, 3 * C, T, *hw).to(dtype)
+        if fmt == "qkv_views_cl":
+            qkv = qkv.contiguous(memory_format=torch.channels_last_3d)
+        q, k, v = qkv.chunk(3, dim=1)
+    y = ops.temporal_attention(q, k, v, num_heads=heads, backend="cpp")
+    eager = ops.temporal_attention(q, k, v, num_heads=heads, backend="reference")
+    ref = ops.temporal_attention(
+        q.double(), k.double(), v.double(), num_heads=heads, backend="reference"
+    )
+    assert y.dtype == dtype and y.shape == q.shape
+    assert y.is_contiguous(memory_format=ops.layout.attention_output_format(q))
+    check(y, eager, ref, dtype)
+
+
+@pytest.mark.parametrize("noise", [False, True])
+@pytest.mark.parametrize("fmt", ["contiguous", "channels_last", "strided"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sampler_step(noise, fmt, dtype, isa):
+    x, eps, nz = (layout(torch.randn(3, 4, 7, 5, 5).to(dtype), fmt) for _ in range(3))
+    a, b, c = torch.rand(3), torch.rand(3), torch.rand(3)
+    args = (nz, c) if noise else (None, None)
+    y = ops.sampler_step(x, eps, a, b, *args, backend="cpp")
+    eager = ops.sampler_step(x, eps, a, b, *args, backend="reference")
+    ref = ops.sampler_step(
+        x.double(),
+        eps.double(),
+        a.double(),
+        b.double(),
+        *((nz.double(), c.double()) if noise else (None, None)),
+        backend="reference",
+    )
+    assert y.shape == x.shape and y.dtype == dtype
+    check(y, eager, ref, dtype)
+
+
+# Direct calls to the registered op (bypassing the Python validation) must still
+# reject bad arguments with an error naming them.
+def test_op_rejects_bad_group_count():
+    with pytest.raises(ValueError, match="num_groups=3"):
+        torch.ops.lddm.group_norm(torch.randn(2, 8, 4, 4), 3, None, None, 1e-5, None, None, False)
+
+
+def test_op_rejects_unsupported_dtype():
+    with pytest.raises(ValueError, match="x must be float32 or bfloat16"):
+        torch.ops.lddm.group_norm(
+            torch.randn(2, 8, 4, 4).half(), 4, None, None, 1e-5, None, None, False
+        )
+    with pytest.raises(ValueError, match="float32 or bfloat16"):
+        torch.ops.lddm.group_norm(
+            torch.ones(2, 8, 4, 4, dtype=torch.int32), 4, None, None, 1e-5, None, None, False
+        )
+
+
+def test_op_rejects_bad_film_shape():
+    with pytest.raises(ValueError, match="scale must have shape"):
+        torch.ops.lddm.group_norm(
+            torch.randn(2, 8, 4, 4), 4, None, None, 1e-5, torch.randn(8), None, False
+        )
+
+
+def test_op_rejects_mismatched_attention_inputs():
+    q = torch.randn(1, 8, 3, 2, 2)
+    with pytest.raises(ValueError, match="k has shape"):
+        torch.ops.lddm.temporal_attention(q, torch.randn(1, 8, 4, 2, 2), q, 2, 1.0)
+    with pytest.raises(ValueError, match="num_heads=3"):
+        torch.ops.lddm.temporal_attention(q, q, q, 3, 1.0)

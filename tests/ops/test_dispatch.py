@@ -1,0 +1,170 @@
+"""Backend selection: explicit choices serve or raise naming the backend and the
+reason, never fall back silently; the default choice falls back; arguments are
+validated with errors naming them."""
+
+import pytest
+import torch
+
+from lddm_fast import ops
+from lddm_fast.ops import BackendError, dispatch
+
+CPP_OK = ops.available_backends()["cpp"] == "ok"
+needs_cpp = pytest.mark.skipif(not CPP_OK, reason=f"cpp backend: {ops.available_backends()['cpp']}")
+
+
+def test_available_backends_lists_each_with_status():
+    status = ops.available_backends()
+    assert status["reference"] == "ok"
+    assert {"reference", "cpp", "cuda"} <= set(status)
+    for name, text in status.items():
+        assert isinstance(text, str) and text, name
+    if not torch.cuda.is_available():
+        assert not status["cuda"].startswith("ok")
+
+
+def _which(op="group_norm", x=None, **kw):
+    """Name of the backend select() returns for x."""
+    x = torch.randn(2, 8, 3, 4, 4) if x is None else x
+    impl = dispatch.select(op, kw.get("backend"), x)
+    return next(n for n, b in dispatch.backends().items() if b.ops.get(op) is impl)
+
+
+@needs_cpp
+def test_default_on_cpu_is_cpp_and_reference_when_grad_needed():
+    assert _which() == "cpp"
+    x = torch.randn(2, 8, 3, 4, 4, requires_grad=True)
+    assert _which(x=x) == "reference"
+    with torch.no_grad():
+        assert _which(x=x) == "cpp"
+
+
+def test_explicit_argument_wins(monkeypatch):
+    monkeypatch.setenv("LDDM_BACKEND", "cpp")
+    assert _which(backend="reference") == "reference"
+
+
+def test_use_backend_context_and_env(monkeypatch):
+    monkeypatch.delenv("LDDM_BACKEND", raising=False)
+    with ops.use_backend("reference"):
+        assert _which() == "reference"
+    monkeypatch.setenv("LDDM_BACKEND", "reference")
+    assert _which() == "reference"
+
+
+def test_unknown_backend_is_an_error(monkeypatch):
+    with pytest.raises(BackendError, match="unknown backend 'nope'.*known backends"):
+        ops.group_norm(torch.randn(2, 4, 3, 3), 2, backend="nope")
+    with pytest.raises(BackendError, match="unknown backend"):
+        with ops.use_backend("nope"):
+            pass
+    monkeypatch.setenv("LDDM_BACKEND", "nope")
+    with pytest.raises(BackendError, match="unknown backend 'nope'"):
+        ops.group_norm(torch.randn(2, 4, 3, 3), 2)
+
+
+def test_unavailable_backend_names_backend_and_reason():
+    if torch.cuda.is_available():
+        pytest.skip("this check needs a machine where the cuda backend is unavailable")
+    with pytest.raises(
+        BackendError, match=r"backend 'cuda' \(from backend= argument\) cannot run .*cpu"
+    ):
+        ops.sampler_step(
+            torch.randn(2, 3), torch.randn(2, 3), torch.ones(2), torch.ones(2), backend="cuda"
+        )
+
+
+@needs_cpp
+def test_backend_refuses_wrong_device_dtype_and_grad():
+    with pytest.raises(BackendError, match="'cpp'.*runs on cpu tensors, not meta"):
+        ops.group_norm(torch.randn(2, 4, 3, 3, device="meta"), 2, backend="cpp")
+    with pytest.raises(BackendError, match="'cpp'.*supports float32, bfloat16, not float16"):
+        ops.group_norm(torch.randn(2, 4, 3, 3).half(), 2, backend="cpp")
+    x = torch.randn(2, 4, 3, 3, requires_grad=True)
+    with pytest.raises(BackendError, match="'cpp'.*no backward"):
+        ops.group_norm(x, 2, backend="cpp")
+
+
+@needs_cpp
+def test_env_forced_backend_that_cannot_serve_raises(monkeypatch):
+    monkeypatch.setenv("LDDM_BACKEND", "cpp")
+    with pytest.raises(BackendError, match="LDDM_BACKEND=cpp"):
+        ops.group_norm(torch.randn(2, 4, 3, 3).half(), 2)
+
+
+def test_default_falls_back_to_reference_for_float16():
+    y = ops.group_norm(torch.randn(2, 4, 3, 3).half(), 2)
+    assert y.dtype == torch.float16
+
+
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (
+            lambda: ops.group_norm(torch.randn(2, 6, 3, 3), 4),
+            "num_groups=4 must be a positive divisor of C=6",
+        ),
+        (lambda: ops.group_norm(torch.randn(2, 6, 3), 3), "x must be 4-D"),
+        (
+            lambda: ops.group_norm(torch.randn(2, 6, 3, 3), 3, torch.ones(5)),
+            r"weight must have shape \(6,\)",
+        ),
+        (
+            lambda: ops.group_norm(torch.randn(2, 6, 3, 3), 3, scale=torch.ones(6)),
+            r"scale must have shape \(2, 6\)",
+        ),
+        (
+            lambda: ops.group_norm(torch.randn(2, 6, 3, 3), 3, activation="relu"),
+            "activation must be None or 'silu'",
+        ),
+        (
+            lambda: ops.group_norm(torch.ones(2, 6, 3, 3, dtype=torch.int64), 3),
+            "x must be a floating-point",
+        ),
+        (
+            lambda: ops.group_norm(torch.randn(2, 6, 3, 3), 3, torch.ones(6, device="meta")),
+            "weight is on meta",
+        ),
+        (
+            lambda: ops.temporal_attention(*(torch.randn(1, 8, 3, 2, 2),) * 3, num_heads=3),
+            "num_heads=3",
+        ),
+        (
+            lambda: ops.temporal_attention(
+                torch.randn(1, 8, 3, 2, 2),
+                torch.randn(1, 8, 4, 2, 2),
+                torch.randn(1, 8, 3, 2, 2),
+                num_heads=2,
+            ),
+            "k has shape",
+        ),
+        (
+            lambda: ops.temporal_attention(*(torch.randn(1, 8, 3, 2),) * 3, num_heads=2),
+            "q must be 5-D",
+        ),
+        (
+            lambda: ops.sampler_step(
+                torch.randn(2, 3), torch.randn(2, 3), torch.ones(3), torch.ones(2)
+            ),
+            r"a must have shape \(2,\)",
+        ),
+        (
+            lambda: ops.sampler_step(
+                torch.randn(2, 3),
+                torch.randn(2, 3),
+                torch.ones(2),
+                torch.ones(2),
+                torch.randn(2, 3),
+            ),
+            "noise and c must be given together",
+        ),
+        (
+            lambda: ops.sampler_step(
+                torch.randn(2, 3), torch.randn(2, 3), torch.ones(2, device="meta"), torch.ones(2)
+            ),
+            "a is on meta",
+        ),
+    ],
+)
+def test_bad_arguments_are_named(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()

@@ -1,0 +1,102 @@
+"""The benchmark harness: a quick CPU run produces timed, parity-checked rows, and a
+parity failure makes the run exit non-zero."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lddm_fast import ops
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import harness  # noqa: E402
+
+
+def _load_run_module():
+    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "benchmarks" / "run.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.slow
+def test_quick_cpu_run_writes_timed_rows(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "run.py"),
+            "--suite",
+            "kernels",
+            "--device",
+            "cpu",
+            "--quick",
+            "--no-compile",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = json.loads(out.read_text())
+    assert data["ceilings"]["copy_gbs"] > 0
+    rows = [r for r in data["results"] if "median_ms" in r]
+    providers = {(r["op"], r["provider"]) for r in rows}
+    assert ("group_norm", "eager") in providers and ("temporal_attention", "sdpa") in providers
+    if ops.available_backends()["cpp"] == "ok":
+        assert ("group_norm", "cpp") in providers and ("temporal_attention", "cpp") in providers
+    for r in rows:
+        assert r["median_ms"] > 0 and r["p10_ms"] <= r["median_ms"] <= r["p90_ms"]
+        assert r["parity_ok"], r
+    assert "| group_norm |" in proc.stdout  # the markdown table is printed
+
+
+def _case(provider):
+    x = torch.randn(4, 8)
+    return harness.Case(
+        suite="kernels",
+        op="toy",
+        label="toy",
+        dtype=torch.float32,
+        params={},
+        make_inputs=lambda: (x,),
+        providers={"eager": lambda t: t * 2, "broken": provider},
+        expected=lambda t: t.double() * 2,
+        bytes_moved=2 * x.numel() * 4,
+    )
+
+
+def test_parity_failure_is_flagged():
+    rows = harness.run_case(_case(lambda t: t * 2 + 1e-3), "cpu", {"copy_gbs": 10.0}, quick=True)
+    by = {r["provider"]: r for r in rows}
+    assert by["eager"]["parity_ok"] and not by["broken"]["parity_ok"]
+
+
+def test_unwritten_output_fails_parity():
+    rows = harness.run_case(
+        _case(lambda t: torch.full_like(t, float("nan"))), "cpu", {"copy_gbs": 10.0}, True
+    )
+    assert not {r["provider"]: r for r in rows}["broken"]["parity_ok"]
+
+
+def test_run_exits_nonzero_on_parity_failure(monkeypatch, capsys):
+    run = _load_run_module()
+    monkeypatch.setattr(run, "SUITES", {"kernels": lambda *a: [_case(lambda t: t * 3)]})
+    monkeypatch.setattr(run.harness, "measure_ceilings", lambda device, quick: {"copy_gbs": 10.0})
+    assert run.main(["--suite", "kernels", "--device", "cpu", "--quick"]) == 1
+    assert "PARITY FAILURE" in capsys.readouterr().err
+
+
+def test_planned_suite_is_refused_clearly(capsys):
+    run = _load_run_module()
+    if "model" in run.SUITES:
+        pytest.skip("the model suite exists now")
+    assert run.main(["--suite", "model", "--device", "cpu"]) == 2
+    assert "not implemented yet" in capsys.readouterr().err

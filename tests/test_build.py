@@ -1,0 +1,61 @@
+"""Build checks: the CUDA sources compile with nvcc alone (they are framework-free)
+with no register spills, and the installed distribution exposes the Triton kernels
+only as lddm_fast.kernels."""
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CUDA_SOURCES = sorted((ROOT / "csrc" / "cuda").glob("*.cu"))
+NVCC = shutil.which("nvcc")
+
+
+def test_there_are_cuda_sources():
+    assert CUDA_SOURCES, "csrc/cuda has no .cu files"
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc not on PATH")
+@pytest.mark.parametrize("source", CUDA_SOURCES, ids=lambda p: p.name)
+def test_cuda_source_compiles_for_sm90a_without_spills(source, tmp_path):
+    cmd = [
+        NVCC,
+        "-c",
+        "-std=c++17",
+        f"-I{ROOT / 'csrc'}",
+        "-gencode=arch=compute_90a,code=sm_90a",
+        "-Xptxas",
+        "-v",
+        "-O3",
+        str(source),
+        "-o",
+        str(tmp_path / "out.o"),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stderr}"
+    report = proc.stderr
+    spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", report)
+    assert spills, f"no ptxas report in:\n{report}"
+    assert all(s == ("0", "0") for s in spills), f"register spills in {source.name}:\n{report}"
+
+
+def test_cuda_sources_include_no_torch_headers():
+    for source in [*CUDA_SOURCES, *(ROOT / "csrc" / "cuda").glob("*.h")]:
+        text = source.read_text()
+        assert not re.search(r"#include\s*[<\"](torch|ATen|c10)/", text), source.name
+
+
+def test_kernels_only_installed_as_lddm_fast_kernels(tmp_path):
+    code = (
+        "import importlib.util as u; "
+        "print(u.find_spec('kernels') is None, u.find_spec('lddm_fast.kernels') is not None)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "True"], out.stdout
