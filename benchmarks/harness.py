@@ -159,7 +159,8 @@ def run_case(case: Case, device: str, ceilings: dict[str, float], quick: bool) -
         row.update(
             median_ms=timing.median_ms, p10_ms=timing.p10_ms, p90_ms=timing.p90_ms, reps=timing.reps
         )
-        row["gbs"] = case.bytes_moved / timing.median_ms / 1e6
+        if case.bytes_moved:
+            row["gbs"] = case.bytes_moved / timing.median_ms / 1e6
         if case.flops:
             row["tflops"] = case.flops / timing.median_ms / 1e9
         row["roofline_pct"] = 100 * roofline_s / (timing.median_ms / 1e3)
@@ -211,7 +212,8 @@ def markdown_table(rows: list[dict]) -> str:
             continue
         lines.append(
             f"| {r['op']} | {r['case']} | {r['dtype']} | {r['provider']} | "
-            f"{r['median_ms']:.3f} | {r['p10_ms']:.3f}-{r['p90_ms']:.3f} | {r['gbs']:.1f} | "
+            f"{r['median_ms']:.3f} | {r['p10_ms']:.3f}-{r['p90_ms']:.3f} | "
+            f"{format(r['gbs'], '.1f') if 'gbs' in r else '-'} | "
             f"{r['roofline_pct']:.1f} | {r['speedup']:.2f}x | {r['max_abs']:.2e} | "
             f"{r['max_rel']:.2e} | {'ok' if r['parity_ok'] else 'FAIL'} |"
         )

@@ -1,5 +1,6 @@
 """Print versions, the GPU (if any), every ops backend with its status, and which
-backend each op would use by default on each device and dtype."""
+backend each op would use by default on each device and dtype. With --preset, print
+a model preset's parameter counts and the FLOPs of one denoiser forward instead."""
 
 from __future__ import annotations
 
@@ -10,6 +11,14 @@ HELP = "show versions, GPU and ops backends"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    parser.add_argument(
+        "--preset",
+        metavar="NAME",
+        help="describe a model preset (tiny, phantom64, busv128): parameters and FLOPs",
+    )
+    parser.add_argument(
+        "--batch", type=int, default=1, help="videos per denoiser forward for --preset FLOPs"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -19,6 +28,15 @@ def run(args: argparse.Namespace) -> int:
 
     from lddm_fast import envinfo, ops
 
+    if args.preset is not None:
+        from lddm_fast.models import PRESETS
+        from lddm_fast.models.summary import describe
+
+        if args.preset not in PRESETS:
+            print(f"unknown preset {args.preset!r}; choose from {', '.join(PRESETS)}")
+            return 2
+        print(describe(args.preset, args.batch))
+        return 0
     env = envinfo.environment()
     backends = ops.available_backends()
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

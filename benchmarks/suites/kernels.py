@@ -8,11 +8,11 @@ import functools
 
 import torch
 import torch.nn.functional as F
-from harness import Case
-from shapes import GROUP_NORM, TEMPORAL_ATTENTION
 
+from harness import Case
 from lddm_fast import ops
 from lddm_fast.ops import dispatch
+from shapes import GROUP_NORM, TEMPORAL_ATTENTION
 
 
 def _eager_group_norm(x, w, b, scale, shift, groups):

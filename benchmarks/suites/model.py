@@ -1,0 +1,99 @@
+"""The ``model`` suite: one denoiser forward per preset and batch, the eager
+reference backend against each fast backend and the default dispatch, with parity
+against a float64 copy of the same weights."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from harness import Case
+from lddm_fast import ops
+from lddm_fast.models import LatentDenoiser, preset
+from lddm_fast.models.summary import denoiser_flops
+from lddm_fast.ops import dispatch
+
+# (preset, batch) per device; --quick takes the first.
+SHAPES = {
+    "cpu": [("phantom64", 1), ("phantom64", 4), ("tiny", 8)],
+    "cuda": [("phantom64", 8), ("busv128", 1), ("busv128", 8), ("phantom64", 64)],
+}
+MODEL_OPS = ("group_norm", "temporal_attention")
+
+
+def _randomized(model: torch.nn.Module) -> torch.nn.Module:
+    """A fresh model zero-initialises its output projections, which would make
+    every branch behind them compute nothing; give those weights random values so
+    parity covers every op."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.abs().max() == 0:
+                p.normal_(0.0, 0.02)
+    return model
+
+
+def _forward_under(model, backend: str | None):
+    def run(z, t, x0):
+        with torch.no_grad(), ops.use_backend(backend):
+            return model(z, t, x0).sample
+
+    return run
+
+
+def cases(device: str, dtype: torch.dtype, quick: bool, compile_: bool = True) -> list[Case]:
+    out = []
+    for name, batch in SHAPES[device][: 1 if quick else None]:
+        config = preset(name)
+        torch.manual_seed(0)
+        base = _randomized(LatentDenoiser(config.denoiser)).eval()
+        model = copy.deepcopy(base).to(device=device, dtype=dtype)
+        model64 = copy.deepcopy(base).to(device=device, dtype=torch.float64)
+
+        def make(config=config, batch=batch):
+            z = torch.randn(batch, *config.latent_shape, device=device).to(dtype)
+            t = torch.randint(0, config.num_train_timesteps, (batch,), device=device)
+            x0 = torch.rand(batch, config.channels, config.size, config.size, device=device) * 2 - 1
+            return z, t, x0.to(dtype)
+
+        providers = {"eager": _forward_under(model, "reference")}
+        notes: dict[str, str] = {}
+        if compile_:
+            providers["compile"] = torch.compile(_forward_under(model, "reference"))
+        else:
+            notes["compile"] = "torch.compile disabled (--no-compile)"
+        providers["default"] = _forward_under(model, None)
+        for bname, backend in dispatch.backends().items():
+            if bname == "reference":
+                continue
+            why = next(
+                (w for op in MODEL_OPS if (w := backend.refusal(op, device, dtype, False))), None
+            )
+            if why is None and "interpreter" in backend.status():
+                why = "Triton interpreter: correctness only, not timed"
+            if why is None:
+                providers[bname] = _forward_under(model, bname)
+            else:
+                notes[bname] = why
+
+        def expected(z, t, x0, model64=model64):
+            with torch.no_grad(), ops.use_backend("reference"):
+                return model64(z.double(), t, x0.double()).sample
+
+        picks = {op: ops.default_choice(op, device, dtype) for op in MODEL_OPS}
+        out.append(
+            Case(
+                suite="model",
+                op="denoiser forward",
+                label=f"{name} batch {batch}",
+                dtype=dtype,
+                params={"preset": name, "batch": batch, "default_backends": picks},
+                make_inputs=make,
+                providers=providers,
+                expected=expected,
+                bytes_moved=0,
+                flops=denoiser_flops(name, batch)[0],
+                notes=notes,
+            )
+        )
+    return out

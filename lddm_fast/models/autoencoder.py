@@ -1,0 +1,298 @@
+"""Stage 1: the video autoencoder of LDDM.
+
+The encoder maps T frames to the latent dynamics ``z: [B, c_z, T, H/f, W/f]`` as a
+diagonal Gaussian; the decoder rebuilds the frames from z and the first frame x0,
+which modulates every decoder block spatially (SPADE) from a 2-D encoding broadcast
+over time, so z only has to carry what changes. Runs in channels_last_3d.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lddm_fast import ops
+from lddm_fast.models.config import AutoencoderConfig
+from lddm_fast.models.layers import (
+    Conv2d,
+    Conv3d,
+    GroupNorm,
+    ImageEncoder2d,
+    PointwiseConv3d,
+    ResBlock3d,
+    channels_last,
+    check_divisible,
+    check_tensor,
+    spatial_conv,
+)
+
+__all__ = [
+    "AutoencoderOutput",
+    "DecoderOutput",
+    "DiagonalGaussian",
+    "EncoderOutput",
+    "VideoAutoencoder",
+]
+
+
+class DiagonalGaussian:
+    """A diagonal Gaussian posterior over z.
+
+    Args:
+        mean, logvar: ``[B, c_z, T, h, w]``; logvar is clamped to [-30, 20] so exp()
+            stays finite.
+    """
+
+    def __init__(self, mean: torch.Tensor, logvar: torch.Tensor) -> None:
+        self.mean = mean
+        self.logvar = logvar.clamp(-30.0, 20.0)
+        self.std = torch.exp(0.5 * self.logvar)
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        """A reparameterised draw ``mean + std * eps``, ``[B, c_z, T, h, w]``; eps comes
+        from ``generator`` so a draw is reproducible."""
+        eps = torch.randn(
+            self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype
+        )
+        return self.mean + self.std * eps
+
+    def mode(self) -> torch.Tensor:
+        """The mean, ``[B, c_z, T, h, w]``."""
+        return self.mean
+
+    def kl(self) -> torch.Tensor:
+        """KL(q || N(0, I)) per sample, summed over (c_z, T, h, w): ``[B]`` float32."""
+        mean, logvar = self.mean.float(), self.logvar.float()
+        return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).flatten(1).sum(1)
+
+
+@dataclass
+class EncoderOutput:
+    """latent_dist: the posterior over z ``[B, c_z, T, h, w]``."""
+
+    latent_dist: DiagonalGaussian
+
+
+@dataclass
+class DecoderOutput:
+    """sample: rebuilt frames 1..T, ``[B, C, T, H, W]`` channels_last_3d."""
+
+    sample: torch.Tensor
+
+
+@dataclass
+class AutoencoderOutput:
+    """sample: rebuilt frames ``[B, C, T, H, W]``; latent_dist: the posterior over z."""
+
+    sample: torch.Tensor
+    latent_dist: DiagonalGaussian
+
+
+class SpadeNorm(nn.Module):
+    """Parameter-free GroupNorm of a video, modulated per pixel by an x0 feature map
+    broadcast over time, then SiLU: ``silu(norm(x) * (1 + gamma) + beta)``.
+
+    gamma and beta come from one 3x3 conv of the x0 features. The op fuses only
+    per-channel FiLM, so the spatial modulation and the SiLU run as two eager ops
+    after :func:`lddm_fast.ops.group_norm`.
+    """
+
+    def __init__(self, channels: int, cond_channels: int, groups: int, eps: float) -> None:
+        super().__init__()
+        self.num_groups = groups
+        self.eps = eps
+        self.modulation = Conv2d(cond_channels, 2 * channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:
+        """x: ``[B, C, T, H, W]``; feature: ``[B, C_cond, H, W]``. Returns x's shape."""
+        gamma, beta = self.modulation(feature).unsqueeze(2).chunk(2, dim=1)
+        h = ops.group_norm(x, self.num_groups, eps=self.eps)
+        return F.silu(torch.addcmul(beta, h, 1.0 + gamma), inplace=True)
+
+
+class SpadeResBlock3d(nn.Module):
+    """Decoder ResBlock: SPADE(x0) -> 3x3x3 conv -> SPADE(x0) -> 3x3x3 conv, plus skip."""
+
+    def __init__(
+        self, in_channels: int, out_channels: int, cond_channels: int, groups: int, eps: float
+    ) -> None:
+        super().__init__()
+        self.norm1 = SpadeNorm(in_channels, cond_channels, groups, eps)
+        self.conv1 = Conv3d(in_channels, out_channels, 3, padding=1)
+        self.norm2 = SpadeNorm(out_channels, cond_channels, groups, eps)
+        self.conv2 = Conv3d(out_channels, out_channels, 3, padding=1)
+        self.skip = (
+            PointwiseConv3d(in_channels, out_channels)
+            if in_channels != out_channels
+            else nn.Identity()
+        )
+
+    def forward(self, x: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:
+        """x: ``[B, C_in, T, H, W]``; feature: ``[B, C_cond, H, W]`` -> ``[B, C_out, T, H, W]``."""
+        h = self.conv1(self.norm1(x, feature))
+        h = self.conv2(self.norm2(h, feature))
+        return self.skip(x) + h
+
+
+class VideoEncoder(nn.Module):
+    """3-D conv ResNet ``[B, C, T, H, W] -> [B, 2 c_z, T, H/f, W/f]`` (mean and logvar).
+    Time is never downsampled: z has one slice per frame."""
+
+    def __init__(self, config: AutoencoderConfig) -> None:
+        super().__init__()
+        widths, g, eps = config.block_channels, config.norm_groups, config.norm_eps
+        self.conv_in = Conv3d(config.in_channels, widths[0], 3, padding=1)
+        self.levels = nn.ModuleList()
+        self.downsamples = nn.ModuleList()
+        prev = widths[0]
+        for level, width in enumerate(widths):
+            blocks = []
+            for _ in range(config.layers_per_block):
+                blocks.append(ResBlock3d(prev, width, g, eps))
+                prev = width
+            self.levels.append(nn.ModuleList(blocks))
+            if level < len(widths) - 1:
+                self.downsamples.append(spatial_conv(width, width, stride=2))
+        self.mid = ResBlock3d(prev, prev, g, eps)
+        self.norm_out = GroupNorm(prev, g, eps, activation="silu")
+        self.conv_out = Conv3d(prev, 2 * config.latent_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: ``[B, C, T, H, W]`` -> ``[B, 2 c_z, T, H/f, W/f]``."""
+        h = self.conv_in(x)
+        for level, blocks in enumerate(self.levels):
+            for block in blocks:
+                h = block(h)
+            if level < len(self.downsamples):
+                h = self.downsamples[level](h)
+        return self.conv_out(self.norm_out(self.mid(h)))
+
+
+class VideoDecoder(nn.Module):
+    """Upsampling 3-D conv ResNet ``D(z, x0)``: ``[B, c_z, T, h, w]`` and x0 features ->
+    ``[B, C, T, h f, w f]``. Every block is SPADE-modulated by the x0 feature map of
+    its resolution."""
+
+    def __init__(self, config: AutoencoderConfig) -> None:
+        super().__init__()
+        widths, g, eps = config.block_channels, config.norm_groups, config.norm_eps
+        cond = config.cond_block_channels
+        top = len(widths) - 1
+        self.conv_in = Conv3d(config.latent_channels, widths[top], 3, padding=1)
+        self.mid = SpadeResBlock3d(widths[top], widths[top], cond[top], g, eps)
+        self.levels = nn.ModuleList()
+        self.upsamples = nn.ModuleList()
+        prev = widths[top]
+        for level in range(top, -1, -1):
+            blocks = []
+            for _ in range(config.layers_per_block):
+                blocks.append(SpadeResBlock3d(prev, widths[level], cond[level], g, eps))
+                prev = widths[level]
+            self.levels.append(nn.ModuleList(blocks))
+            if level > 0:
+                self.upsamples.append(spatial_conv(prev, prev))
+        self.norm_out = GroupNorm(prev, g, eps, activation="silu")
+        self.conv_out = Conv3d(prev, config.in_channels, 3, padding=1)
+
+    def forward(self, z: torch.Tensor, features: list[torch.Tensor]) -> torch.Tensor:
+        """z: ``[B, c_z, T, h, w]``; features: x0 pyramid, finest first (level l at
+        ``h f / 2**l``) -> frames ``[B, C, T, h f, w f]``."""
+        top = len(features) - 1
+        h = self.mid(self.conv_in(z), features[top])
+        for i, blocks in enumerate(self.levels):
+            level = top - i
+            for block in blocks:
+                h = block(h, features[level])
+            if level > 0:
+                h = F.interpolate(h, scale_factor=(1.0, 2.0, 2.0), mode="nearest")
+                h = self.upsamples[i](h)
+        return self.conv_out(self.norm_out(h))
+
+
+class VideoAutoencoder(nn.Module):
+    """The LDDM video autoencoder: ``E(frames) -> q(z)`` and ``D(z, x0) -> frames``.
+
+    Build it from an :class:`AutoencoderConfig` or its keyword hyperparameters:
+    ``VideoAutoencoder(config)`` or ``VideoAutoencoder(in_channels=3, ...)``.
+    Inputs are converted to channels_last_3d once; outputs stay in it.
+    """
+
+    def __init__(self, config: AutoencoderConfig | None = None, **kwargs) -> None:
+        super().__init__()
+        if config is not None and kwargs:
+            raise TypeError("pass either a config or keyword hyperparameters, not both")
+        self.config = config if config is not None else AutoencoderConfig(**kwargs)
+        self.encoder = VideoEncoder(self.config)
+        self.cond_encoder = ImageEncoder2d(
+            self.config.in_channels,
+            self.config.cond_block_channels,
+            self.config.norm_groups,
+            self.config.norm_eps,
+        )
+        self.decoder = VideoDecoder(self.config)
+
+    def _check_frames(self, name: str, frames: torch.Tensor) -> None:
+        check_tensor(name, frames, 5, "[B, C, T, H, W]")
+        c = self.config.in_channels
+        if frames.shape[1] != c:
+            raise ValueError(f"{name} has {frames.shape[1]} channels, the autoencoder expects {c}")
+        f = self.config.downsample_factor
+        why = "the autoencoder's spatial downsampling factor"
+        check_divisible(f"{name} height H", frames.shape[3], f, why)
+        check_divisible(f"{name} width W", frames.shape[4], f, why)
+
+    def encode(self, frames: torch.Tensor) -> EncoderOutput:
+        """frames: ``[B, C, T, H, W]`` in [-1, 1], H and W divisible by f (8 in the
+        presets). Returns the posterior over z ``[B, c_z, T, H/f, W/f]`` (mean and
+        logvar channels_last_3d)."""
+        self._check_frames("frames", frames)
+        moments = self.encoder(channels_last(frames))
+        # The halves are channel-strided views; give each its own channels_last_3d
+        # storage so z feeds the denoiser without a layout change.
+        mean, logvar = (channels_last(m) for m in moments.chunk(2, dim=1))
+        return EncoderOutput(DiagonalGaussian(mean, logvar))
+
+    def decode(self, z: torch.Tensor, x0: torch.Tensor) -> DecoderOutput:
+        """z: ``[B, c_z, T, h, w]``; x0: first frame ``[B, C, h f, w f]``. Returns frames
+        1..T, ``[B, C, T, h f, w f]`` channels_last_3d."""
+        check_tensor("z", z, 5, "[B, c_z, T, h, w]")
+        check_tensor("x0", x0, 4, "[B, C, H, W]")
+        cz, f = self.config.latent_channels, self.config.downsample_factor
+        if z.shape[1] != cz:
+            raise ValueError(f"z has {z.shape[1]} channels, the autoencoder's c_z is {cz}")
+        b, _, _, h, w = z.shape
+        want = (b, self.config.in_channels, h * f, w * f)
+        if tuple(x0.shape) != want:
+            raise ValueError(
+                f"x0 has shape {tuple(x0.shape)} but z {tuple(z.shape)} needs x0 of shape {want} "
+                f"[B, C, h*{f}, w*{f}]"
+            )
+        features = self.cond_encoder(channels_last(x0))
+        frames = self.decoder(channels_last(z), features)
+        return DecoderOutput(frames)
+
+    def forward(
+        self,
+        frames: torch.Tensor,
+        x0: torch.Tensor,
+        *,
+        sample_posterior: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> AutoencoderOutput:
+        """Encode and rebuild a clip (the stage-1 training pass).
+
+        Args:
+            frames: frames 1..T ``[B, C, T, H, W]`` in [-1, 1].
+            x0: the first frame ``[B, C, H, W]``.
+            sample_posterior: decode a draw of z (training) or its mean.
+            generator: source of the draw.
+
+        Returns:
+            :class:`AutoencoderOutput` with ``sample [B, C, T, H, W]`` and the posterior.
+        """
+        posterior = self.encode(frames).latent_dist
+        z = posterior.sample(generator) if sample_posterior else posterior.mode()
+        return AutoencoderOutput(self.decode(z, x0).sample, posterior)
