@@ -40,14 +40,15 @@ struct Kernels {
   // y[p, c] = act(a[c] * (x[p, c] - m[c]) + b[c]) for [positions, C], channels innermost.
   void (*affine_chunk)(const T* x, T* y, int64_t positions, int64_t C, const float* a,
                        const float* m, const float* b, bool silu);
-  // Softmax attention over T for `count` consecutive (b, head, y, x) positions
-  // starting at flat position `first` (order b, head, y, x; x fastest). q/k/v/o are
-  // [B, C, T, H, W] with C = heads * D and the given strides; work holds
+  // Softmax attention over T for `count` consecutive positions starting at flat
+  // position `first`, ordered (b, y, x, head) when heads_inner (channels innermost in
+  // memory: all heads of a pixel are one contiguous read) else (b, head, y, x).
+  // q/k/v/o are [B, C, T, H, W] with C = heads * D and the given strides; work holds
   // attention_work_floats(T, D) floats.
   void (*attention)(const T* q, const T* k, const T* v, T* o, Strides5 sq, Strides5 sk,
                     Strides5 sv, Strides5 so, int64_t heads, int64_t D, int64_t T_len,
                     int64_t H, int64_t W, int64_t first, int64_t count, float scale,
-                    float* work);
+                    bool heads_inner, float* work);
   // out[i] = a * x[i] + b * eps[i] (+ c * noise[i] when noise is not null), n values.
   void (*sampler_step)(const T* x, const T* eps, const T* noise, T* out, int64_t n, float a,
                        float b, float c);

@@ -12,8 +12,6 @@ namespace lddm {
 namespace cpu {
 namespace LDDM_ISA_NAMESPACE {
 
-constexpr int kLanes = 16;
-
 static inline float load(float v) { return v; }
 static inline float load(bf16_t v) {
   uint32_t u = uint32_t(v) << 16;
@@ -56,50 +54,35 @@ static inline float silu(float v) { return v / (1.0f + exp_approx(-v)); }
 
 // Corrected two-pass moments: pass 1 finds a shift close to the mean, pass 2 sums
 // deviations from it (and corrects the mean by their average). Safe for inputs with
-// a large mean (x = 1000 + noise), where a one-pass sum of squares cancels.
+// a large mean (x = 1000 + noise), where a one-pass sum of squares cancels. The
+// `omp simd` reductions keep one partial sum per vector lane.
 template <typename T>
-Moments row_moments(const T* x, int64_t n) {
+Moments row_moments(const T* __restrict__ x, int64_t n) {
   const float x0 = load(x[0]);
-  float acc[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int j = 0; j < kLanes; ++j) acc[j] += load(x[i + j]) - x0;
-  double s = 0.0;
-  for (int j = 0; j < kLanes; ++j) s += acc[j];
-  for (; i < n; ++i) s += load(x[i]) - x0;
-  const float shift = x0 + float(s / double(n));
-
-  float a1[kLanes] = {}, a2[kLanes] = {};
-  i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int j = 0; j < kLanes; ++j) {
-      const float d = load(x[i + j]) - shift;
-      a1[j] += d;
-      a2[j] += d * d;
-    }
-  double s1 = 0.0, s2 = 0.0;
-  for (int j = 0; j < kLanes; ++j) {
-    s1 += a1[j];
-    s2 += a2[j];
-  }
-  for (; i < n; ++i) {
-    const double d = double(load(x[i])) - shift;
+  float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < n; ++i) s += load(x[i]) - x0;
+  const float shift = x0 + s / float(n);
+  float s1 = 0.0f, s2 = 0.0f;
+#pragma omp simd reduction(+ : s1, s2)
+  for (int64_t i = 0; i < n; ++i) {
+    const float d = load(x[i]) - shift;
     s1 += d;
     s2 += d * d;
   }
   Moments m;
   m.count = double(n);
-  m.mean = double(shift) + s1 / m.count;
-  m.m2 = s2 - s1 * s1 / m.count;
+  m.mean = double(shift) + double(s1) / m.count;
+  m.m2 = double(s2) - double(s1) * double(s1) / m.count;
   if (m.m2 < 0.0) m.m2 = 0.0;
   return m;
 }
 
 template <typename T>
-void chunk_moments(const T* x, int64_t positions, int64_t C, float* work) {
-  float* shift = work;
-  float* s1 = work + C;
-  float* s2 = work + 2 * C;
+void chunk_moments(const T* __restrict__ x, int64_t positions, int64_t C, float* work) {
+  float* __restrict__ shift = work;
+  float* __restrict__ s1 = work + C;
+  float* __restrict__ s2 = work + 2 * C;
   for (int64_t c = 0; c < C; ++c) {
     shift[c] = load(x[c]);
     s1[c] = 0.0f;
@@ -124,7 +107,9 @@ void chunk_moments(const T* x, int64_t positions, int64_t C, float* work) {
 }
 
 template <typename T, bool Silu>
-static void affine_row_impl(const T* x, T* y, int64_t n, float a, float m, float b) {
+static void affine_row_impl(const T* __restrict__ x, T* __restrict__ y, int64_t n, float a, float m,
+                            float b) {
+#pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
     const float v = a * (load(x[i]) - m) + b;
     store(y + i, Silu ? silu(v) : v);
@@ -140,11 +125,13 @@ void affine_row(const T* x, T* y, int64_t n, float a, float m, float b, bool act
 }
 
 template <typename T, bool Silu>
-static void affine_chunk_impl(const T* x, T* y, int64_t positions, int64_t C, const float* a,
-                              const float* m, const float* b) {
+static void affine_chunk_impl(const T* __restrict__ x, T* __restrict__ y, int64_t positions,
+                              int64_t C, const float* __restrict__ a, const float* __restrict__ m,
+                              const float* __restrict__ b) {
   for (int64_t p = 0; p < positions; ++p) {
     const T* xr = x + p * C;
     T* yr = y + p * C;
+#pragma omp simd
     for (int64_t c = 0; c < C; ++c) {
       const float v = a[c] * (load(xr[c]) - m[c]) + b[c];
       store(yr + c, Silu ? silu(v) : v);
@@ -162,57 +149,92 @@ void affine_chunk(const T* x, T* y, int64_t positions, int64_t C, const float* a
 }
 
 // One (b, head, y, x) position at a time: gather its [T, D] q/k/v through the
-// strides into contiguous float rows (so the dot products vectorize over D), softmax
-// in float, scatter the [T, D] result.
-template <typename T>
-void attention(const T* q, const T* k, const T* v, T* o, Strides5 sq, Strides5 sk, Strides5 sv,
-               Strides5 so, int64_t heads, int64_t D, int64_t T_len, int64_t H, int64_t W,
-               int64_t first, int64_t count, float scale, float* work) {
-  float* qf = work;
-  float* kf = qf + T_len * D;
-  float* vf = kf + T_len * D;
-  float* of = vf + T_len * D;
-  float* p = of + T_len * D;  // [T, T] probabilities
+// strides into float buffers laid out so every inner loop runs over contiguous
+// memory (k transposed to [D, T]: logits accumulate over keys j, the output over d),
+// which the compiler vectorizes without reassociating a reduction. Softmax in float.
+// kT > 0 fixes T at compile time (the denoiser's T=16), so the loops over keys
+// unroll into whole vector registers; kT == 0 takes T_len at run time.
+template <typename T, int kT>
+void attention_impl(const T* q, const T* k, const T* v, T* o, Strides5 sq, Strides5 sk,
+                    Strides5 sv, Strides5 so, int64_t heads, int64_t D, int64_t T_run, int64_t H,
+                    int64_t W, int64_t first, int64_t count, float scale, bool heads_inner,
+                    float* work) {
+  const int64_t T_len = kT > 0 ? kT : T_run;
+  float* __restrict__ qf = work;            // [T, D], pre-scaled
+  float* __restrict__ kt = qf + T_len * D;  // [D, T]
+  float* __restrict__ vf = kt + T_len * D;  // [T, D]
+  float* __restrict__ of = vf + T_len * D;  // [T, D]
+  float* __restrict__ p = of + T_len * D;   // [T, T] logits, then probabilities
   for (int64_t pos = first; pos < first + count; ++pos) {
-    const int64_t x = pos % W;
-    const int64_t y = (pos / W) % H;
-    const int64_t h = (pos / (W * H)) % heads;
-    const int64_t b = pos / (W * H * heads);
+    int64_t b, h, y, x;
+    if (heads_inner) {  // order (b, y, x, head)
+      h = pos % heads;
+      x = (pos / heads) % W;
+      y = (pos / (heads * W)) % H;
+      b = pos / (heads * W * H);
+    } else {  // order (b, head, y, x)
+      x = pos % W;
+      y = (pos / W) % H;
+      h = (pos / (W * H)) % heads;
+      b = pos / (W * H * heads);
+    }
     const T* qb = q + b * sq.b + h * D * sq.c + y * sq.h + x * sq.w;
     const T* kb = k + b * sk.b + h * D * sk.c + y * sk.h + x * sk.w;
     const T* vb = v + b * sv.b + h * D * sv.c + y * sv.h + x * sv.w;
     T* ob = o + b * so.b + h * D * so.c + y * so.h + x * so.w;
-    for (int64_t t = 0; t < T_len; ++t)
-      for (int64_t d = 0; d < D; ++d) {
-        qf[t * D + d] = load(qb[t * sq.t + d * sq.c]) * scale;
-        kf[t * D + d] = load(kb[t * sk.t + d * sk.c]);
-        vf[t * D + d] = load(vb[t * sv.t + d * sv.c]);
-      }
+    for (int64_t t = 0; t < T_len; ++t) {
+      const T* qt = qb + t * sq.t;
+      const T* kr = kb + t * sk.t;
+      const T* vr = vb + t * sv.t;
+      for (int64_t d = 0; d < D; ++d) qf[t * D + d] = load(qt[d * sq.c]) * scale;
+      for (int64_t d = 0; d < D; ++d) kt[d * T_len + t] = load(kr[d * sk.c]);
+      for (int64_t d = 0; d < D; ++d) vf[t * D + d] = load(vr[d * sv.c]);
+    }
     for (int64_t i = 0; i < T_len; ++i) {
-      float* pi = p + i * T_len;
-      float mx = -3.0e38f;
-      for (int64_t j = 0; j < T_len; ++j) {
-        float s = 0.0f;
-        for (int64_t d = 0; d < D; ++d) s += qf[i * D + d] * kf[j * D + d];
-        pi[j] = s;
-        mx = s > mx ? s : mx;
+      float* __restrict__ pi = p + i * T_len;
+      for (int64_t j = 0; j < T_len; ++j) pi[j] = 0.0f;
+      for (int64_t d = 0; d < D; ++d) {
+        const float qv = qf[i * D + d];
+        const float* __restrict__ kd = kt + d * T_len;
+#pragma omp simd
+        for (int64_t j = 0; j < T_len; ++j) pi[j] += qv * kd[j];
       }
+      float mx = pi[0];
+#pragma omp simd reduction(max : mx)
+      for (int64_t j = 1; j < T_len; ++j) mx = pi[j] > mx ? pi[j] : mx;
       float denom = 0.0f;
+#pragma omp simd reduction(+ : denom)
       for (int64_t j = 0; j < T_len; ++j) {
         pi[j] = exp_approx(pi[j] - mx);
         denom += pi[j];
       }
       const float inv = 1.0f / denom;
-      float* oi = of + i * D;
+      float* __restrict__ oi = of + i * D;
       for (int64_t d = 0; d < D; ++d) oi[d] = 0.0f;
       for (int64_t j = 0; j < T_len; ++j) {
         const float w = pi[j] * inv;
-        for (int64_t d = 0; d < D; ++d) oi[d] += w * vf[j * D + d];
+        const float* __restrict__ vj = vf + j * D;
+#pragma omp simd
+        for (int64_t d = 0; d < D; ++d) oi[d] += w * vj[d];
       }
     }
-    for (int64_t t = 0; t < T_len; ++t)
-      for (int64_t d = 0; d < D; ++d) store(ob + t * so.t + d * so.c, of[t * D + d]);
+    for (int64_t t = 0; t < T_len; ++t) {
+      T* ot = ob + t * so.t;
+      for (int64_t d = 0; d < D; ++d) store(ot + d * so.c, of[t * D + d]);
+    }
   }
+}
+
+template <typename T>
+void attention(const T* q, const T* k, const T* v, T* o, Strides5 sq, Strides5 sk, Strides5 sv,
+               Strides5 so, int64_t heads, int64_t D, int64_t T_len, int64_t H, int64_t W,
+               int64_t first, int64_t count, float scale, bool heads_inner, float* work) {
+  if (T_len == 16)
+    attention_impl<T, 16>(q, k, v, o, sq, sk, sv, so, heads, D, T_len, H, W, first, count, scale,
+                          heads_inner, work);
+  else
+    attention_impl<T, 0>(q, k, v, o, sq, sk, sv, so, heads, D, T_len, H, W, first, count, scale,
+                         heads_inner, work);
 }
 
 template <typename T>
