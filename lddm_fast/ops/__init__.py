@@ -1,7 +1,10 @@
 """Fused ops of the LDDM denoiser, each dispatched to the fastest available backend.
 
 Backends: ``reference`` (plain PyTorch, differentiable, always there), ``cpp`` (the
-C++ extension on CPU tensors), ``cuda`` (the extension's CUDA kernels). See
+C++ extension on CPU tensors), ``cuda`` (the extension's CUDA kernels), ``triton``
+(Triton kernels on CUDA tensors; on CPU through the interpreter when
+``TRITON_INTERPRET=1`` is set before import). On CUDA the default is triton, then
+cuda, then reference, per op (until benchmarks on a GPU say otherwise). See
 :func:`available_backends` for what works here and :func:`use_backend` /
 ``LDDM_BACKEND`` to force one. Arguments are validated here once, with errors that
 name the argument, before any backend runs.
@@ -11,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from lddm_fast.ops import extension, reference
+from lddm_fast.ops import extension, reference, triton_backend
 from lddm_fast.ops.dispatch import (
     Backend,
     BackendError,
@@ -68,6 +71,18 @@ register(
     ),
     default_for={"cuda": 0},
 )
+register(
+    Backend(
+        name="triton",
+        ops=triton_backend.OPS,
+        devices=triton_backend.devices(),
+        dtypes=_FLOATS,
+        status=triton_backend.status,
+        limits=triton_backend.limits,
+    ),
+    default_for={"cuda": 0},
+)
+
 
 def _check_tensor(name: str, t: torch.Tensor, like: torch.Tensor) -> None:
     if not isinstance(t, torch.Tensor):
@@ -168,7 +183,7 @@ def temporal_attention(
     c = q.shape[1]
     if not isinstance(num_heads, int) or num_heads <= 0 or c % num_heads:
         raise ValueError(f"num_heads={num_heads} must be a positive divisor of C={c}")
-    impl = select("temporal_attention", backend, q, k, v)
+    impl = select("temporal_attention", backend, q, k, v, params={"num_heads": num_heads})
     return impl(q, k, v, num_heads=num_heads, scale=scale)
 
 

@@ -30,6 +30,8 @@ class Backend:
     ops: op name -> implementation. devices: device types it runs on. dtypes: input
     dtypes it accepts. status: ``"ok..."`` or why it is unusable on this machine.
     differentiable: whether autograd flows through it (training needs that).
+    limits: optional (op, main tensor, params) -> why this shape is out of range or
+        None, for kernels with size limits (params holds e.g. num_heads).
     """
 
     name: str
@@ -38,8 +40,17 @@ class Backend:
     dtypes: tuple[torch.dtype, ...]
     status: Callable[[], str]
     differentiable: bool = False
+    limits: Callable[[str, torch.Tensor, dict], str | None] | None = None
 
-    def refusal(self, op: str, device: str, dtype: torch.dtype, needs_grad: bool) -> str | None:
+    def refusal(
+        self,
+        op: str,
+        device: str,
+        dtype: torch.dtype,
+        needs_grad: bool,
+        main: torch.Tensor | None = None,
+        params: dict | None = None,
+    ) -> str | None:
         """Why this backend cannot run ``op`` for these inputs, or None if it can."""
         status = self.status()
         if not status.startswith("ok"):
@@ -53,6 +64,8 @@ class Backend:
             return f"it supports {names}, not {str(dtype).removeprefix('torch.')}"
         if needs_grad and not self.differentiable:
             return "it has no backward; use backend='reference' for training"
+        if self.limits is not None and main is not None:
+            return self.limits(op, main, params or {})
         return None
 
 
@@ -119,9 +132,10 @@ def requested_backend() -> tuple[str | None, str]:
 
 
 def select(
-    op: str, backend: str | None, *tensors: torch.Tensor | None
+    op: str, backend: str | None, *tensors: torch.Tensor | None, params: dict | None = None
 ) -> Callable[..., torch.Tensor]:
-    """The implementation of ``op`` to run for these tensors (the first is the main input)."""
+    """The implementation of ``op`` to run for these tensors (the first is the main input;
+    ``params`` are the op's non-tensor arguments that size limits depend on)."""
     main = tensors[0]
     device, dtype = main.device.type, main.dtype
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
@@ -130,7 +144,7 @@ def select(
         backend, source = requested_backend()
     if backend is not None:
         chosen = _lookup(backend)
-        why = chosen.refusal(op, device, dtype, needs_grad)
+        why = chosen.refusal(op, device, dtype, needs_grad, main, params)
         if why is not None:
             raise BackendError(
                 f"backend {backend!r} (from {source}) cannot run lddm_fast.ops.{op} on a "
@@ -139,7 +153,7 @@ def select(
         return chosen.ops[op]
     for name in default_order(device):
         candidate = _REGISTRY[name]
-        if candidate.refusal(op, device, dtype, needs_grad) is None:
+        if candidate.refusal(op, device, dtype, needs_grad, main, params) is None:
             return candidate.ops[op]
     raise BackendError(f"no backend can run lddm_fast.ops.{op} on {device} {dtype}")
 

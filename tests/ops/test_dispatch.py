@@ -168,3 +168,28 @@ def test_default_falls_back_to_reference_for_float16():
 def test_bad_arguments_are_named(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_shape_limits_refuse_explicitly_and_fall_back_by_default():
+    limited = dispatch.Backend(
+        name="limited",
+        ops={"temporal_attention": lambda q, k, v, **kw: q},
+        devices=("cpu",),
+        dtypes=(torch.float32,),
+        status=lambda: "ok",
+        limits=lambda op, main, params: "T too long" if main.shape[2] > 4 else None,
+    )
+    dispatch.register(limited, default_for={"cpu": 0})
+    try:
+        q = torch.randn(1, 4, 6, 1, 1)
+        with pytest.raises(BackendError, match="'limited'.*T too long"):
+            ops.temporal_attention(q, q, q, num_heads=2, backend="limited")
+        y = ops.temporal_attention(q, q, q, num_heads=2)  # falls back past 'limited'
+        torch.testing.assert_close(
+            y, ops.temporal_attention(q, q, q, num_heads=2, backend="reference")
+        )
+        short = torch.randn(1, 4, 3, 1, 1)
+        assert ops.temporal_attention(short, short, short, num_heads=2) is short
+    finally:
+        del dispatch._REGISTRY["limited"]
+        dispatch._DEFAULT_ORDER["cpu"].remove("limited")

@@ -1,0 +1,323 @@
+"""GroupNorm + affine + FiLM + SiLU for 4-D and 5-D tensors, in two Triton launches.
+
+``y = act(((x - mean_g) * rstd_g * weight + bias) * (1 + scale) + shift)``
+
+1. ``_gn_stats_kernel``: one program per (sample, split, group) reads one chunk of its
+   group once and writes a partial (mean, M2) in float32. When N * G alone cannot fill
+   the GPU, each group is split into several chunks (the split reduction).
+2. ``_gn_apply_kernel``: one program per (sample, channel block, spatial strip) combines
+   its groups' partials in a fixed order (deterministic: no atomics), folds statistics,
+   affine and FiLM into one multiply-add per channel, then reads x once more and writes
+   y in x's memory format, with the SiLU on the way out.
+
+Bytes per element: one read for the statistics, one read + one write for the output
+(the floor for a two-pass norm whose input does not fit on chip).
+
+Large means: every group is shifted by its own first element ``k`` before any sum, and
+the output is computed as ``(x - k) * a + b``, so x = 1000 + noise loses no more
+precision than x = noise. Welford per lane then Chan's pairwise merge keep the
+variance safe even when k is an outlier of its group.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from lddm_fast.ops.layout import memory_format_of
+
+from .utils import MAX_INT32, cast_to, cdiv, check_grid_x, device_guard, num_sms, pow2_block, prune
+
+# A program reading less than this many elements of a group spends more on its
+# partial's bookkeeping than on bandwidth: the split stops there.
+_MIN_CHUNK = 8192
+# Partials per group the apply kernel merges (a [channels, splits] tile per program).
+_MAX_SPLIT = 32
+# Chunk lengths round up to a multiple of this: chunks start aligned for vector loads.
+_CHUNK_ALIGN = 1024
+# Elements per apply tile; the channel block cap when channels are innermost; the
+# narrowest run of unit-stride elements a tile row may have (a warp's loads stay wide).
+_TILE = 4096
+_MAX_CHANNEL_BLOCK = 128
+_MIN_ROW = 16
+# Programs per SM the launches aim for (enough to hide DRAM latency, few enough that
+# each program's coefficient setup is amortised).
+_PROGRAMS_PER_SM = 4
+
+
+def _size_class(n: int) -> int:
+    """Autotuning key: configs are re-tuned per power-of-two size class, not per shape."""
+    return max(n, 1).bit_length()
+
+
+@triton.autotune(
+    configs=[
+        # First config: the one the interpreter runs.
+        triton.Config({"BLOCK": 1024}, num_warps=4),
+        triton.Config({"BLOCK": 2048}, num_warps=8),
+        triton.Config({"BLOCK": 4096}, num_warps=8),
+        triton.Config({"BLOCK": 1024}, num_warps=8),
+    ],
+    key=["SIZE_CLASS", "CHANNELS_INNER"],
+    prune_configs_by=prune(),
+)
+@triton.jit
+def _gn_stats_kernel(
+    x_ptr,  # [N, C, S] (spatial dims collapsed), any dtype, read through strides
+    part_ptr,  # [N, G, SPLIT, 2] float32 out: (mean of x - k, M2) per chunk
+    stride_xn, stride_xc, stride_xs,
+    G, SPLIT, CHUNK, GROUP_SIZE,  # GROUP_SIZE = CG * S elements per group
+    SIZE_CLASS,  # autotuning key only
+    CG: tl.constexpr,  # channels per group
+    CHANNELS_INNER: tl.constexpr,  # False: a group is CG * S elements back to back
+    BLOCK: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    # Groups vary fastest so programs running together read the same rows of a
+    # channels-last tensor (one DRAM pass serves every group's chunk of that row).
+    g = pid % G
+    split = (pid // G) % SPLIT
+    n = pid // (G * SPLIT)
+    base = x_ptr + n.to(tl.int64) * stride_xn + (g * CG).to(tl.int64) * stride_xc
+    k = tl.load(base).to(tl.float32)
+    lo = split * CHUNK
+    hi = tl.minimum(lo + CHUNK, GROUP_SIZE)
+
+    cnt = tl.zeros([BLOCK], dtype=tl.float32)
+    mean = tl.zeros([BLOCK], dtype=tl.float32)
+    m2 = tl.zeros([BLOCK], dtype=tl.float32)
+    for start in range(lo, hi, BLOCK):
+        i = start + tl.arange(0, BLOCK)
+        mask = i < hi
+        if CHANNELS_INNER:
+            # CG is a compile-time constant: // and % become multiply-shifts, and the
+            # flat index keeps every lane busy even when CG is not a power of two.
+            off = (i // CG) * stride_xs + (i % CG) * stride_xc
+        else:
+            off = i * stride_xs
+        d = tl.load(base + off, mask=mask, other=0.0).to(tl.float32) - k
+        cnt += mask.to(tl.float32)
+        delta = tl.where(mask, d - mean, 0.0)
+        mean += delta / tl.maximum(cnt, 1.0)
+        m2 += delta * (d - mean)
+
+    n_chunk = (hi - lo).to(tl.float32)
+    chunk_mean = tl.sum(cnt * mean, axis=0) / n_chunk
+    dev = mean - chunk_mean
+    chunk_m2 = tl.sum(m2, axis=0) + tl.sum(cnt * dev * dev, axis=0)
+    out = part_ptr + ((n * G + g) * SPLIT + split).to(tl.int64) * 2
+    tl.store(out, chunk_mean)
+    tl.store(out + 1, chunk_m2)
+
+
+@triton.autotune(
+    configs=[
+        triton.Config({}, num_warps=4),
+        triton.Config({}, num_warps=8),
+        triton.Config({}, num_warps=16),
+    ],
+    key=["SIZE_CLASS", "CHANNELS_INNER", "BLOCK_CH", "BLOCK_SP"],
+    prune_configs_by=prune(),
+)
+@triton.jit
+def _gn_apply_kernel(
+    x_ptr,  # [N, C, S] input, read through strides
+    y_ptr,  # [N, C, S] output, written through strides
+    part_ptr,  # [N, G, SPLIT, 2] float32 partials from _gn_stats_kernel
+    w_ptr, b_ptr,  # [C] or dummies
+    scale_ptr, shift_ptr,  # [N, C] FiLM or dummies
+    stride_xn, stride_xc, stride_xs,
+    stride_yn, stride_yc, stride_ys,
+    stride_w, stride_b, stride_scale_n, stride_scale_c, stride_shift_n, stride_shift_c,
+    C, S, G, SPLIT, CHUNK, GROUP_SIZE, N_CH_BLOCKS, N_STRIPS, ITERS, eps,
+    SIZE_CLASS,  # autotuning key only
+    CG: tl.constexpr,
+    CHANNELS_INNER: tl.constexpr,  # autotuning key: the tile shape follows the layout
+    HAS_W: tl.constexpr, HAS_B: tl.constexpr,
+    HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, SILU: tl.constexpr,
+    BLOCK_CH: tl.constexpr, BLOCK_SP: tl.constexpr, SPLIT_B: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    ch_block = pid % N_CH_BLOCKS
+    strip = (pid // N_CH_BLOCKS) % N_STRIPS
+    n = pid // (N_CH_BLOCKS * N_STRIPS)
+
+    ch = ch_block * BLOCK_CH + tl.arange(0, BLOCK_CH)
+    ch_ok = ch < C
+    g = ch // CG
+
+    # Merge the group's partials (Chan et al.), the same fixed-order tree in every
+    # program that reads this group, so the result is bitwise reproducible.
+    s = tl.arange(0, SPLIT_B)
+    s_ok = s < SPLIT
+    cnt = tl.where(s_ok, tl.minimum(CHUNK, GROUP_SIZE - s * CHUNK), 0).to(tl.float32)
+    part = part_ptr + ((n * G + g)[:, None] * SPLIT + s[None, :]).to(tl.int64) * 2
+    pmask = ch_ok[:, None] & s_ok[None, :]
+    p_mean = tl.load(part, mask=pmask, other=0.0)
+    p_m2 = tl.load(part + 1, mask=pmask, other=0.0)
+    mean = tl.sum(cnt[None, :] * p_mean, axis=1) / GROUP_SIZE
+    dev = tl.where(pmask, p_mean - mean[:, None], 0.0)
+    m2 = tl.sum(p_m2, axis=1) + tl.sum(cnt[None, :] * dev * dev, axis=1)
+    rstd = tl.rsqrt(tl.maximum(m2 / GROUP_SIZE, 0.0) + eps)
+
+    x_base = x_ptr + n.to(tl.int64) * stride_xn
+    k = tl.load(x_base + (g * CG).to(tl.int64) * stride_xc, mask=ch_ok, other=0.0).to(tl.float32)
+    # y = (x - k) * a + b folds mean, rstd, affine and FiLM into one FMA per element.
+    a = rstd
+    if HAS_W:
+        a *= tl.load(w_ptr + ch * stride_w, mask=ch_ok, other=0.0).to(tl.float32)
+    b = -mean * a
+    if HAS_B:
+        b += tl.load(b_ptr + ch * stride_b, mask=ch_ok, other=0.0).to(tl.float32)
+    if HAS_SCALE:
+        film = 1.0 + tl.load(
+            scale_ptr + n.to(tl.int64) * stride_scale_n + ch * stride_scale_c, mask=ch_ok, other=0.0
+        ).to(tl.float32)
+        a *= film
+        b *= film
+    if HAS_SHIFT:
+        b += tl.load(
+            shift_ptr + n.to(tl.int64) * stride_shift_n + ch * stride_shift_c, mask=ch_ok, other=0.0
+        ).to(tl.float32)
+
+    y_base = y_ptr + n.to(tl.int64) * stride_yn
+    x_rows = x_base + ch[:, None] * stride_xc
+    y_rows = y_base + ch[:, None] * stride_yc
+    for it in range(ITERS):
+        sp = (strip * ITERS + it) * BLOCK_SP + tl.arange(0, BLOCK_SP)
+        mask = ch_ok[:, None] & (sp < S)[None, :]
+        # Masked lanes read k: a finite y there keeps the SiLU's exp from overflowing.
+        x = tl.load(x_rows + sp[None, :] * stride_xs, mask=mask, other=k[:, None]).to(tl.float32)
+        y = (x - k[:, None]) * a[:, None] + b[:, None]
+        if SILU:
+            y = y / (1.0 + tl.exp(-y))
+        tl.store(y_rows + sp[None, :] * stride_ys, cast_to(y, y_ptr.dtype.element_ty), mask=mask)
+
+
+def _as_3d(t: torch.Tensor) -> torch.Tensor | None:
+    """``[N, C, *spatial]`` viewed as ``[N, C, S]`` without a copy, or None when the
+    spatial dims do not collapse into one stride."""
+    try:
+        return t.view(t.shape[0], t.shape[1], -1)
+    except RuntimeError:
+        return None
+
+
+def _sample_extent(t3: torch.Tensor) -> int:
+    """Largest element offset inside one sample of a ``[N, C, S]`` view."""
+    sizes, strides = t3.shape[1:], t3.stride()[1:]
+    return sum((size - 1) * abs(stride) for size, stride in zip(sizes, strides, strict=True))
+
+
+def group_norm(
+    x: torch.Tensor,
+    num_groups: int,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    eps: float = 1e-5,
+    *,
+    scale: torch.Tensor | None = None,
+    shift: torch.Tensor | None = None,
+    activation: str | None = None,
+    out: torch.Tensor | None = None,
+    split: int | None = None,
+) -> torch.Tensor:
+    """Fused GroupNorm + affine + FiLM + optional SiLU (see :func:`lddm_fast.ops.group_norm`).
+
+    Args:
+        x: ``[N, C, H, W]`` or ``[N, C, T, H, W]``, float32/bfloat16/float16, on a CUDA
+            device (or CPU under ``TRITON_INTERPRET=1``). Read through its strides when
+            the spatial dims collapse into one stride (contiguous, channels_last(_3d),
+            and batch/channel slices of those); any other view is first copied.
+        num_groups: G, a divisor of C.
+        weight, bias: ``[C]`` or None.
+        eps: added to the variance.
+        scale, shift: ``[N, C]`` FiLM or None.
+        activation: None or ``"silu"``.
+        out: optional ``[N, C, *spatial]`` tensor of x's dtype to write into (must not
+            overlap x); default a new tensor in x's memory format.
+        split: programs per group for the statistics; None picks enough to fill the GPU.
+
+    Returns:
+        ``out``: ``[N, C, *spatial]``, x's dtype, x's memory format when allocated here.
+    """
+    if activation not in (None, "silu"):
+        raise ValueError(f"activation must be None or 'silu', got {activation!r}")
+    n, c = x.shape[:2]
+    if c % num_groups:
+        raise ValueError(f"num_groups={num_groups} must divide C={c}")
+    if out is None:
+        out = torch.empty_like(x, memory_format=memory_format_of(x))
+    elif out.shape != x.shape or out.dtype != x.dtype or out.device != x.device:
+        raise ValueError(
+            f"out must be {tuple(x.shape)} {x.dtype} on {x.device}, "
+            f"got {tuple(out.shape)} {out.dtype} on {out.device}"
+        )
+    elif out.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
+        # The apply pass reads x after other programs may already have written y.
+        raise ValueError("out must not share storage with x")
+    if out.numel() == 0:
+        return out
+
+    x3 = _as_3d(x)
+    if x3 is None:
+        x3 = _as_3d(x.contiguous(memory_format=memory_format_of(x)))
+    y3 = _as_3d(out)
+    if y3 is None:
+        raise ValueError("out's spatial dims must collapse into one stride (any standard layout)")
+    for name, t3 in (("x", x3), ("out", y3)):
+        if _sample_extent(t3) > MAX_INT32:
+            raise ValueError(f"{name}: one sample spans more than 2**31 elements")
+
+    s = x3.shape[2]
+    cg = c // num_groups
+    group_size = cg * s
+    sn, sc, ss = x3.stride()
+    channels_inner = not (sc == s * ss and ss > 0)
+
+    if split is None:
+        target = _PROGRAMS_PER_SM * num_sms(x.device)
+        split = min(cdiv(target, n * num_groups), cdiv(group_size, _MIN_CHUNK), _MAX_SPLIT)
+    if split < 1:
+        raise ValueError(f"split must be >= 1, got {split}")
+    chunk = cdiv(group_size, split)
+    if chunk > _CHUNK_ALIGN:
+        chunk = cdiv(chunk, _CHUNK_ALIGN) * _CHUNK_ALIGN
+    split = cdiv(group_size, chunk)
+    part = torch.empty((n, num_groups, split, 2), dtype=torch.float32, device=x.device)
+
+    # The unit-stride axis gets the wide side of the tile; the other axis fills it.
+    if channels_inner:
+        block_ch = pow2_block(c, _MAX_CHANNEL_BLOCK, _MIN_ROW)
+        block_sp = pow2_block(s, _TILE // block_ch)
+    else:
+        block_sp = pow2_block(s, _TILE, _MIN_ROW)
+        block_ch = pow2_block(c, _TILE // block_sp)
+    n_ch_blocks = cdiv(c, block_ch)
+    n_sp_tiles = cdiv(s, block_sp)
+    per_strip_target = cdiv(_PROGRAMS_PER_SM * num_sms(x.device), n * n_ch_blocks)
+    iters = cdiv(n_sp_tiles, min(n_sp_tiles, per_strip_target))
+    n_strips = cdiv(n_sp_tiles, iters)
+
+    dummy = part  # never read: the HAS_* flags compile the loads out
+    w, b, sc_t, sh_t = (t if t is not None else dummy for t in (weight, bias, scale, shift))
+    with device_guard(x):
+        _gn_stats_kernel[check_grid_x(n * split * num_groups, "group_norm statistics")](
+            x3, part, sn, sc, ss,
+            num_groups, split, chunk, group_size, _size_class(chunk),
+            CG=cg, CHANNELS_INNER=channels_inner,
+        )
+        _gn_apply_kernel[check_grid_x(n * n_ch_blocks * n_strips, "group_norm apply")](
+            x3, y3, part, w, b, sc_t, sh_t,
+            sn, sc, ss, *y3.stride(),
+            w.stride(0), b.stride(0), *sc_t.stride()[:2], *sh_t.stride()[:2],
+            c, s, num_groups, split, chunk, group_size, n_ch_blocks, n_strips, iters, float(eps),
+            _size_class(block_ch * block_sp * iters),
+            CG=cg, CHANNELS_INNER=channels_inner,
+            HAS_W=weight is not None, HAS_B=bias is not None,
+            HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None,
+            SILU=activation == "silu",
+            BLOCK_CH=block_ch, BLOCK_SP=block_sp, SPLIT_B=triton.next_power_of_2(split),
+        )
+    return out
