@@ -15,6 +15,7 @@ import sys
 # subcommand -> module implementing it
 COMMANDS: dict[str, str] = {
     "info": "lddm_fast.info",
+    "phantom": "lddm_fast.data.cli",
 }
 
 

@@ -1,0 +1,123 @@
+"""Multi-frame DICOM (ultrasound cine loops) through pydicom, an optional extra.
+
+Install with ``pip install lddm_fast[dicom]``; without it, DICOM files raise
+ImportError with that hint (dataset scans record them as skipped with the hint).
+
+Conversion: ``MONOCHROME1`` is inverted so that bright means echogenic; more than
+8 stored bits are scaled linearly from the stored range (``BitsStored``) to 0..255;
+colour (``RGB``, and ``YBR_*``, which pydicom converts to RGB) is kept or reduced to
+ITU-R 601 luma. Signed pixel data is refused. Compressed transfer syntaxes decode
+only if pydicom has a decoder for them installed (e.g. ``pylibjpeg``); otherwise
+the file is refused with pydicom's reason.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from lddm_fast.data.errors import BadInputError
+from lddm_fast.data.images import MAX_PIXELS
+from lddm_fast.data.video_io import MAX_VIDEO_PIXELS, Video, VideoInfo, convert_channels
+
+DICOM_SUFFIXES = (".dcm", ".dicom")
+INSTALL_HINT = "reading DICOM needs pydicom: pip install lddm_fast[dicom]"
+
+
+def is_dicom(path: str | os.PathLike) -> bool:
+    """True for a ``.dcm``/``.dicom`` file, or a suffix-less file with the DICM preamble."""
+    path = os.fspath(path)
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix in DICOM_SUFFIXES:
+        return True
+    if suffix or not os.path.isfile(path):
+        return False
+    with open(path, "rb") as f:
+        head = f.read(132)
+    return len(head) == 132 and head[128:] == b"DICM"
+
+
+def probe_dicom(path: str | os.PathLike) -> VideoInfo:
+    """Frame count, size and rate from the header, without decoding pixels."""
+    ds = _read(path, header_only=True)
+    rows, cols = int(getattr(ds, "Rows", 0)), int(getattr(ds, "Columns", 0))
+    if rows <= 0 or cols <= 0:
+        raise BadInputError(path, "DICOM without image rows/columns (not an image)")
+    return VideoInfo(int(getattr(ds, "NumberOfFrames", 1) or 1), cols, rows, _fps(ds))
+
+
+def read_dicom(
+    path: str | os.PathLike,
+    *,
+    channels: int = 1,
+    max_pixels: int = MAX_PIXELS,
+    max_total_pixels: int = MAX_VIDEO_PIXELS,
+) -> Video:
+    """Decode all frames: uint8 ``[T, H, W]`` (``channels=1``) or ``[T, H, W, 3]``.
+
+    The size limits are checked from the header before any pixel is decoded.
+    Raises :class:`BadInputError` naming the file and the reason.
+    """
+    info = probe_dicom(path)
+    if info.width * info.height > max_pixels:
+        raise BadInputError(path, f"frames too large: {info.width}x{info.height} pixels")
+    if info.frames * info.width * info.height > max_total_pixels:
+        raise BadInputError(
+            path, f"cine too large: {info.frames} frames of {info.width}x{info.height}"
+        )
+    ds = _read(path, header_only=False)
+    if int(getattr(ds, "PixelRepresentation", 0)) != 0:
+        raise BadInputError(path, "signed pixel data is not supported")
+    try:
+        pixels = np.asarray(ds.pixel_array)
+    except Exception as e:  # pydicom's decoders raise many types; all mean "unreadable"
+        raise BadInputError(path, f"cannot decode DICOM pixel data ({e})") from e
+    samples = int(getattr(ds, "SamplesPerPixel", 1))
+    if info.frames == 1 and pixels.ndim == (2 if samples == 1 else 3):
+        pixels = pixels[None]
+    pixels = _to_uint8(path, ds, pixels)
+    return Video(convert_channels(pixels, channels), info.fps)
+
+
+def _pydicom():
+    try:
+        import pydicom
+    except ImportError as e:
+        raise ImportError(INSTALL_HINT) from e
+    return pydicom
+
+
+def _read(path, header_only: bool):
+    pydicom = _pydicom()
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise BadInputError(path, "file not found")
+    if os.path.getsize(path) == 0:
+        raise BadInputError(path, "empty file (0 bytes)")
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=header_only)
+    except Exception as e:  # InvalidDicomError, EOFError, struct errors on truncation
+        raise BadInputError(path, f"cannot read DICOM ({e})") from e
+
+
+def _to_uint8(path, ds, pixels: np.ndarray) -> np.ndarray:
+    if pixels.dtype != np.uint8:
+        bits = int(getattr(ds, "BitsStored", 8 * pixels.dtype.itemsize))
+        full_scale = (1 << bits) - 1
+        values = np.clip(pixels.astype(np.int64), 0, full_scale)
+        pixels = ((values * 255 + full_scale // 2) // full_scale).astype(np.uint8)
+    if str(getattr(ds, "PhotometricInterpretation", "")) == "MONOCHROME1":
+        pixels = 255 - pixels
+    if pixels.ndim not in (3, 4):
+        raise BadInputError(path, f"unexpected pixel array shape {pixels.shape}")
+    return pixels
+
+
+def _fps(ds) -> float | None:
+    for key in ("CineRate", "RecommendedDisplayFrameRate"):
+        value = getattr(ds, key, None)
+        if value:
+            return float(value)
+    frame_time = getattr(ds, "FrameTime", None)  # milliseconds
+    return 1000.0 / float(frame_time) if frame_time else None
