@@ -49,12 +49,21 @@ struct Kernels {
                     Strides5 sv, Strides5 so, int64_t heads, int64_t D, int64_t T_len,
                     int64_t H, int64_t W, int64_t first, int64_t count, float scale,
                     bool heads_inner, float* work);
+  // The same for `count` consecutive pixels (b, y, x) starting at `first`, all heads
+  // each, when every channel stride is 1; work holds attention_pixel_work_floats.
+  void (*attention_pixels)(const T* q, const T* k, const T* v, T* o, Strides5 sq, Strides5 sk,
+                           Strides5 sv, Strides5 so, int64_t heads, int64_t D, int64_t T_len,
+                           int64_t H, int64_t W, int64_t first, int64_t count, float scale,
+                           float* work);
   // out[i] = a * x[i] + b * eps[i] (+ c * noise[i] when noise is not null), n values.
   void (*sampler_step)(const T* x, const T* eps, const T* noise, T* out, int64_t n, float a,
                        float b, float c);
 };
 
 inline int64_t attention_work_floats(int64_t T, int64_t D) { return 4 * T * D + T * T; }
+inline int64_t attention_pixel_work_floats(int64_t T, int64_t C, int64_t D) {
+  return 4 * T * C + T * D + T * T;
+}
 
 namespace isa_default {
 const Kernels<float>& kernels_f32();

@@ -148,6 +148,29 @@ void affine_chunk(const T* x, T* y, int64_t positions, int64_t C, const float* a
     affine_chunk_impl<T, false>(x, y, positions, C, a, m, b);
 }
 
+// logits[j] = sum_d q[d] * kt[d, j] for one query row. With T fixed at compile time
+// the accumulators are a local array the compiler keeps in vector registers.
+template <int kT>
+static inline void logits(const float* __restrict__ q, const float* __restrict__ kt, int64_t D,
+                          int64_t T_len, float* __restrict__ out) {
+  if constexpr (kT > 0) {
+    float acc[kT] = {};
+    for (int64_t d = 0; d < D; ++d) {
+      const float qv = q[d];
+#pragma omp simd
+      for (int j = 0; j < kT; ++j) acc[j] += qv * kt[d * kT + j];
+    }
+    for (int j = 0; j < kT; ++j) out[j] = acc[j];
+  } else {
+    for (int64_t j = 0; j < T_len; ++j) out[j] = 0.0f;
+    for (int64_t d = 0; d < D; ++d) {
+      const float qv = q[d];
+#pragma omp simd
+      for (int64_t j = 0; j < T_len; ++j) out[j] += qv * kt[d * T_len + j];
+    }
+  }
+}
+
 // One (b, head, y, x) position at a time: gather its [T, D] q/k/v through the
 // strides into float buffers laid out so every inner loop runs over contiguous
 // memory (k transposed to [D, T]: logits accumulate over keys j, the output over d),
@@ -192,16 +215,10 @@ void attention_impl(const T* q, const T* k, const T* v, T* o, Strides5 sq, Strid
     }
     for (int64_t i = 0; i < T_len; ++i) {
       float* __restrict__ pi = p + i * T_len;
-      for (int64_t j = 0; j < T_len; ++j) pi[j] = 0.0f;
-      for (int64_t d = 0; d < D; ++d) {
-        const float qv = qf[i * D + d];
-        const float* __restrict__ kd = kt + d * T_len;
-#pragma omp simd
-        for (int64_t j = 0; j < T_len; ++j) pi[j] += qv * kd[j];
-      }
+      logits<kT>(qf + i * D, kt, D, T_len, pi);
       float mx = pi[0];
 #pragma omp simd reduction(max : mx)
-      for (int64_t j = 1; j < T_len; ++j) mx = pi[j] > mx ? pi[j] : mx;
+      for (int64_t j = 0; j < T_len; ++j) mx = pi[j] > mx ? pi[j] : mx;
       float denom = 0.0f;
 #pragma omp simd reduction(+ : denom)
       for (int64_t j = 0; j < T_len; ++j) {
@@ -223,6 +240,85 @@ void attention_impl(const T* q, const T* k, const T* v, T* o, Strides5 sq, Strid
       for (int64_t d = 0; d < D; ++d) store(ot + d * so.c, of[t * D + d]);
     }
   }
+}
+
+// Channels innermost (channels_last_3d views of qkv): one task per pixel (b, y, x).
+// Its T rows of C channels are contiguous runs, so they are first copied whole into
+// float buffers (streaming reads the prefetcher follows; per-head gathers of 128
+// bytes from T far-apart rows are latency-bound), then each head is computed from
+// the buffers by attention_impl's loops and the result rows are stored whole.
+template <typename T, int kT>
+void attention_pixels_impl(const T* q, const T* k, const T* v, T* o, Strides5 sq, Strides5 sk,
+                           Strides5 sv, Strides5 so, int64_t heads, int64_t D, int64_t T_run,
+                           int64_t H, int64_t W, int64_t first, int64_t count, float scale,
+                           float* work) {
+  const int64_t T_len = kT > 0 ? kT : T_run;
+  const int64_t C = heads * D;
+  float* __restrict__ qp = work;                 // [T, C], pre-scaled
+  float* __restrict__ kp = qp + T_len * C;       // [T, C]
+  float* __restrict__ vp = kp + T_len * C;       // [T, C]
+  float* __restrict__ op = vp + T_len * C;       // [T, C]
+  float* __restrict__ kt = op + T_len * C;       // [D, T] one head's keys, transposed
+  float* __restrict__ p = kt + T_len * D;        // [T, T]
+  for (int64_t pix = first; pix < first + count; ++pix) {
+    const int64_t x = pix % W, y = (pix / W) % H, b = pix / (W * H);
+    for (int64_t t = 0; t < T_len; ++t) {
+      const T* qr = q + b * sq.b + t * sq.t + y * sq.h + x * sq.w;
+      const T* kr = k + b * sk.b + t * sk.t + y * sk.h + x * sk.w;
+      const T* vr = v + b * sv.b + t * sv.t + y * sv.h + x * sv.w;
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) qp[t * C + c] = load(qr[c]) * scale;
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) kp[t * C + c] = load(kr[c]);
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) vp[t * C + c] = load(vr[c]);
+    }
+    for (int64_t h = 0; h < heads; ++h) {
+      const int64_t c0 = h * D;
+      for (int64_t t = 0; t < T_len; ++t)
+        for (int64_t d = 0; d < D; ++d) kt[d * T_len + t] = kp[t * C + c0 + d];
+      for (int64_t i = 0; i < T_len; ++i) {
+        float* __restrict__ pi = p + i * T_len;
+        logits<kT>(qp + i * C + c0, kt, D, T_len, pi);
+        float mx = pi[0];
+#pragma omp simd reduction(max : mx)
+        for (int64_t j = 0; j < T_len; ++j) mx = pi[j] > mx ? pi[j] : mx;
+        float denom = 0.0f;
+#pragma omp simd reduction(+ : denom)
+        for (int64_t j = 0; j < T_len; ++j) {
+          pi[j] = exp_approx(pi[j] - mx);
+          denom += pi[j];
+        }
+        const float inv = 1.0f / denom;
+        float* __restrict__ oi = op + i * C + c0;
+        for (int64_t d = 0; d < D; ++d) oi[d] = 0.0f;
+        for (int64_t j = 0; j < T_len; ++j) {
+          const float w = pi[j] * inv;
+          const float* __restrict__ vj = vp + j * C + c0;
+#pragma omp simd
+          for (int64_t d = 0; d < D; ++d) oi[d] += w * vj[d];
+        }
+      }
+    }
+    for (int64_t t = 0; t < T_len; ++t) {
+      T* orow = o + b * so.b + t * so.t + y * so.h + x * so.w;
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) store(orow + c, op[t * C + c]);
+    }
+  }
+}
+
+template <typename T>
+void attention_pixels(const T* q, const T* k, const T* v, T* o, Strides5 sq, Strides5 sk,
+                      Strides5 sv, Strides5 so, int64_t heads, int64_t D, int64_t T_len,
+                      int64_t H, int64_t W, int64_t first, int64_t count, float scale,
+                      float* work) {
+  if (T_len == 16)
+    attention_pixels_impl<T, 16>(q, k, v, o, sq, sk, sv, so, heads, D, T_len, H, W, first, count,
+                                 scale, work);
+  else
+    attention_pixels_impl<T, 0>(q, k, v, o, sq, sk, sv, so, heads, D, T_len, H, W, first, count,
+                                scale, work);
 }
 
 template <typename T>
@@ -256,6 +352,7 @@ Kernels<T> make_kernels() {
   k.affine_row = &affine_row<T>;
   k.affine_chunk = &affine_chunk<T>;
   k.attention = &attention<T>;
+  k.attention_pixels = &attention_pixels<T>;
   k.sampler_step = &sampler_step<T>;
   return k;
 }

@@ -30,9 +30,17 @@ void run(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tens
   const T* kp = cpu::storage(k.const_data_ptr<scalar_t>());
   const T* vp = cpu::storage(v.const_data_ptr<scalar_t>());
   T* op = cpu::storage(o.mutable_data_ptr<scalar_t>());
+  if (sq.c == 1 && sk.c == 1 && sv.c == 1 && so.c == 1) {
+    at::parallel_for(0, B * H * W, 4, [&](int64_t begin, int64_t end) {
+      std::vector<float> work(cpu::attention_pixel_work_floats(T_len, C, D));
+      kern.attention_pixels(qp, kp, vp, op, sq, sk, sv, so, heads, D, T_len, H, W, begin,
+                            end - begin, scale, work.data());
+    });
+    return;
+  }
   const int64_t positions = B * heads * H * W;
-  // Walk memory in order: heads fastest when channels are innermost (channels_last_3d
-  // views of qkv), pixels fastest otherwise.
+  // Walk memory in order: heads fastest when channels are nearer than pixels,
+  // pixels fastest otherwise (contiguous [B, C, T, H, W]).
   const bool heads_inner = std::abs(sq.c) <= std::min(std::abs(sq.w), std::abs(sq.h));
   at::parallel_for(0, positions, 16, [&](int64_t begin, int64_t end) {
     std::vector<float> work(cpu::attention_work_floats(T_len, D));
