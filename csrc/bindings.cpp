@@ -23,7 +23,11 @@ TORCH_LIBRARY_IMPL(lddm, CPU, m) {
 }
 
 #ifdef LDDM_WITH_CUDA
-TORCH_LIBRARY_IMPL(lddm, CUDA, m) { m.impl("sampler_step", &lddm::sampler_step_cuda); }
+TORCH_LIBRARY_IMPL(lddm, CUDA, m) {
+  m.impl("group_norm", &lddm::group_norm_cuda);
+  m.impl("temporal_attention", &lddm::temporal_attention_cuda);
+  m.impl("sampler_step", &lddm::sampler_step_cuda);
+}
 #endif
 
 // `import lddm_fast._C` runs the registrations above; the module itself only reports

@@ -28,6 +28,17 @@ at::Tensor sampler_step_cpu(const at::Tensor& x, const at::Tensor& eps, const at
                             const std::optional<at::Tensor>& c);
 
 #ifdef LDDM_WITH_CUDA
+// CUDA versions of the ops above: same arguments, semantics and output layouts; float16
+// is accepted as well.
+at::Tensor group_norm_cuda(const at::Tensor& x, int64_t num_groups,
+                           const std::optional<at::Tensor>& weight,
+                           const std::optional<at::Tensor>& bias, double eps,
+                           const std::optional<at::Tensor>& scale,
+                           const std::optional<at::Tensor>& shift, bool silu);
+
+at::Tensor temporal_attention_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                   int64_t num_heads, double scale);
+
 at::Tensor sampler_step_cuda(const at::Tensor& x, const at::Tensor& eps, const at::Tensor& a,
                              const at::Tensor& b, const std::optional<at::Tensor>& noise,
                              const std::optional<at::Tensor>& c);

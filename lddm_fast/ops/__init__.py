@@ -68,6 +68,7 @@ register(
         devices=("cuda",),
         dtypes=_FLOATS,
         status=extension.cuda_status,
+        limits=extension.cuda_limits,
     ),
     default_for={"cuda": 0},
 )

@@ -8,7 +8,7 @@ import torch
 
 from lddm_fast import _ext
 
-_CUDA_OPS = ("sampler_step",)  # the CUDA kernels built so far (csrc/cuda)
+_CUDA_OPS = ("group_norm", "temporal_attention", "sampler_step")  # the CUDA kernels (csrc/cuda)
 
 
 def cpp_status() -> str:
@@ -23,6 +23,23 @@ def cuda_status() -> str:
     if not torch.cuda.is_available():
         return "no CUDA device visible to torch"
     return "ok"
+
+
+# The CUDA attention keeps one position's q, k, v and logits in shared memory; the
+# issue's supported range (T <= 64, head_dim <= 128: 116 KB) fits every sm_80+ GPU.
+CUDA_MAX_FRAMES, CUDA_MAX_HEAD_DIM = 64, 128
+
+
+def cuda_limits(op: str, main: torch.Tensor, params: dict) -> str | None:
+    """Why the CUDA kernels cannot take this shape, or None."""
+    if op != "temporal_attention":
+        return None
+    frames, head_dim = main.shape[2], main.shape[1] // params.get("num_heads", 1)
+    if frames > CUDA_MAX_FRAMES:
+        return f"T={frames} exceeds its limit of {CUDA_MAX_FRAMES} frames"
+    if head_dim > CUDA_MAX_HEAD_DIM:
+        return f"head_dim={head_dim} exceeds its limit of {CUDA_MAX_HEAD_DIM}"
+    return None
 
 
 def group_norm(

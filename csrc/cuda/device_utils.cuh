@@ -1,0 +1,41 @@
+// Device helpers shared by the group_norm and temporal_attention kernels: storage-type
+// conversions (fp32 math on fp32 / bf16 / fp16 storage) and 16-byte vectors.
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+namespace lddm {
+namespace cuda {
+
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+
+template <typename T>
+__device__ __forceinline__ T from_float(float v);
+template <>
+__device__ __forceinline__ float from_float<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+template <>
+__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
+
+// kBytes of T, loaded and stored as one access (16: one 128-bit access).
+template <typename T, int kBytes = 16>
+struct alignas(kBytes) Vec {
+  static constexpr int kWidth = kBytes / sizeof(T);
+  T v[kWidth];
+};
+
+inline bool aligned(const void* p, int bytes) {
+  return p == nullptr || (reinterpret_cast<uintptr_t>(p) % bytes) == 0;
+}
+inline bool aligned16(const void* p) { return aligned(p, 16); }
+
+}  // namespace cuda
+}  // namespace lddm

@@ -1,0 +1,36 @@
+// Framework-free interface of the group_norm CUDA kernels (raw pointers + stream), so
+// this file and group_norm.cu compile with nvcc alone, without torch.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include <cuda_runtime_api.h>
+
+#include "cuda/sampler_step.h"  // DType, shared by every CUDA kernel of the extension
+
+namespace lddm {
+namespace cuda {
+
+// Memory order of x and y viewed as [N, C, S] (S = the product of the spatial sizes):
+// kNCS is contiguous NCHW / NCTHW, kNSC is channels_last / channels_last_3d.
+enum class GroupNormLayout { kNCS, kNSC };
+
+// Device workspace in bytes that group_norm needs for these sizes (partial statistics
+// and per-(n, c) coefficients). The caller allocates it, 16-byte aligned, for each
+// call: that call's launches on its stream write and then read it.
+size_t group_norm_workspace_bytes(GroupNormLayout layout, int64_t N, int64_t C, int64_t S,
+                                  int64_t G);
+
+// y = act((xhat * weight + bias) * (1 + scale) + shift), xhat normalised over the
+// (C / G) * S values of each (n, group). x, y: [N, C, S] in `layout`, distinct buffers;
+// weight, bias: [C] float32 or null; scale, shift: [N, C] float32 or null; act is SiLU
+// when `silu`. Statistics in fp32 with a Chan combine in a fixed order (deterministic),
+// coefficients in fp64. workspace: group_norm_workspace_bytes(...) bytes on the device.
+cudaError_t group_norm(DType dtype, GroupNormLayout layout, const void* x, void* y,
+                       const float* weight, const float* bias, const float* scale,
+                       const float* shift, int64_t N, int64_t C, int64_t S, int64_t G,
+                       double eps, bool silu, void* workspace, cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace lddm
