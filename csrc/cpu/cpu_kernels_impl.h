@@ -171,6 +171,38 @@ static inline void logits(const float* __restrict__ q, const float* __restrict__
   }
 }
 
+// Softmax attention of T query rows against one head's keys (transposed, [D, T]) and
+// values: q, v and out rows are D floats apart by their row strides; p is [T, T]
+// scratch.
+template <int kT>
+static inline void attend(const float* __restrict__ q, int64_t q_stride,
+                          const float* __restrict__ kt, const float* __restrict__ v,
+                          int64_t v_stride, float* __restrict__ out, int64_t out_stride, int64_t D,
+                          int64_t T_len, float* __restrict__ p) {
+  for (int64_t i = 0; i < T_len; ++i) {
+    float* __restrict__ pi = p + i * T_len;
+    logits<kT>(q + i * q_stride, kt, D, T_len, pi);
+    float mx = pi[0];
+#pragma omp simd reduction(max : mx)
+    for (int64_t j = 0; j < T_len; ++j) mx = pi[j] > mx ? pi[j] : mx;
+    float denom = 0.0f;
+#pragma omp simd reduction(+ : denom)
+    for (int64_t j = 0; j < T_len; ++j) {
+      pi[j] = exp_approx(pi[j] - mx);
+      denom += pi[j];
+    }
+    const float inv = 1.0f / denom;
+    float* __restrict__ oi = out + i * out_stride;
+    for (int64_t d = 0; d < D; ++d) oi[d] = 0.0f;
+    for (int64_t j = 0; j < T_len; ++j) {
+      const float w = pi[j] * inv;
+      const float* __restrict__ vj = v + j * v_stride;
+#pragma omp simd
+      for (int64_t d = 0; d < D; ++d) oi[d] += w * vj[d];
+    }
+  }
+}
+
 // One (b, head, y, x) position at a time: gather its [T, D] q/k/v through the
 // strides into float buffers laid out so every inner loop runs over contiguous
 // memory (k transposed to [D, T]: logits accumulate over keys j, the output over d),
@@ -213,28 +245,7 @@ void attention_impl(const T* q, const T* k, const T* v, T* o, Strides5 sq, Strid
       for (int64_t d = 0; d < D; ++d) kt[d * T_len + t] = load(kr[d * sk.c]);
       for (int64_t d = 0; d < D; ++d) vf[t * D + d] = load(vr[d * sv.c]);
     }
-    for (int64_t i = 0; i < T_len; ++i) {
-      float* __restrict__ pi = p + i * T_len;
-      logits<kT>(qf + i * D, kt, D, T_len, pi);
-      float mx = pi[0];
-#pragma omp simd reduction(max : mx)
-      for (int64_t j = 0; j < T_len; ++j) mx = pi[j] > mx ? pi[j] : mx;
-      float denom = 0.0f;
-#pragma omp simd reduction(+ : denom)
-      for (int64_t j = 0; j < T_len; ++j) {
-        pi[j] = exp_approx(pi[j] - mx);
-        denom += pi[j];
-      }
-      const float inv = 1.0f / denom;
-      float* __restrict__ oi = of + i * D;
-      for (int64_t d = 0; d < D; ++d) oi[d] = 0.0f;
-      for (int64_t j = 0; j < T_len; ++j) {
-        const float w = pi[j] * inv;
-        const float* __restrict__ vj = vf + j * D;
-#pragma omp simd
-        for (int64_t d = 0; d < D; ++d) oi[d] += w * vj[d];
-      }
-    }
+    attend<kT>(qf, D, kt, vf, D, of, D, D, T_len, p);
     for (int64_t t = 0; t < T_len; ++t) {
       T* ot = ob + t * so.t;
       for (int64_t d = 0; d < D; ++d) store(ot + d * so.c, of[t * D + d]);
@@ -277,28 +288,7 @@ void attention_pixels_impl(const T* q, const T* k, const T* v, T* o, Strides5 sq
       const int64_t c0 = h * D;
       for (int64_t t = 0; t < T_len; ++t)
         for (int64_t d = 0; d < D; ++d) kt[d * T_len + t] = kp[t * C + c0 + d];
-      for (int64_t i = 0; i < T_len; ++i) {
-        float* __restrict__ pi = p + i * T_len;
-        logits<kT>(qp + i * C + c0, kt, D, T_len, pi);
-        float mx = pi[0];
-#pragma omp simd reduction(max : mx)
-        for (int64_t j = 0; j < T_len; ++j) mx = pi[j] > mx ? pi[j] : mx;
-        float denom = 0.0f;
-#pragma omp simd reduction(+ : denom)
-        for (int64_t j = 0; j < T_len; ++j) {
-          pi[j] = exp_approx(pi[j] - mx);
-          denom += pi[j];
-        }
-        const float inv = 1.0f / denom;
-        float* __restrict__ oi = op + i * C + c0;
-        for (int64_t d = 0; d < D; ++d) oi[d] = 0.0f;
-        for (int64_t j = 0; j < T_len; ++j) {
-          const float w = pi[j] * inv;
-          const float* __restrict__ vj = vp + j * C + c0;
-#pragma omp simd
-          for (int64_t d = 0; d < D; ++d) oi[d] += w * vj[d];
-        }
-      }
+      attend<kT>(qp + c0, C, kt, vp + c0, C, op + c0, C, D, T_len, p);
     }
     for (int64_t t = 0; t < T_len; ++t) {
       T* orow = o + b * so.b + t * so.t + y * so.h + x * so.w;

@@ -1,4 +1,4 @@
-// Device helpers shared by the group_norm and temporal_attention kernels: storage-type
+// Device helpers shared by the CUDA kernels: storage-type
 // conversions (fp32 math on fp32 / bf16 / fp16 storage) and 16-byte vectors.
 #pragma once
 

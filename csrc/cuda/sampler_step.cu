@@ -3,34 +3,11 @@
 
 #include <algorithm>
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
+#include "cuda/device_utils.cuh"
 
 namespace lddm {
 namespace cuda {
 namespace {
-
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
-template <>
-__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
-
-// 16 bytes of T, loaded and stored as one uint4.
-template <typename T>
-struct alignas(16) Vec {
-  static constexpr int kWidth = 16 / sizeof(T);
-  T v[kWidth];
-};
 
 // x, eps, noise, out: [batch, per_sample] viewed as vectors of Vec<T>::kWidth values
 // (kVec) or single values; a, b, c: [batch]. Grid-stride over all vectors.
@@ -65,8 +42,6 @@ __global__ void sampler_step_kernel(const T* __restrict__ x, const T* __restrict
     }
   }
 }
-
-bool aligned16(const void* p) { return p == nullptr || (reinterpret_cast<uintptr_t>(p) % 16) == 0; }
 
 template <typename T>
 cudaError_t launch(const void* x, const void* eps, const void* noise, void* out, const float* a,
