@@ -1,0 +1,32 @@
+"""The ``sampler`` benchmark suite builds its cases and its providers agree with its
+float64 ground truth (a one-step loop keeps this under a few seconds on CPU)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import harness  # noqa: E402
+from suites import sampler as suite  # noqa: E402
+
+
+def test_cpu_quick_case_runs_with_parity(monkeypatch):
+    monkeypatch.setitem(suite.STEPS, "cpu", 1)
+    (case,) = suite.cases("cpu", torch.float32, quick=True, compile_=False)
+    assert case.params | {"default_backends": None} == {
+        "preset": "phantom64",
+        "batch": 1,
+        "steps": 1,
+        "sampler": "ddim",
+        "default_backends": None,
+    }
+    assert list(case.providers) == ["eager", "default"]
+    assert set(case.notes) == {"compile", "graph"}
+    rows = harness.run_case(case, "cpu", {"copy_gbs": 10.0}, quick=True)
+    timed = {r["provider"]: r for r in rows if "median_ms" in r}
+    assert set(timed) == {"eager", "default"}
+    for row in timed.values():
+        assert row["parity_ok"] and row["max_rel"] < 1e-5, row
