@@ -31,6 +31,7 @@ class Case:
     providers: name -> callable(*inputs) -> Tensor; the first is the baseline the
         speedups are relative to.
     expected: callable(*inputs) -> float64 Tensor, the ground truth for parity.
+    parity_floor: the max-rel error always accepted (default: by dtype).
     bytes_moved: inputs read once + outputs written once.
     flops: floating-point operations of one call (0 when not meaningful).
     """
@@ -46,6 +47,9 @@ class Case:
     bytes_moved: int
     flops: int = 0
     notes: dict[str, str] = field(default_factory=dict)  # provider -> why it was skipped
+    parity_floor: float | None = None  # overrides PARITY_FLOOR[dtype] (e.g. uint8 outputs)
+    items: int = 0  # things one call produces (e.g. videos), for a rate column
+    item_name: str = "videos"
 
 
 @dataclass
@@ -163,11 +167,19 @@ def run_case(case: Case, device: str, ceilings: dict[str, float], quick: bool) -
             row["gbs"] = case.bytes_moved / timing.median_ms / 1e6
         if case.flops:
             row["tflops"] = case.flops / timing.median_ms / 1e9
-        row["roofline_pct"] = 100 * roofline_s / (timing.median_ms / 1e3)
+        if roofline_s > 0:
+            row["roofline_pct"] = 100 * roofline_s / (timing.median_ms / 1e3)
+        if case.items:
+            row[f"{case.item_name}_per_s"] = case.items / (timing.median_ms / 1e3)
         if baseline_ms is None:
             baseline_ms, baseline_rel = timing.median_ms, row["max_rel"]
         row["speedup"] = baseline_ms / timing.median_ms
-        tol = max(PARITY_FLOOR.get(case.dtype, 1e-5), 2 * baseline_rel)
+        floor = (
+            case.parity_floor
+            if case.parity_floor is not None
+            else PARITY_FLOOR.get(case.dtype, 1e-5)
+        )
+        tol = max(floor, 2 * baseline_rel)
         row["parity_tol"] = tol
         row["parity_ok"] = bool(row["max_rel"] <= tol)
         rows.append(row)
@@ -196,6 +208,7 @@ def markdown_table(rows: list[dict]) -> str:
         "p10-p90 ms",
         "GB/s",
         "% roofline",
+        "rate",
         "speedup",
         "max-abs",
         "max-rel",
@@ -207,14 +220,19 @@ def markdown_table(rows: list[dict]) -> str:
             why = r.get("error") or r.get("skipped")
             lines.append(
                 f"| {r['op']} | {r['case']} | {r['dtype']} | {r['provider']} | "
-                f"{'failed' if 'error' in r else 'skipped'}: {why} |" + " |" * 7
+                f"{'failed' if 'error' in r else 'skipped'}: {why} |" + " |" * 8
             )
             continue
+        rate = next(
+            (f"{v:.2f} {k.removesuffix('_per_s')}/s" for k, v in r.items() if k.endswith("_per_s")),
+            "-",
+        )
         lines.append(
             f"| {r['op']} | {r['case']} | {r['dtype']} | {r['provider']} | "
             f"{r['median_ms']:.3f} | {r['p10_ms']:.3f}-{r['p90_ms']:.3f} | "
             f"{format(r['gbs'], '.1f') if 'gbs' in r else '-'} | "
-            f"{r['roofline_pct']:.1f} | {r['speedup']:.2f}x | {r['max_abs']:.2e} | "
+            f"{format(r['roofline_pct'], '.1f') if 'roofline_pct' in r else '-'} | {rate} | "
+            f"{r['speedup']:.2f}x | {r['max_abs']:.2e} | "
             f"{r['max_rel']:.2e} | {'ok' if r['parity_ok'] else 'FAIL'} |"
         )
     return "\n".join(lines)

@@ -105,6 +105,7 @@ def cases(device: str, dtype: torch.dtype, quick: bool, compile_: bool = True) -
                 bytes_moved=0,
                 flops=steps * denoiser_flops(name, batch)[0],
                 notes=notes,
+                items=batch,
             )
         )
     return out

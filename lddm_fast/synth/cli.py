@@ -1,0 +1,433 @@
+"""Make N videos for every image of a folder, glob or list: sharded, resumable, pipelined.
+
+Inputs (--input): a folder (recursive; BUSI's benign/malignant/normal classes are
+kept), a glob such as 'data/**/*.png', a text file with one image path per line,
+or one image. Each image is center-cropped square and resized to the model size.
+
+Outputs (--out): <out>/<input's folder>/<stem>_k<k>.mp4 (and .gif, .npz, or a
+folder of PNG frames), one per image and k = 0 .. N-1; manifest.jsonl (one line
+per finished video: input, class, seed, outputs with size and sha256, settings);
+failed.jsonl (bad inputs and failed videos, with the reason); run.json (the
+arguments); summary.json. Video k of an image always gets the same seed (from
+--seed, the image's relative path and k), whatever the batch size or GPU count.
+
+Resuming: rerun the same command. Finished videos whose files are intact are
+skipped, anything else is made again; a crash loses at most the videos in flight.
+A rerun with different arguments is refused, naming them, unless --force (then
+videos made with other settings are made again; batch size, device and thread
+counts may always change).
+
+Many GPUs or nodes: torchrun --nproc-per-node G -m lddm_fast.synth <same arguments>.
+Each rank takes the inputs whose path hashes to it; rank 0 merges the manifests.
+
+Exit status: 0 finished (some inputs may have failed: see failed.jsonl); 1 nothing
+could be made (every video failed) or sampling failed; 2 bad arguments or refused
+rerun; 3 stopped on an output error (disk full, unwritable folder; rerun to
+continue); 130 interrupted.
+
+examples:
+  lddm-fast synthesize --input data/BUSI --out synth/busi --videos-per-image 4
+  lddm-fast synthesize --input 'scans/**/*.png' --out synth/ --checkpoint ckpt/
+  lddm-fast synthesize --input list.txt --out /tmp/s --preset tiny --steps 2 --format mp4,npz
+  torchrun --nproc-per-node 8 -m lddm_fast.synth --input data/BUSI --out synth/busi
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from typing import Any
+
+HELP = "make N videos per image of a folder/glob/list (sharded over GPUs, resumable)"
+
+SAMPLER_NAMES = ("ddim", "dpmpp_2m", "ddpm")
+PRESET_NAMES = ("tiny", "phantom64", "busv128")
+# CLI flag of each run.json entry, for naming a mismatch the way the user typed it.
+_FLAGS = {
+    "input": "--input",
+    "model": "--checkpoint/--preset",
+    "videos_per_image": "--videos-per-image",
+    "steps": "--steps",
+    "sampler": "--sampler",
+    "guidance": "--guidance",
+    "format": "--format",
+    "seed": "--seed",
+    "num_frames": "--num-frames",
+    "fps": "--fps",
+    "dtype": "--dtype",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    io = parser.add_argument_group("inputs and outputs")
+    io.add_argument(
+        "--input",
+        required=True,
+        metavar="PATH",
+        help="folder (recursive), glob, text file of image paths, or one image",
+    )
+    io.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
+    io.add_argument(
+        "--format",
+        type=_formats,
+        default=("mp4",),
+        metavar="LIST",
+        help="comma-separated output formats among mp4, gif, npz, png (default mp4)",
+    )
+    io.add_argument("--fps", type=_positive_float, default=10.0, help="frame rate (default 10)")
+
+    model = parser.add_argument_group("model (default: the bundled checkpoint)")
+    which = model.add_mutually_exclusive_group()
+    which.add_argument("--checkpoint", metavar="DIR", help="checkpoint directory")
+    which.add_argument(
+        "--preset",
+        choices=PRESET_NAMES,
+        help="a randomly initialised preset model (for tests and benchmarks)",
+    )
+
+    sampling = parser.add_argument_group("sampling")
+    sampling.add_argument(
+        "--videos-per-image", type=_positive_int, default=1, metavar="N", help="default 1"
+    )
+    sampling.add_argument("--steps", type=_positive_int, default=25, help="default 25")
+    sampling.add_argument("--sampler", choices=SAMPLER_NAMES, default="ddim", help="default ddim")
+    sampling.add_argument(
+        "--guidance",
+        type=_finite_float,
+        default=1.0,
+        help="classifier-free guidance scale (1: off)",
+    )
+    sampling.add_argument(
+        "--num-frames", type=_positive_int, metavar="T", help="frames after x0 (default: model's)"
+    )
+    sampling.add_argument("--seed", type=int, default=0, help="run seed (default 0)")
+    sampling.add_argument(
+        "--dtype",
+        choices=("auto", "float32", "float16", "bfloat16"),
+        default="auto",
+        help="network dtype (auto: bfloat16 on CUDA, float32 on CPU)",
+    )
+
+    run_ = parser.add_argument_group("execution (may change between reruns)")
+    run_.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=8,
+        metavar="B",
+        help="videos per sampler call (default 8)",
+    )
+    run_.add_argument(
+        "--device", default="auto", help="cpu, cuda, cuda:N (default: cuda when available)"
+    )
+    run_.add_argument(
+        "--workers", type=_positive_int, default=4, help="image decode threads (default 4)"
+    )
+    run_.add_argument(
+        "--writers", type=_positive_int, default=2, help="encode/write threads (default 2)"
+    )
+    run_.add_argument(
+        "--force", action="store_true", help="continue OUT even if it was made with other arguments"
+    )
+    run_.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def _formats(text: str) -> tuple[str, ...]:
+    from lddm_fast.synth.engine import FORMATS
+
+    names = [n.strip().lower() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in FORMATS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown format {', '.join(unknown) or '(none)'}; choose from {', '.join(FORMATS)}"
+        )
+    return tuple(dict.fromkeys(names))  # drop repeats, keep order
+
+
+def _error(message: str, code: int) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def run(args: argparse.Namespace, *, make_sampler=None) -> int:
+    """Run ``lddm-fast synthesize``; returns the exit status (see the module docstring).
+
+    ``make_sampler(args, device, dtype)`` replaces the pipeline (tests and
+    benchmarks): it returns a :class:`~lddm_fast.synth.engine.VideoSampler` that also
+    has ``num_frames`` and a ``model`` dict with an ``id``.
+    """
+    from lddm_fast.data.errors import BadInputError
+    from lddm_fast.synth.distributed import ProcessGroup, dist_info
+    from lddm_fast.synth.inputs import InputSet
+
+    try:
+        info = dist_info()
+    except ValueError as e:
+        return _error(str(e), 2)
+    out = os.path.abspath(args.out)
+    try:
+        inputs = InputSet(args.input, exclude=out)
+        if next(iter(inputs), None) is None:
+            return _error(f"no input images in {inputs.describe()}", 2)
+    except BadInputError as e:
+        return _error(str(e), 2)
+    try:
+        device = _device(args.device, info.local_rank, info.world_size)
+    except (RuntimeError, ValueError) as e:
+        return _error(f"--device {args.device}: {e}", 2)
+    dtype_name = args.dtype
+    if dtype_name == "auto":
+        dtype_name = "bfloat16" if device.type == "cuda" else "float32"
+
+    with ProcessGroup(info, device) as group:
+        try:
+            sampler = (make_sampler or _load_sampler)(args, device, dtype_name)
+        except (FileNotFoundError, ValueError) as e:
+            return _error(str(e), 2)
+        settings = {
+            "model": sampler.model["id"],
+            "steps": args.steps,
+            "sampler": args.sampler,
+            "guidance": args.guidance,
+            "num_frames": sampler.num_frames,
+            "dtype": dtype_name,
+        }
+        config = {
+            **settings,
+            "input": os.path.abspath(args.input),
+            "videos_per_image": args.videos_per_image,
+            "format": list(args.format),
+            "seed": args.seed,
+            "fps": args.fps,
+        }
+        code = _prepare_out(out, config, args.force, info.rank, group)
+        if code:
+            return code
+        return _synthesize(args, inputs, sampler, settings, out, info, group)
+
+
+def _device(name: str, local_rank: int, world_size: int):
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("CUDA is not available here")
+        if device.index is None:
+            # Under torchrun each process drives the GPU of its local rank.
+            device = torch.device("cuda", local_rank if world_size > 1 else 0)
+    return device
+
+
+def _load_sampler(args: argparse.Namespace, device, dtype_name: str):
+    from lddm_fast.synth.adapter import DTYPES, load_sampler
+
+    return load_sampler(
+        checkpoint=args.checkpoint,
+        preset=args.preset,
+        device=device,
+        dtype=DTYPES[dtype_name],
+        num_frames=args.num_frames,
+        steps=args.steps,
+        sampler=args.sampler,
+        guidance=args.guidance,
+    )
+
+
+def _prepare_out(out: str, config: dict[str, Any], force: bool, rank: int, group) -> int:
+    """Check the run config (every rank, before anyone writes), then let rank 0 record
+    it and sweep a crash's leftovers while the others wait. 0 when all is ready."""
+    from lddm_fast.synth.manifest import (
+        RunConfigMismatch,
+        check_run_config,
+        sweep_leftovers,
+        write_run_config,
+    )
+
+    try:
+        fresh = check_run_config(out, config)
+    except RunConfigMismatch as e:
+        if not force:
+            changes = "\n".join(
+                f"  {_FLAGS.get(name, name)}: was {old!r}, now {new!r}"
+                for name, old, new in e.differences
+            )
+            return _error(
+                f"{out} was made with other arguments:\n{changes}\nRerun with the recorded "
+                "arguments to resume, or add --force to continue with the new ones "
+                "(videos made with other settings are then made again).",
+                2,
+            )
+        fresh = True
+    group.barrier()  # every rank has read run.json before rank 0 rewrites it
+    if rank == 0:
+        try:
+            os.makedirs(out, exist_ok=True)
+            if fresh:
+                write_run_config(out, config)
+            removed = sweep_leftovers(out)
+        except OSError as e:
+            return _error(f"cannot write to the output folder {out}: {e}", 3)
+        if removed:
+            print(f"removed {removed} temporary files left by an interrupted run", file=sys.stderr)
+    group.barrier()
+    return 0
+
+
+def _synthesize(args, inputs, sampler, settings, out, info, group) -> int:
+    import signal
+    import threading
+
+    from lddm_fast.synth.engine import SynthEngine
+    from lddm_fast.synth.manifest import SUMMARY, merge_logs, part_path, write_json
+
+    engine = SynthEngine(
+        sampler,
+        out,
+        settings=settings,
+        model=sampler.model,
+        formats=args.format,
+        videos_per_image=args.videos_per_image,
+        seed=args.seed,
+        fps=args.fps,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        writers=args.writers,
+        rank=info.rank,
+        world_size=info.world_size,
+        progress=not args.quiet and info.rank == 0,
+    )
+    # torchrun and batch schedulers stop jobs with SIGTERM: stop like on Ctrl-C, so
+    # the threads finish the video in hand and the books are closed.
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        summary = engine.run(inputs)
+    except Exception as e:
+        import traceback
+
+        traceback.print_exc()
+        hint = " (try a smaller --batch-size)" if "out of memory" in str(e).lower() else ""
+        return _error(f"sampling failed: {type(e).__name__}: {e}{hint}", 1)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+    mine = summary.to_dict()
+    if summary.stopped == "interrupted":
+        # Other ranks may not reach a barrier now: skip the merge, the next run does it.
+        print(f"interrupted: {_line(mine)}", file=sys.stderr)
+        return 130
+    ranks = [mine]
+    if info.world_size > 1:
+        write_json(part_path(out, SUMMARY, info.rank), mine)
+        group.barrier()
+        ranks = [_read_json(part_path(out, SUMMARY, r)) for r in range(info.world_size)]
+        group.barrier()  # all ranks have read the parts before rank 0 removes them
+    total = _total(ranks)
+    if info.rank == 0:
+        try:
+            merge_logs(out, args.videos_per_image)
+            write_json(os.path.join(out, SUMMARY), {**total, "ranks": ranks})
+            for r in range(info.world_size if info.world_size > 1 else 0):
+                os.remove(part_path(out, SUMMARY, r))
+        except OSError as e:
+            print(
+                f"warning: could not merge the books in {out} ({e}); the per-rank files "
+                "are kept and the next run merges them",
+                file=sys.stderr,
+            )
+        print(_line(total))
+        for reason in total["stopped"]:
+            print(
+                f"stopped: {reason}. Finished videos are recorded in manifest.jsonl; fix "
+                "the cause and rerun the same command to continue.",
+                file=sys.stderr,
+            )
+    if total["stopped"]:
+        return 3
+    if total["done"] + total["skipped"] == 0 and total["failed"] > 0:
+        return 1
+    return 0
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _read_json(path: str) -> dict[str, Any]:
+    import json
+
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _total(ranks: list[dict[str, Any]]) -> dict[str, Any]:
+    """All ranks' counts added up; wall time of the slowest; mean sampler busy."""
+    counted = (
+        "inputs",
+        "videos",
+        "done",
+        "skipped",
+        "redone",
+        "failed",
+        "bad_inputs",
+        "duplicates",
+        "batches",
+        "sample_s",
+        "wait_input_s",
+        "wait_output_s",
+    )
+    total: dict[str, Any] = {name: sum(r[name] for r in ranks) for name in counted}
+    total["wall_s"] = max(r["wall_s"] for r in ranks)
+    total["busy"] = sum(r["busy"] for r in ranks) / len(ranks)
+    total["videos_per_s"] = total["done"] / total["wall_s"] if total["wall_s"] > 0 else 0.0
+    total["stopped"] = [r["stopped"] for r in ranks if r["stopped"]]
+    total["world_size"] = len(ranks)
+    return total
+
+
+def _line(s: dict[str, Any]) -> str:
+    failed = f"{s['failed']} failed"
+    if s["bad_inputs"]:
+        failed += f" ({s['bad_inputs']} bad inputs)"
+    return (
+        f"synthesize: {s['done']} done, {s['skipped']} skipped, {failed} of {s['videos']} "
+        f"videos from {s['inputs']} inputs in {s['wall_s']:.1f} s: "
+        f"{s['videos_per_s']:.2f} videos/s, sampler busy {100 * s['busy']:.0f}% "
+        f"(waited {s['wait_input_s']:.1f} s for input, {s['wait_output_s']:.1f} s for writers)"
+    )
+
+
+def main(argv: list[str] | None = None, *, make_sampler=None) -> int:
+    """``python -m lddm_fast.synth`` (what torchrun runs): the same arguments as
+    ``lddm-fast synthesize``."""
+    parser = argparse.ArgumentParser(prog="python -m lddm_fast.synth", description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args(argv), make_sampler=make_sampler)
