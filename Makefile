@@ -23,8 +23,13 @@ $(STAMP): $(PY) $(BUILD_INPUTS)
 
 install: $(STAMP)
 
+# The main job on bundled defaults: phantom ultrasound images -> videos through the
+# batch engine (random-weight phantom64 preset until a trained checkpoint ships),
+# then the quick kernel benchmark.
 demo: $(STAMP)
 	$(VENV)/bin/lddm-fast info
+	$(VENV)/bin/lddm-fast phantom demo/data --benign 4 --malignant 4 --normal 0 --layout busi --force --quiet
+	$(VENV)/bin/lddm-fast synthesize --input demo/data/busi --out demo/videos --preset phantom64 --steps 10 --format mp4,gif
 	$(PY) benchmarks/run.py --suite kernels --device cpu --quick
 
 test: $(STAMP)
