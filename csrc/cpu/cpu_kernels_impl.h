@@ -50,7 +50,41 @@ static inline float exp_approx(float x) {
   return p * two_n;
 }
 
-static inline float silu(float v) { return v / (1.0f + exp_approx(-v)); }
+// exp(-a) for a in [0, 87] (no range clamps: silu folds its argument into that range).
+static inline float exp_neg(float a) {
+  const float x = -a;
+  const float shifted = x * 1.44269504088896341f + 12582912.0f;
+  const float n = shifted - 12582912.0f;
+  const float r = (x - n * 0.693145751953125f) - n * 1.428606765330187e-06f;
+  float p = 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const int32_t e = (int32_t(n) + 127) << 23;
+  float two_n;
+  std::memcpy(&two_n, &e, sizeof(two_n));
+  return p * two_n;
+}
+
+// silu(v) = v * sigmoid(v) with sigmoid from e = exp(-|v|), which never overflows.
+// |v| is capped at 87 on its bit pattern (an integer min: vectorizes without the
+// float selects and second division a clamped exp costs); a NaN v stays NaN through
+// the final product. Below -87 the result is v * 1.6e-38 instead of ~v * exp(v):
+// under 1e-30 for any |v| < 1e8, and -inf stays -inf (non-finite either way).
+static inline float silu(float v) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof(bits));
+  bits &= 0x7FFFFFFFu;
+  bits = bits < 0x42AE0000u ? bits : 0x42AE0000u;  // 0x42AE0000 = 87.0f
+  float a;
+  std::memcpy(&a, &bits, sizeof(a));
+  const float e = exp_neg(a);
+  const float r = 1.0f / (1.0f + e);
+  return v * (v >= 0.0f ? r : e * r);
+}
 
 // Corrected two-pass moments: pass 1 finds a shift close to the mean, pass 2 sums
 // deviations from it (and corrects the mean by their average). Safe for inputs with
