@@ -28,11 +28,10 @@ static inline void store(bf16_t* p, float v) {
   *p = bf16_t(u >> 16);
 }
 
-// exp on [-87, 88] as 2^n * p(r) with |r| <= ln2/2: a degree-6 Taylor polynomial,
-// relative error below 2e-7. Written with float ops the compiler can vectorize
-// (std::exp stays a scalar libm call).
-static inline float exp_approx(float x) {
-  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+// exp(x) for x in [-87, 88] as 2^n * p(r) with |r| <= ln2/2: a degree-6 Taylor
+// polynomial, relative error below 2e-7. Written with float ops the compiler can
+// vectorize (std::exp stays a scalar libm call). No range checks: callers clamp.
+static inline float exp_in_range(float x) {
   // Adding 1.5 * 2^23 rounds to the nearest integer in the float's low bits.
   const float shifted = x * 1.44269504088896341f + 12582912.0f;
   const float n = shifted - 12582912.0f;
@@ -50,23 +49,8 @@ static inline float exp_approx(float x) {
   return p * two_n;
 }
 
-// exp(-a) for a in [0, 87] (no range clamps: silu folds its argument into that range).
-static inline float exp_neg(float a) {
-  const float x = -a;
-  const float shifted = x * 1.44269504088896341f + 12582912.0f;
-  const float n = shifted - 12582912.0f;
-  const float r = (x - n * 0.693145751953125f) - n * 1.428606765330187e-06f;
-  float p = 1.0f / 720.0f;
-  p = p * r + 1.0f / 120.0f;
-  p = p * r + 1.0f / 24.0f;
-  p = p * r + 1.0f / 6.0f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  const int32_t e = (int32_t(n) + 127) << 23;
-  float two_n;
-  std::memcpy(&two_n, &e, sizeof(two_n));
-  return p * two_n;
+static inline float exp_approx(float x) {
+  return exp_in_range(x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x));
 }
 
 // silu(v) = v * sigmoid(v) with sigmoid from e = exp(-|v|), which never overflows.
@@ -81,7 +65,7 @@ static inline float silu(float v) {
   bits = bits < 0x42AE0000u ? bits : 0x42AE0000u;  // 0x42AE0000 = 87.0f
   float a;
   std::memcpy(&a, &bits, sizeof(a));
-  const float e = exp_neg(a);
+  const float e = exp_in_range(-a);
   const float r = 1.0f / (1.0f + e);
   return v * (v >= 0.0f ? r : e * r);
 }

@@ -17,7 +17,7 @@ stays cheap:
 
 from __future__ import annotations
 
-import importlib
+from lddm_fast._lazy import lazy_exports
 
 _EXPORTS = {
     "METRICS": "metrics",
@@ -43,9 +43,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
