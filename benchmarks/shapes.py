@@ -1,4 +1,6 @@
-"""The shapes every benchmark suite uses, in one place: the denoiser's real tensors.
+"""The shapes every benchmark suite uses, in one place: the denoiser's real tensors
+(kernels suite) and the (preset, batch) configurations of the model, sampler and
+synthesis suites.
 
 The pseudo-3D UNet of the ``phantom64`` preset runs on 8x8 latents (64 px / 8),
 ``busv128`` on 16x16, with T=16 frames, channels 64..512 across levels, and batches
@@ -69,4 +71,23 @@ TEMPORAL_ATTENTION: dict[str, list[AttentionShape]] = {
         AttentionShape("head_dim 64, batch 64", 64, 512, 16, 8, 8, 8),
         AttentionShape("batch 1", 1, 256, 16, 16, 16, 8),
     ],
+}
+
+
+# Denoiser forwards: (preset, batch).
+MODEL: dict[str, list[tuple[str, int]]] = {
+    "cpu": [("phantom64", 1), ("phantom64", 4), ("tiny", 8)],
+    "cuda": [("phantom64", 8), ("busv128", 1), ("busv128", 8), ("phantom64", 64)],
+}
+
+# Whole sampling loops: (preset, batch).
+SAMPLER_LOOPS: dict[str, list[tuple[str, int]]] = {
+    "cpu": [("phantom64", 1), ("phantom64", 4)],
+    "cuda": [(name, batch) for name in ("phantom64", "busv128") for batch in (1, 8, 64)],
+}
+
+# End-to-end synthesis: (preset, steps, images, batch size).
+SYNTHESIS: dict[str, list[tuple[str, int, int, int]]] = {
+    "cpu": [("tiny", 2, 8, 4), ("phantom64", 4, 8, 4)],
+    "cuda": [("phantom64", 25, 256, 64), ("busv128", 25, 64, 16)],
 }

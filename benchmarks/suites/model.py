@@ -13,12 +13,8 @@ from lddm_fast import ops
 from lddm_fast.models import LatentDenoiser, preset
 from lddm_fast.models.summary import denoiser_flops
 from lddm_fast.ops import dispatch
+from shapes import MODEL
 
-# (preset, batch) per device; --quick takes the first.
-SHAPES = {
-    "cpu": [("phantom64", 1), ("phantom64", 4), ("tiny", 8)],
-    "cuda": [("phantom64", 8), ("busv128", 1), ("busv128", 8), ("phantom64", 64)],
-}
 MODEL_OPS = ("group_norm", "temporal_attention")
 
 
@@ -43,7 +39,7 @@ def _forward_under(model, backend: str | None):
 
 def cases(device: str, dtype: torch.dtype, quick: bool, compile_: bool = True) -> list[Case]:
     out = []
-    for name, batch in SHAPES[device][: 1 if quick else None]:
+    for name, batch in MODEL[device][: 1 if quick else None]:
         config = preset(name)
         torch.manual_seed(0)
         base = _randomized(LatentDenoiser(config.denoiser)).eval()

@@ -24,12 +24,8 @@ from harness import Case
 from lddm_fast import ops
 from lddm_fast.diffusion import LDDMPipeline
 from lddm_fast.models.summary import denoiser_flops
+from shapes import SAMPLER_LOOPS
 
-# (preset, batch) per device; --quick takes the first.
-SHAPES = {
-    "cpu": [("phantom64", 1), ("phantom64", 4)],
-    "cuda": [(name, batch) for name in ("phantom64", "busv128") for batch in (1, 8, 64)],
-}
 # A 2-core CPU runs a phantom64 step in ~70 ms per video; 4 steps keep a quick run
 # near a minute. 25 steps is the pipeline default.
 STEPS = {"cpu": 4, "cuda": 25}
@@ -48,7 +44,7 @@ def _loop(pipe: LDDMPipeline, backend: str | None, cuda_graph: bool, steps: int)
 def cases(device: str, dtype: torch.dtype, quick: bool, compile_: bool = True) -> list[Case]:
     out = []
     steps = STEPS[device]
-    for name, batch in SHAPES[device][: 1 if quick else None]:
+    for name, batch in SAMPLER_LOOPS[device][: 1 if quick else None]:
         pipe = LDDMPipeline.from_preset(name, seed=0, device=device, dtype=dtype)
         # Same seed, same weights (drawn in float32, then cast).
         pipe64 = LDDMPipeline.from_preset(name, seed=0, device=device, dtype=torch.float64)

@@ -21,12 +21,8 @@ from lddm_fast.data.video_io import read_video
 from lddm_fast.synth import adapter, seeds
 from lddm_fast.synth.engine import load_image, output_rel
 from lddm_fast.synth.inputs import InputSet
+from shapes import SYNTHESIS
 
-# (preset, steps, images, batch) per device; --quick takes the first.
-SHAPES = {
-    "cpu": [("tiny", 2, 8, 4), ("phantom64", 4, 8, 4)],
-    "cuda": [("phantom64", 25, 256, 64), ("busv128", 25, 64, 16)],
-}
 SEED = 0
 
 
@@ -55,7 +51,7 @@ def _phantom_folder(root: Path, count: int, size: int) -> Path:
 def cases(device: str, dtype: torch.dtype, quick: bool, compile_: bool = True) -> list[Case]:
     out = []
     dtype_name = str(dtype).removeprefix("torch.")
-    for preset, steps, count, batch in SHAPES[device][: 1 if quick else None]:
+    for preset, steps, count, batch in SYNTHESIS[device][: 1 if quick else None]:
         sampler = adapter.load_sampler(
             checkpoint=None,
             preset=preset,
