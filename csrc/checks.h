@@ -12,12 +12,6 @@
 #define LDDM_CHECK_DEVICE(t, dev_type, name)                                          \
   TORCH_CHECK_VALUE((t).device().type() == (dev_type), name " must be a ", dev_type, \
                     " tensor, got one on ", (t).device())
-#define LDDM_CHECK_FLOAT(t, name)                                                   \
-  TORCH_CHECK_VALUE(at::isFloatingType((t).scalar_type()), name                     \
-                    " must be a floating-point tensor, got ", (t).scalar_type())
-#define LDDM_CHECK_SHAPE(t, expected, name)                                             \
-  TORCH_CHECK_VALUE((t).sizes() == at::IntArrayRef(expected), name " must have shape ", \
-                    at::IntArrayRef(expected), ", got ", (t).sizes())
 
 namespace lddm {
 

@@ -12,6 +12,7 @@
 
 #include "checks.h"
 #include "cpu/dispatch.h"
+#include "group_norm_args.h"
 #include "ops.h"
 
 namespace lddm {
@@ -60,11 +61,6 @@ struct Coefficients {
     }
   }
 };
-
-std::optional<at::Tensor> as_float(const std::optional<at::Tensor>& t) {
-  if (!t.has_value()) return std::nullopt;
-  return t->to(at::kFloat).contiguous();
-}
 
 template <typename scalar_t>
 void run_ncs(const at::Tensor& x, at::Tensor& y, int64_t G, const Coefficients& coef, bool silu) {
@@ -146,37 +142,17 @@ at::Tensor group_norm_cpu(const at::Tensor& x_in, int64_t num_groups,
                           const std::optional<at::Tensor>& scale,
                           const std::optional<at::Tensor>& shift, bool silu) {
   LDDM_CHECK_DEVICE(x_in, at::kCPU, "x");
-  TORCH_CHECK_VALUE(x_in.dim() == 4 || x_in.dim() == 5,
-                    "x must be 4-D [N, C, H, W] or 5-D [N, C, T, H, W], got ", x_in.sizes());
+  check_group_norm_args(x_in, num_groups, weight, bias, scale, shift);
   TORCH_CHECK_VALUE(x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kBFloat16,
                     "x must be float32 or bfloat16 for the cpp backend, got ",
                     x_in.scalar_type());
-  const int64_t N = x_in.size(0), C = x_in.size(1);
-  TORCH_CHECK_VALUE(num_groups > 0 && C % num_groups == 0, "num_groups=", num_groups,
-                    " must be a positive divisor of C=", C);
-  for (const auto& [t, name] : {std::pair{weight, "weight"}, std::pair{bias, "bias"}}) {
-    if (!t.has_value()) continue;
-    LDDM_CHECK_DEVICE(*t, at::kCPU, "weight/bias");
-    LDDM_CHECK_FLOAT(*t, "weight/bias");
-    TORCH_CHECK_VALUE(t->sizes() == at::IntArrayRef({C}), name, " must have shape [", C,
-                      "], got ", t->sizes());
-  }
-  for (const auto& [t, name] : {std::pair{scale, "scale"}, std::pair{shift, "shift"}}) {
-    if (!t.has_value()) continue;
-    LDDM_CHECK_DEVICE(*t, at::kCPU, "scale/shift");
-    LDDM_CHECK_FLOAT(*t, "scale/shift");
-    TORCH_CHECK_VALUE(t->sizes() == at::IntArrayRef({N, C}), name, " must have shape [", N,
-                      ", ", C, "], got ", t->sizes());
-  }
-  const auto cl = x_in.dim() == 4 ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::ChannelsLast3d;
-  const bool nsc = !x_in.is_contiguous() && x_in.is_contiguous(cl);
-  // Any other strides: one copy into the contiguous layout, output contiguous.
-  const at::Tensor x = nsc ? x_in : x_in.contiguous();
-  at::Tensor y = at::empty_like(x, nsc ? cl : at::MemoryFormat::Contiguous);
+  const int64_t C = x_in.size(1);
+  auto [x, y, nsc] = group_norm_io(x_in);
   poison_if_requested(y);
   if (x.numel() == 0) return y;
 
-  const auto w = as_float(weight), bi = as_float(bias), sc = as_float(scale), sh = as_float(shift);
+  const auto w = as_float32(weight), bi = as_float32(bias), sc = as_float32(scale),
+             sh = as_float32(shift);
   const Coefficients coef{w ? w->const_data_ptr<float>() : nullptr,
                           bi ? bi->const_data_ptr<float>() : nullptr,
                           sc ? sc->const_data_ptr<float>() : nullptr,
