@@ -5,6 +5,7 @@ AVX2)."""
 
 import pytest
 import torch
+from parity import FP32_TOL, check, layout, rel
 
 from lddm_fast import ops
 
@@ -30,8 +31,6 @@ ISAS = [
     ),
 ]
 DTYPES = [torch.float32, torch.bfloat16]
-FP32_TOL = 1e-5  # max|y - ref| / max|ref|
-BF16_FLOOR = 2.0**-8  # one bfloat16 rounding step, relative
 
 
 @pytest.fixture(autouse=True)
@@ -46,30 +45,6 @@ def isa(request, monkeypatch):
     else:
         monkeypatch.delenv("LDDM_CPU_ISA", raising=False)
     return request.param
-
-
-def rel(y: torch.Tensor, ref: torch.Tensor) -> float:
-    assert torch.isfinite(y).all(), "output has NaN/Inf: an element was not written"
-    return ((y.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
-
-
-def check(fast: torch.Tensor, eager: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype) -> None:
-    """fp32: within FP32_TOL; bf16: no worse than 2x the eager error in bf16."""
-    err = rel(fast, ref)
-    if dtype == torch.float32:
-        assert err <= FP32_TOL, err
-    else:
-        assert err <= max(2 * rel(eager, ref), BF16_FLOOR), (err, rel(eager, ref))
-
-
-def layout(x: torch.Tensor, fmt: str) -> torch.Tensor:
-    if fmt == "channels_last":
-        return x.contiguous(
-            memory_format=torch.channels_last if x.dim() == 4 else torch.channels_last_3d
-        )
-    if fmt == "strided":  # a view that is neither format: every other element of the last dim
-        return torch.cat([x, x], dim=-1)[..., ::2]
-    return x
 
 
 GN_SHAPES = [
@@ -109,7 +84,7 @@ def test_group_norm(shape, groups, fmt, film, silu, dtype, isa):
     )
     assert y.dtype == dtype and y.shape == x.shape
     assert y.is_contiguous(memory_format=ops.layout.memory_format_of(x))
-    check(y, eager, ref, dtype)
+    check(y, eager, ref)
 
 
 @pytest.mark.parametrize("fmt", ["contiguous", "channels_last"])
@@ -154,7 +129,7 @@ def test_temporal_attention(T, heads, d, hw, fmt, dtype, isa):
     )
     assert y.dtype == dtype and y.shape == q.shape
     assert y.is_contiguous(memory_format=ops.layout.attention_output_format(q))
-    check(y, eager, ref, dtype)
+    check(y, eager, ref)
 
 
 @pytest.mark.parametrize("noise", [False, True])
@@ -175,7 +150,7 @@ def test_sampler_step(noise, fmt, dtype, isa):
         backend="reference",
     )
     assert y.shape == x.shape and y.dtype == dtype
-    check(y, eager, ref, dtype)
+    check(y, eager, ref)
 
 
 # Direct calls to the registered op (bypassing the Python validation) must still

@@ -11,6 +11,7 @@ with a floor of one rounding step (2^-8 / 2^-10).
 
 import pytest
 import torch
+from parity import FP32_TOL, check, d64, layout, rel
 
 from lddm_fast import ops
 from lddm_fast.ops.layout import attention_output_format, memory_format_of
@@ -23,54 +24,11 @@ pytestmark = [
 
 DEV = "cuda"
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
-FP32_TOL = 1e-5
-LOWP_FLOOR = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-10}
 
 
 @pytest.fixture(autouse=True)
 def poisoned_outputs(monkeypatch):
     monkeypatch.setenv("LDDM_POISON_OUTPUTS", "1")
-
-
-def rel(y: torch.Tensor, ref: torch.Tensor) -> float:
-    assert torch.isfinite(y).all(), "output has NaN/Inf: an element was not written"
-    return ((y.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
-
-
-def check(fast: torch.Tensor, eager: torch.Tensor, ref: torch.Tensor) -> None:
-    err = rel(fast, ref)
-    if fast.dtype == torch.float32:
-        assert err <= FP32_TOL, err
-    else:
-        bound = max(2 * rel(eager, ref), LOWP_FLOOR[fast.dtype])
-        assert err <= bound, (err, bound)
-
-
-def misaligned(x: torch.Tensor) -> torch.Tensor:
-    """x's values and (dense) strides, with the data one element past a 16-byte boundary,
-    so the kernels take their scalar paths."""
-    buf = torch.empty(x.numel() + 1, dtype=x.dtype, device=x.device)
-    y = buf[1:].as_strided(x.shape, x.stride())
-    y.copy_(x)
-    assert y.data_ptr() % 16 != 0
-    return y
-
-
-def layout(x: torch.Tensor, fmt: str) -> torch.Tensor:
-    cl = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
-    if fmt == "channels_last":
-        return x.contiguous(memory_format=cl)
-    if fmt == "strided":  # neither format: every other element of the last dim
-        return torch.cat([x, x], dim=-1)[..., ::2]
-    if fmt == "misaligned":
-        return misaligned(x)
-    if fmt == "misaligned_cl":
-        return misaligned(x.contiguous(memory_format=cl))
-    return x
-
-
-def d64(t):
-    return None if t is None else t.double()
 
 
 # (shape, groups): odd channel counts per group, T = 1 / 7 / 17, 1x1 and 5x5 frames,

@@ -49,8 +49,9 @@ def channels_last(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=fmt)
 
 
-def make_inputs(shape, dtype, layout="contiguous", mean=0.0, film=True, affine=True,
-                param_dtype=None):
+def make_inputs(
+    shape, dtype, layout="contiguous", mean=0.0, film=True, affine=True, param_dtype=None
+):
     """x, weight, bias, scale, shift on DEVICE; params in ``param_dtype`` (default x's)."""
     param_dtype = param_dtype or dtype
     n, c = shape[:2]
@@ -73,17 +74,36 @@ def nan_like(x: torch.Tensor) -> torch.Tensor:
 def run_checked(x, groups, weight, bias, scale, shift, activation, split=None, eps=1e-5):
     """Run the kernel into a NaN-filled output and check it against float64."""
     out = nan_like(x)
-    y = group_norm(x, groups, weight, bias, eps, scale=scale, shift=shift,
-                   activation=activation, out=out, split=split)
+    y = group_norm(
+        x,
+        groups,
+        weight,
+        bias,
+        eps,
+        scale=scale,
+        shift=shift,
+        activation=activation,
+        out=out,
+        split=split,
+    )
     assert y is out
 
     def f64(t):
         return None if t is None else t.double()
 
-    ref = reference.group_norm(f64(x), groups, f64(weight), f64(bias), eps, scale=f64(scale),
-                               shift=f64(shift), activation=activation)
-    eager = reference.group_norm(x, groups, weight, bias, eps, scale=scale, shift=shift,
-                                 activation=activation)
+    ref = reference.group_norm(
+        f64(x),
+        groups,
+        f64(weight),
+        f64(bias),
+        eps,
+        scale=f64(scale),
+        shift=f64(shift),
+        activation=activation,
+    )
+    eager = reference.group_norm(
+        x, groups, weight, bias, eps, scale=scale, shift=shift, activation=activation
+    )
     assert_matches(y, eager, ref)
     return y
 
@@ -111,14 +131,16 @@ def test_matches_float64(shape, groups, dtype, layout):
 @pytest.mark.parametrize("film", [True, False], ids=["film", "no_film"])
 @pytest.mark.parametrize("activation", ["silu", None])
 def test_epilogue_combinations(activation, film, affine, dtype):
-    x, weight, bias, scale, shift = make_inputs((2, 40, 3, 4, 5), dtype, "channels_last",
-                                                film=film, affine=affine)
+    x, weight, bias, scale, shift = make_inputs(
+        (2, 40, 3, 4, 5), dtype, "channels_last", film=film, affine=affine
+    )
     run_checked(x, 8, weight, bias, scale, shift, activation)
 
 
 def test_scale_without_shift_and_float32_params_with_bf16_input():
-    x, weight, bias, scale, _ = make_inputs((2, 40, 3, 4, 5), torch.bfloat16,
-                                            param_dtype=torch.float32)
+    x, weight, bias, scale, _ = make_inputs(
+        (2, 40, 3, 4, 5), torch.bfloat16, param_dtype=torch.float32
+    )
     run_checked(x, 8, weight, bias, scale, None, None)
     run_checked(x, 8, None, bias, None, scale, "silu")
 
@@ -135,8 +157,7 @@ def test_large_mean(dtype, layout):
 @pytest.mark.parametrize("split", [2, 7])
 def test_forced_split_reduction(split, layout):
     """Each group's statistics split across programs and merged in the apply pass."""
-    x, weight, bias, scale, shift = make_inputs((1, 40, 7, 5, 5), torch.float32, layout,
-                                                mean=50.0)
+    x, weight, bias, scale, shift = make_inputs((1, 40, 7, 5, 5), torch.float32, layout, mean=50.0)
     run_checked(x, 8, weight, bias, scale, shift, "silu", split=split)
 
 
@@ -171,13 +192,20 @@ def test_strided_views(view):
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_public_op_dispatch_and_memory_format(layout):
     x, weight, bias, scale, shift = make_inputs((2, 40, 7, 5, 5), torch.bfloat16, layout)
-    y = ops.group_norm(x, 8, weight, bias, scale=scale, shift=shift, activation="silu",
-                       backend="triton")
-    expected = reference.group_norm(x, 8, weight, bias, scale=scale, shift=shift,
-                                    activation="silu")
+    y = ops.group_norm(
+        x, 8, weight, bias, scale=scale, shift=shift, activation="silu", backend="triton"
+    )
+    expected = reference.group_norm(x, 8, weight, bias, scale=scale, shift=shift, activation="silu")
     assert y.stride() == expected.stride() == x.stride()
-    ref = reference.group_norm(x.double(), 8, weight.double(), bias.double(),
-                               scale=scale.double(), shift=shift.double(), activation="silu")
+    ref = reference.group_norm(
+        x.double(),
+        8,
+        weight.double(),
+        bias.double(),
+        scale=scale.double(),
+        shift=shift.double(),
+        activation="silu",
+    )
     assert_matches(y, expected, ref)
 
 
@@ -193,8 +221,13 @@ def test_rejects_out_aliasing_input():
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize(
     "shape,groups",
-    [((2, 320, 16, 32, 32), 32), ((1, 640, 16, 16, 16), 32), ((8, 1280, 16, 8, 8), 32),
-     ((4, 320, 64, 64), 32), ((1, 128, 17, 40, 40), 32)],
+    [
+        ((2, 320, 16, 32, 32), 32),
+        ((1, 640, 16, 16, 16), 32),
+        ((8, 1280, 16, 8, 8), 32),
+        ((4, 320, 64, 64), 32),
+        ((1, 128, 17, 40, 40), 32),
+    ],
     ids=str,
 )
 def test_full_size_parity(shape, groups, dtype, layout):

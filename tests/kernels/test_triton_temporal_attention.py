@@ -64,8 +64,9 @@ def run_checked(q, k, v, heads, scale=None, **launch):
     out = torch.full(q.shape, float("nan"), dtype=q.dtype, device=q.device)
     y = temporal_attention(q, k, v, num_heads=heads, scale=scale, out=out, **launch)
     assert y is out
-    ref = reference.temporal_attention(q.double(), k.double(), v.double(), num_heads=heads,
-                                       scale=scale)
+    ref = reference.temporal_attention(
+        q.double(), k.double(), v.double(), num_heads=heads, scale=scale
+    )
     eager = reference.temporal_attention(q, k, v, num_heads=heads, scale=scale)
     assert_matches(y, eager, ref)
     return y
@@ -95,8 +96,11 @@ def test_independent_strided_tensors_and_explicit_scale(dtype):
     """q, k, v with three unrelated layouts, none of them a standard one."""
     b, c, t, h, w = 2, 48, 7, 3, 5
     q = torch.randn(b, c, t, h, w, device=DEVICE).to(dtype)
-    k = torch.randn(b, c, t, h, w, device=DEVICE).to(dtype).contiguous(
-        memory_format=torch.channels_last_3d)
+    k = (
+        torch.randn(b, c, t, h, w, device=DEVICE)
+        .to(dtype)
+        .contiguous(memory_format=torch.channels_last_3d)
+    )
     v = torch.randn(b, t, h, w, 2 * c, device=DEVICE).to(dtype).permute(0, 4, 1, 2, 3)[:, ::2]
     run_checked(q, k, v, heads=2, scale=0.3)
 
@@ -112,13 +116,15 @@ def test_grid_capped_below_units_loops_over_all_of_them():
     "batch,heads,height,width,positions_per_tile",
     [(16, 8, 64, 64, 8), (64, 16, 128, 128, 1), (1, 65536, 1, 1, 1), (4096, 4096, 512, 512, 2)],
 )
-def test_launch_grid_respects_cuda_limits(batch, heads, height, width, positions_per_tile,
-                                          tiles_per_program):
+def test_launch_grid_respects_cuda_limits(
+    batch, heads, height, width, positions_per_tile, tiles_per_program
+):
     """batch * heads * H * W well above 65,535: every grid dimension within its limit, one
     turn of tiles per program unless axis x is full (then the programs loop)."""
     assert batch * heads * height * width > 65535
-    (gx, gy, gz), tiles = attention_grid(batch, heads, height, width, positions_per_tile,
-                                         tiles_per_program)
+    (gx, gy, gz), tiles = attention_grid(
+        batch, heads, height, width, positions_per_tile, tiles_per_program
+    )
     assert tiles == batch * heads * -(-height * width // positions_per_tile)
     assert 1 <= gx <= CUDA_GRID_X and 1 <= gy <= CUDA_GRID_YZ and 1 <= gz <= CUDA_GRID_YZ
     assert gx == min(-(-tiles // tiles_per_program), CUDA_GRID_X)
@@ -147,8 +153,14 @@ def test_rejects_sequences_too_long_for_one_tile():
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize(
     "shape",
-    [(2, 5, 64, 16, 32, 32), (2, 10, 64, 16, 16, 16), (4, 8, 128, 16, 8, 8),
-     (1, 4, 40, 25, 32, 32), (2, 8, 64, 64, 16, 16), (64, 8, 16, 16, 16, 16)],
+    [
+        (2, 5, 64, 16, 32, 32),
+        (2, 10, 64, 16, 16, 16),
+        (4, 8, 128, 16, 8, 8),
+        (1, 4, 40, 25, 32, 32),
+        (2, 8, 64, 64, 16, 16),
+        (64, 8, 16, 16, 16, 16),
+    ],
     ids=str,
 )
 def test_full_size_parity(shape, dtype, channels_last):

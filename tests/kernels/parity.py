@@ -1,0 +1,55 @@
+"""Helpers shared by the extension's kernel tests (cpp and cuda backends): the error
+measure, the per-dtype acceptance rule and the input layouts every op is run on."""
+
+import torch
+
+FP32_TOL = 1e-5  # max|y - ref| / max|ref|
+# One rounding step of the storage dtype, relative: the least a low-precision result
+# can be expected to miss by.
+LOWP_FLOOR = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-10}
+
+
+def rel(y: torch.Tensor, ref: torch.Tensor) -> float:
+    """max|y - ref| / max|ref|; an unwritten (NaN-poisoned) element fails here."""
+    assert torch.isfinite(y).all(), "output has NaN/Inf: an element was not written"
+    return ((y.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
+
+
+def check(fast: torch.Tensor, eager: torch.Tensor, ref: torch.Tensor) -> None:
+    """float32: within FP32_TOL of the float64 ref; bf16/fp16: no worse than 2x the eager
+    reference-backend error in that dtype (FlashAttention's rule), floor LOWP_FLOOR."""
+    err = rel(fast, ref)
+    if fast.dtype == torch.float32:
+        assert err <= FP32_TOL, err
+    else:
+        bound = max(2 * rel(eager, ref), LOWP_FLOOR[fast.dtype])
+        assert err <= bound, (err, bound)
+
+
+def misaligned(x: torch.Tensor) -> torch.Tensor:
+    """x's values and (dense) strides, with the data one element past a 16-byte boundary,
+    so the kernels take their scalar paths."""
+    buf = torch.empty(x.numel() + 1, dtype=x.dtype, device=x.device)
+    y = buf[1:].as_strided(x.shape, x.stride())
+    y.copy_(x)
+    assert y.data_ptr() % 16 != 0
+    return y
+
+
+def layout(x: torch.Tensor, fmt: str) -> torch.Tensor:
+    """x in memory format ``fmt``: contiguous, channels_last(_3d), strided (neither:
+    every other element of the last dim), misaligned or misaligned_cl."""
+    cl = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+    if fmt == "channels_last":
+        return x.contiguous(memory_format=cl)
+    if fmt == "strided":
+        return torch.cat([x, x], dim=-1)[..., ::2]
+    if fmt == "misaligned":
+        return misaligned(x)
+    if fmt == "misaligned_cl":
+        return misaligned(x.contiguous(memory_format=cl))
+    return x
+
+
+def d64(t):
+    return None if t is None else t.double()
