@@ -9,6 +9,10 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#ifdef LDDM_WITH_CUDA
+#include "cuda/dtype.h"
+#endif
+
 #define LDDM_CHECK_DEVICE(t, dev_type, name)                                          \
   TORCH_CHECK_VALUE((t).device().type() == (dev_type), name " must be a ", dev_type, \
                     " tensor, got one on ", (t).device())
@@ -22,5 +26,19 @@ inline void poison_if_requested(at::Tensor& out) {
   if (flag != nullptr && std::strcmp(flag, "1") == 0)
     out.fill_(std::numeric_limits<double>::quiet_NaN());
 }
+
+#ifdef LDDM_WITH_CUDA
+// The CUDA kernels' storage type for t, or a ValueError naming the argument.
+inline cuda::DType cuda_dtype_of(const at::Tensor& t, const char* name) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return cuda::DType::kFloat32;
+    case at::kBFloat16: return cuda::DType::kBFloat16;
+    case at::kHalf: return cuda::DType::kFloat16;
+    default:
+      TORCH_CHECK_VALUE(false, name, " must be float32, bfloat16 or float16, got ",
+                        t.scalar_type());
+  }
+}
+#endif
 
 }  // namespace lddm

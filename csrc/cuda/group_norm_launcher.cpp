@@ -19,13 +19,7 @@ at::Tensor group_norm_cuda(const at::Tensor& x_in, int64_t num_groups,
                            const std::optional<at::Tensor>& shift, bool silu) {
   LDDM_CHECK_DEVICE(x_in, at::kCUDA, "x");
   check_group_norm_args(x_in, num_groups, weight, bias, scale, shift);
-  cuda::DType dtype;
-  switch (x_in.scalar_type()) {
-    case at::kFloat: dtype = cuda::DType::kFloat32; break;
-    case at::kBFloat16: dtype = cuda::DType::kBFloat16; break;
-    case at::kHalf: dtype = cuda::DType::kFloat16; break;
-    default: TORCH_CHECK_VALUE(false, "x must be float32, bfloat16 or float16, got ", x_in.scalar_type());
-  }
+  const cuda::DType dtype = cuda_dtype_of(x_in, "x");
   const int64_t N = x_in.size(0), C = x_in.size(1);
 
   const c10::cuda::CUDAGuard guard(x_in.device());

@@ -6,10 +6,10 @@
 
 #include <cuda_runtime_api.h>
 
+#include "cuda/dtype.h"
+
 namespace lddm {
 namespace cuda {
-
-enum class DType { kFloat32, kBFloat16, kFloat16 };
 
 // out[i] = a[s] * x[i] + b[s] * eps[i] (+ c[s] * noise[i]) for i in sample s of
 // [batch, per_sample] contiguous values; a, b, c: [batch] float32 on the device;

@@ -16,13 +16,7 @@ at::Tensor sampler_step_cuda(const at::Tensor& x_in, const at::Tensor& eps_in,
                              const std::optional<at::Tensor>& c_in) {
   LDDM_CHECK_DEVICE(x_in, at::kCUDA, "x");
   TORCH_CHECK_VALUE(x_in.dim() >= 1, "x must have a batch dimension [B, ...]");
-  cuda::DType dtype;
-  switch (x_in.scalar_type()) {
-    case at::kFloat: dtype = cuda::DType::kFloat32; break;
-    case at::kBFloat16: dtype = cuda::DType::kBFloat16; break;
-    case at::kHalf: dtype = cuda::DType::kFloat16; break;
-    default: TORCH_CHECK_VALUE(false, "x must be float32, bfloat16 or float16, got ", x_in.scalar_type());
-  }
+  const cuda::DType dtype = cuda_dtype_of(x_in, "x");
   const int64_t B = x_in.size(0);
   TORCH_CHECK_VALUE(noise_in.has_value() == c_in.has_value(), "noise and c must be given together");
   for (const auto& [t, name] : {std::pair{&eps_in, "eps"}, std::pair{noise_in ? &*noise_in : nullptr, "noise"}}) {

@@ -7,7 +7,7 @@
 
 #include <cuda_runtime_api.h>
 
-#include "cuda/sampler_step.h"  // DType, shared by every CUDA kernel of the extension
+#include "cuda/dtype.h"
 
 namespace lddm {
 namespace cuda {

@@ -31,13 +31,7 @@ at::Tensor temporal_attention_cuda(const at::Tensor& q, const at::Tensor& k, con
     TORCH_CHECK_VALUE(t->scalar_type() == q.scalar_type(), name, " is ", t->scalar_type(),
                       " but q is ", q.scalar_type());
   }
-  cuda::DType dtype;
-  switch (q.scalar_type()) {
-    case at::kFloat: dtype = cuda::DType::kFloat32; break;
-    case at::kBFloat16: dtype = cuda::DType::kBFloat16; break;
-    case at::kHalf: dtype = cuda::DType::kFloat16; break;
-    default: TORCH_CHECK_VALUE(false, "q must be float32, bfloat16 or float16, got ", q.scalar_type());
-  }
+  const cuda::DType dtype = cuda_dtype_of(q, "q");
   const int64_t B = q.size(0), C = q.size(1), T = q.size(2), H = q.size(3), W = q.size(4);
   TORCH_CHECK_VALUE(num_heads > 0 && C % num_heads == 0, "num_heads=", num_heads,
                     " must be a positive divisor of C=", C);
