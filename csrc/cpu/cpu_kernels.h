@@ -12,7 +12,8 @@ namespace cpu {
 using bf16_t = uint16_t;  // bfloat16 storage; converted to float on load
 
 // Mean and sum of squared deviations (M2) of `count` values, in double so that
-// groups and chunks combine exactly (Chan et al.'s pairwise formula).
+// rows, channels and chunks merge without cancellation (M2 = sum of the parts' M2
+// + sum n_i (mean_i - mean)^2).
 // Plain aggregate (no inline constructors that an AVX2 build could emit).
 struct Moments {
   double mean;
@@ -60,9 +61,15 @@ struct Kernels {
                        float b, float c);
 };
 
-inline int64_t attention_work_floats(int64_t T, int64_t D) { return 4 * T * D + T * T; }
+// Buffers are sized for TP = T rounded up to a multiple of 8 frames (the AVX2 kernel's
+// padded query lanes); the probabilities take T + 1 rows of TP (its normalisers).
+inline int64_t attention_work_floats(int64_t T, int64_t D) {
+  const int64_t TP = (T + 7) / 8 * 8;
+  return 4 * TP * D + (T + 1) * TP;
+}
 inline int64_t attention_pixel_work_floats(int64_t T, int64_t C, int64_t D) {
-  return 4 * T * C + T * D + T * T;
+  const int64_t TP = (T + 7) / 8 * 8;
+  return 4 * TP * C + TP * D + (T + 1) * TP;
 }
 
 namespace isa_default {

@@ -1,12 +1,22 @@
 // Implementations of the kernels declared in cpu_kernels.h. Included once per
-// instruction set by isa_<name>.cpp, inside `namespace lddm::cpu::isa_<name>`, so each
-// build has its own symbols. Loops are written so the compiler vectorizes them
-// without -ffast-math: fixed-width partial accumulators, no cross-lane dependencies.
+// instruction set by isa_<name>.cpp, which names the namespace (LDDM_ISA_NAMESPACE),
+// so each build has its own symbols. Portable loops are written so the compiler
+// vectorizes them without -ffast-math: fixed-width partial accumulators, no
+// cross-lane dependencies. The AVX2 build (LDDM_AVX2) takes the hot loops through the
+// intrinsics of avx2_kernels.h and leaves tails and odd sizes to the portable code.
 #pragma once
 
 #include <cstring>
+#include <type_traits>
 
 #include "cpu/cpu_kernels.h"
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include "cpu/avx2_kernels.h"
+#define LDDM_AVX2 1
+#else
+#define LDDM_AVX2 0
+#endif
 
 namespace lddm {
 namespace cpu {
@@ -96,27 +106,76 @@ Moments row_moments(const T* __restrict__ x, int64_t n) {
   return m;
 }
 
+#if LDDM_AVX2
+// chunk_moments for the channels [0, C8), C8 a multiple of 8. Pass 1 streams the chunk
+// row by row (sequential reads, the first touch of the chunk in memory) into per-channel
+// sums kept in work; pass 2 re-reads it from cache in blocks of 32 channels whose
+// accumulators stay in registers for all positions.
 template <typename T>
-void chunk_moments(const T* __restrict__ x, int64_t positions, int64_t C, float* work) {
+static void chunk_moments_avx2(const T* __restrict__ x, int64_t positions, int64_t C, int64_t C8,
+                               float* work) {
   float* __restrict__ shift = work;
   float* __restrict__ s1 = work + C;
   float* __restrict__ s2 = work + 2 * C;
-  for (int64_t c = 0; c < C; ++c) {
+  for (int64_t c = 0; c < C8; c += 8) _mm256_storeu_ps(s1 + c, _mm256_setzero_ps());
+  for (int64_t p = 1; p < positions; ++p)
+    for (int64_t c = 0; c < C8; c += 8)
+      _mm256_storeu_ps(s1 + c, _mm256_add_ps(_mm256_loadu_ps(s1 + c),
+                                             _mm256_sub_ps(load8(x + p * C + c), load8(x + c))));
+  const __m256 inv_n = _mm256_set1_ps(1.0f / float(positions));
+  for (int64_t c = 0; c < C8; c += 8)
+    _mm256_storeu_ps(shift + c, _mm256_fmadd_ps(_mm256_loadu_ps(s1 + c), inv_n, load8(x + c)));
+  const auto block = [&](auto nv) {
+    constexpr int NV = decltype(nv)::value;
+    return [&](int64_t c0) {
+      __m256 sh[NV], a1[NV], a2[NV];
+      for (int v = 0; v < NV; ++v) {
+        sh[v] = _mm256_loadu_ps(shift + c0 + 8 * v);
+        a1[v] = a2[v] = _mm256_setzero_ps();
+      }
+      for (int64_t p = 0; p < positions; ++p)
+        for (int v = 0; v < NV; ++v) {
+          const __m256 d = _mm256_sub_ps(load8(x + p * C + c0 + 8 * v), sh[v]);
+          a1[v] = _mm256_add_ps(a1[v], d);
+          a2[v] = _mm256_fmadd_ps(d, d, a2[v]);
+        }
+      for (int v = 0; v < NV; ++v) {
+        _mm256_storeu_ps(s1 + c0 + 8 * v, a1[v]);
+        _mm256_storeu_ps(s2 + c0 + 8 * v, a2[v]);
+      }
+    };
+  };
+  const auto block4 = block(std::integral_constant<int, 4>{});
+  const auto block1 = block(std::integral_constant<int, 1>{});
+  int64_t c0 = 0;
+  for (; c0 + 32 <= C8; c0 += 32) block4(c0);
+  for (; c0 < C8; c0 += 8) block1(c0);
+}
+#endif
+
+// Channels [c0, C) of chunk_moments, one channel per lane of the compiler's vectors.
+template <typename T>
+static void chunk_moments_tail(const T* __restrict__ x, int64_t positions, int64_t C, int64_t c0,
+                               float* work) {
+  float* __restrict__ shift = work;
+  float* __restrict__ s1 = work + C;
+  float* __restrict__ s2 = work + 2 * C;
+  for (int64_t c = c0; c < C; ++c) {
     shift[c] = load(x[c]);
     s1[c] = 0.0f;
   }
   for (int64_t p = 0; p < positions; ++p) {
     const T* row = x + p * C;
-    for (int64_t c = 0; c < C; ++c) s1[c] += load(row[c]) - shift[c];
+    for (int64_t c = c0; c < C; ++c) s1[c] += load(row[c]) - shift[c];
   }
-  for (int64_t c = 0; c < C; ++c) {
+  for (int64_t c = c0; c < C; ++c) {
     shift[c] += s1[c] / float(positions);
     s1[c] = 0.0f;
     s2[c] = 0.0f;
   }
   for (int64_t p = 0; p < positions; ++p) {
     const T* row = x + p * C;
-    for (int64_t c = 0; c < C; ++c) {
+    for (int64_t c = c0; c < C; ++c) {
       const float d = load(row[c]) - shift[c];
       s1[c] += d;
       s2[c] += d * d;
@@ -124,13 +183,39 @@ void chunk_moments(const T* __restrict__ x, int64_t positions, int64_t C, float*
   }
 }
 
+template <typename T>
+void chunk_moments(const T* __restrict__ x, int64_t positions, int64_t C, float* work) {
+  int64_t c0 = 0;
+#if LDDM_AVX2
+  c0 = C / 8 * 8;
+  if (c0 > 0) chunk_moments_avx2(x, positions, C, c0, work);
+#endif
+  chunk_moments_tail(x, positions, C, c0, work);
+}
+
 template <typename T, bool Silu>
 static void affine_row_impl(const T* __restrict__ x, T* __restrict__ y, int64_t n, float a, float m,
                             float b) {
+  int64_t i = 0;
+#if LDDM_AVX2
+  const __m256 va = _mm256_set1_ps(a), vm = _mm256_set1_ps(m), vb = _mm256_set1_ps(b);
+  for (; i + 32 <= n; i += 32) {
+    __m256 v[4];
+    for (int u = 0; u < 4; ++u)
+      v[u] = _mm256_fmadd_ps(va, _mm256_sub_ps(load8(x + i + 8 * u), vm), vb);
+    if (Silu) silu<4>(v);
+    for (int u = 0; u < 4; ++u) store8(y + i + 8 * u, v[u]);
+  }
+  for (; i + 8 <= n; i += 8) {
+    __m256 v = _mm256_fmadd_ps(va, _mm256_sub_ps(load8(x + i), vm), vb);
+    if (Silu) silu<1>(&v);
+    store8(y + i, v);
+  }
+#endif
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) {
-    const float v = a * (load(x[i]) - m) + b;
-    store(y + i, Silu ? silu(v) : v);
+  for (int64_t j = i; j < n; ++j) {
+    const float v = a * (load(x[j]) - m) + b;
+    store(y + j, Silu ? silu(v) : v);
   }
 }
 
@@ -149,8 +234,27 @@ static void affine_chunk_impl(const T* __restrict__ x, T* __restrict__ y, int64_
   for (int64_t p = 0; p < positions; ++p) {
     const T* xr = x + p * C;
     T* yr = y + p * C;
+    int64_t c0 = 0;
+#if LDDM_AVX2
+    const auto affine8 = [&](int64_t c) {
+      return _mm256_fmadd_ps(_mm256_loadu_ps(a + c),
+                             _mm256_sub_ps(load8(xr + c), _mm256_loadu_ps(m + c)),
+                             _mm256_loadu_ps(b + c));
+    };
+    for (; c0 + 32 <= C; c0 += 32) {
+      __m256 v[4];
+      for (int u = 0; u < 4; ++u) v[u] = affine8(c0 + 8 * u);
+      if (Silu) silu<4>(v);
+      for (int u = 0; u < 4; ++u) store8(yr + c0 + 8 * u, v[u]);
+    }
+    for (; c0 + 8 <= C; c0 += 8) {
+      __m256 v = affine8(c0);
+      if (Silu) silu<1>(&v);
+      store8(yr + c0, v);
+    }
+#endif
 #pragma omp simd
-    for (int64_t c = 0; c < C; ++c) {
+    for (int64_t c = c0; c < C; ++c) {
       const float v = a[c] * (load(xr[c]) - m[c]) + b[c];
       store(yr + c, Silu ? silu(v) : v);
     }
@@ -233,11 +337,17 @@ void attention_impl(const T* q, const T* k, const T* v, T* o, Strides5 sq, Strid
                     int64_t W, int64_t first, int64_t count, float scale, bool heads_inner,
                     float* work) {
   const int64_t T_len = kT > 0 ? kT : T_run;
-  float* __restrict__ qf = work;            // [T, D], pre-scaled
-  float* __restrict__ kt = qf + T_len * D;  // [D, T]
-  float* __restrict__ vf = kt + T_len * D;  // [T, D]
-  float* __restrict__ of = vf + T_len * D;  // [T, D]
-  float* __restrict__ p = of + T_len * D;   // [T, T] logits, then probabilities
+  // The AVX2 head kernel (any T, D % 8 == 0) takes q transposed ([D, TP], frames
+  // padded to a multiple of 8 with zeros) and k as rows, and applies the scale itself.
+  const bool vector_heads = LDDM_AVX2 && D % 8 == 0;
+  const int64_t TP = (T_len + 7) / 8 * 8;
+  float* __restrict__ qf = work;          // [T, D] pre-scaled, or [D, TP]
+  float* __restrict__ kt = qf + TP * D;   // [D, T], or [T, D] for the AVX2 kernel
+  float* __restrict__ vf = kt + TP * D;   // [T, D]
+  float* __restrict__ of = vf + TP * D;   // [T, D]
+  float* __restrict__ p = of + TP * D;    // [T, T] logits, then probabilities
+  if (vector_heads)
+    for (int64_t i = 0; i < TP * D; ++i) qf[i] = 0.0f;  // the padding lanes stay 0
   for (int64_t pos = first; pos < first + count; ++pos) {
     int64_t b, h, y, x;
     if (heads_inner) {  // order (b, y, x, head)
@@ -259,11 +369,21 @@ void attention_impl(const T* q, const T* k, const T* v, T* o, Strides5 sq, Strid
       const T* qt = qb + t * sq.t;
       const T* kr = kb + t * sk.t;
       const T* vr = vb + t * sv.t;
-      for (int64_t d = 0; d < D; ++d) qf[t * D + d] = load(qt[d * sq.c]) * scale;
-      for (int64_t d = 0; d < D; ++d) kt[d * T_len + t] = load(kr[d * sk.c]);
+      if (vector_heads) {
+        for (int64_t d = 0; d < D; ++d) qf[d * TP + t] = load(qt[d * sq.c]);
+        for (int64_t d = 0; d < D; ++d) kt[t * D + d] = load(kr[d * sk.c]);
+      } else {
+        for (int64_t d = 0; d < D; ++d) qf[t * D + d] = load(qt[d * sq.c]) * scale;
+        for (int64_t d = 0; d < D; ++d) kt[d * T_len + t] = load(kr[d * sk.c]);
+      }
       for (int64_t d = 0; d < D; ++d) vf[t * D + d] = load(vr[d * sv.c]);
     }
-    attend<kT>(qf, D, kt, vf, D, of, D, D, T_len, p);
+#if LDDM_AVX2
+    if (vector_heads)
+      attend_head(qf, kt, D, vf, D, of, D, D, T_len, scale, p);
+    else
+#endif
+      attend<kT>(qf, D, kt, vf, D, of, D, D, T_len, p);
     for (int64_t t = 0; t < T_len; ++t) {
       T* ot = ob + t * so.t;
       for (int64_t d = 0; d < D; ++d) store(ot + d * so.c, of[t * D + d]);
@@ -273,45 +393,86 @@ void attention_impl(const T* q, const T* k, const T* v, T* o, Strides5 sq, Strid
 
 // Channels innermost (channels_last_3d views of qkv): one task per pixel (b, y, x).
 // Its T rows of C channels are contiguous runs, so they are first copied whole into
-// float buffers (streaming reads the prefetcher follows; per-head gathers of 128
-// bytes from T far-apart rows are latency-bound), then each head is computed from
-// the buffers by attention_impl's loops and the result rows are stored whole.
+// float buffers (streaming reads; per-head gathers of 128 bytes from T far-apart rows
+// are latency-bound, and rows a multiple of 4 KiB apart fight over the same L1 sets),
+// then each head is computed from the buffers and the result rows are stored whole.
+// With AVX2 and D % 8 == 0, q is copied transposed for attend_head and float outputs
+// are written in place.
 template <typename T, int kT>
 void attention_pixels_impl(const T* q, const T* k, const T* v, T* o, Strides5 sq, Strides5 sk,
                            Strides5 sv, Strides5 so, int64_t heads, int64_t D, int64_t T_run,
                            int64_t H, int64_t W, int64_t first, int64_t count, float scale,
                            float* work) {
   const int64_t T_len = kT > 0 ? kT : T_run;
-  const int64_t C = heads * D;
-  float* __restrict__ qp = work;                 // [T, C], pre-scaled
-  float* __restrict__ kp = qp + T_len * C;       // [T, C]
-  float* __restrict__ vp = kp + T_len * C;       // [T, C]
-  float* __restrict__ op = vp + T_len * C;       // [T, C]
-  float* __restrict__ kt = op + T_len * C;       // [D, T] one head's keys, transposed
-  float* __restrict__ p = kt + T_len * D;        // [T, T]
+  const int64_t C = heads * D, TP = (T_len + 7) / 8 * 8;
+  const bool vector_heads = LDDM_AVX2 && D % 8 == 0;
+  float* __restrict__ qp = work;            // [T, C] pre-scaled, or [C, TP] (AVX2)
+  float* __restrict__ kp = qp + TP * C;     // [T, C]
+  float* __restrict__ vp = kp + TP * C;     // [T, C]
+  float* __restrict__ op = vp + TP * C;     // [T, C]
+  float* __restrict__ kt = op + TP * C;     // [D, T] one head's keys, transposed
+  float* __restrict__ p = kt + TP * D;      // [T, T] and the AVX2 kernel's scratch
   for (int64_t pix = first; pix < first + count; ++pix) {
     const int64_t x = pix % W, y = (pix / W) % H, b = pix / (W * H);
+    // The next pixel's rows are requested while this one is computed, a share of the
+    // frames per head: its q, k, v and output rows lie far apart (one per frame, each
+    // in its own page), which the hardware prefetchers do not follow in time, and
+    // requesting them all at once would stall on the cache's miss buffers.
+    const int64_t nx = (pix + 1) % W, ny = ((pix + 1) / W) % H, nb = (pix + 1) / (W * H);
+    const auto prefetch_next = [&](int64_t t0, int64_t t1) {
+      if (pix + 1 >= first + count) return;
+      for (int64_t t = t0; t < t1; ++t) {
+        const char* rows[3] = {
+            reinterpret_cast<const char*>(q + nb * sq.b + t * sq.t + ny * sq.h + nx * sq.w),
+            reinterpret_cast<const char*>(k + nb * sk.b + t * sk.t + ny * sk.h + nx * sk.w),
+            reinterpret_cast<const char*>(v + nb * sv.b + t * sv.t + ny * sv.h + nx * sv.w)};
+        const char* out =
+            reinterpret_cast<const char*>(o + nb * so.b + t * so.t + ny * so.h + nx * so.w);
+        for (int64_t off = 0; off < C * int64_t(sizeof(T)); off += 64) {
+          for (const char* r : rows) __builtin_prefetch(r + off);
+          __builtin_prefetch(out + off, 1);
+        }
+      }
+    };
+    const T* qb = q + b * sq.b + y * sq.h + x * sq.w;
+    T* ob = o + b * so.b + y * so.h + x * so.w;
     for (int64_t t = 0; t < T_len; ++t) {
-      const T* qr = q + b * sq.b + t * sq.t + y * sq.h + x * sq.w;
       const T* kr = k + b * sk.b + t * sk.t + y * sk.h + x * sk.w;
       const T* vr = v + b * sv.b + t * sv.t + y * sv.h + x * sv.w;
+      if (!vector_heads) {
 #pragma omp simd
-      for (int64_t c = 0; c < C; ++c) qp[t * C + c] = load(qr[c]) * scale;
+        for (int64_t c = 0; c < C; ++c) qp[t * C + c] = load(qb[t * sq.t + c]) * scale;
+      }
 #pragma omp simd
       for (int64_t c = 0; c < C; ++c) kp[t * C + c] = load(kr[c]);
 #pragma omp simd
       for (int64_t c = 0; c < C; ++c) vp[t * C + c] = load(vr[c]);
     }
-    for (int64_t h = 0; h < heads; ++h) {
-      const int64_t c0 = h * D;
-      for (int64_t t = 0; t < T_len; ++t)
-        for (int64_t d = 0; d < D; ++d) kt[d * T_len + t] = kp[t * C + c0 + d];
-      attend<kT>(qp + c0, C, kt, vp + c0, C, op + c0, C, D, T_len, p);
+#if LDDM_AVX2
+    if (vector_heads) {
+      transpose_rows(qb, sq.t, T_len, C, qp, TP);
+      for (int64_t h = 0; h < heads; ++h) {
+        const int64_t c0 = h * D;
+        prefetch_next(h * T_len / heads, (h + 1) * T_len / heads);
+        if constexpr (std::is_same_v<T, float>)
+          attend_head(qp + c0 * TP, kp + c0, C, vp + c0, C, ob + c0, so.t, D, T_len, scale, p);
+        else
+          attend_head(qp + c0 * TP, kp + c0, C, vp + c0, C, op + c0, C, D, T_len, scale, p);
+      }
+      if constexpr (std::is_same_v<T, float>) continue;
     }
+#endif
+    if (!vector_heads)
+      for (int64_t h = 0; h < heads; ++h) {
+        const int64_t c0 = h * D;
+        prefetch_next(h * T_len / heads, (h + 1) * T_len / heads);
+        for (int64_t t = 0; t < T_len; ++t)
+          for (int64_t d = 0; d < D; ++d) kt[d * T_len + t] = kp[t * C + c0 + d];
+        attend<kT>(qp + c0, C, kt, vp + c0, C, op + c0, C, D, T_len, p);
+      }
     for (int64_t t = 0; t < T_len; ++t) {
-      T* orow = o + b * so.b + t * so.t + y * so.h + x * so.w;
 #pragma omp simd
-      for (int64_t c = 0; c < C; ++c) store(orow + c, op[t * C + c]);
+      for (int64_t c = 0; c < C; ++c) store(ob + t * so.t + c, op[t * C + c]);
     }
   }
 }

@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -20,17 +21,24 @@ namespace {
 
 using cpu::Moments;
 
-void combine(Moments& acc, const Moments& m) {
-  if (m.count == 0.0) return;
-  if (acc.count == 0.0) {
-    acc = m;
-    return;
+// Moments of the union of parts[0], parts[stride], ... (count of them): the mean
+// first, then M2 = sum of the parts' M2 + sum n_i (mean_i - mean)^2. One division,
+// and the order of the parts is fixed, so results do not depend on the thread count.
+Moments merge(const Moments* parts, int64_t count, int64_t stride) {
+  double n = 0.0, weighted = 0.0;
+  for (int64_t i = 0; i < count; ++i) {
+    n += parts[i * stride].count;
+    weighted += parts[i * stride].count * parts[i * stride].mean;
   }
-  const double n = acc.count + m.count;
-  const double delta = m.mean - acc.mean;
-  acc.mean += delta * m.count / n;
-  acc.m2 += m.m2 + delta * delta * acc.count * m.count / n;
-  acc.count = n;
+  if (n == 0.0) return Moments{0.0, 0.0, 0.0};
+  const double mean = weighted / n;
+  double m2 = 0.0;
+  for (int64_t i = 0; i < count; ++i) {
+    const Moments& m = parts[i * stride];
+    const double d = m.mean - mean;
+    m2 += m.m2 + m.count * d * d;
+  }
+  return Moments{mean, m2, n};
 }
 
 // Per-channel coefficients of y = a * (x - m) + b for sample n, group g: m is the group
@@ -72,17 +80,23 @@ void run_ncs(const at::Tensor& x, at::Tensor& y, int64_t G, const Coefficients& 
   T* yp = cpu::storage(y.mutable_data_ptr<scalar_t>());
   at::parallel_for(0, N * G, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> a(cg), mean(cg), b(cg);
+    std::vector<Moments> rows(cg);
     for (int64_t ng = begin; ng < end; ++ng) {
       const int64_t n = ng / G, c0 = (ng % G) * cg;
       const T* xg = xp + (n * C + c0) * S;
-      Moments m{0.0, 0.0, 0.0};
-      for (int64_t i = 0; i < cg; ++i) combine(m, k.row_moments(xg + i * S, S));
-      coef.fill(m, n, c0, cg, a.data(), mean.data(), b.data());
+      for (int64_t i = 0; i < cg; ++i) rows[i] = k.row_moments(xg + i * S, S);
+      coef.fill(merge(rows.data(), cg, 1), n, c0, cg, a.data(), mean.data(), b.data());
       for (int64_t i = 0; i < cg; ++i)
         k.affine_row(xg + i * S, yp + (n * C + c0 + i) * S, S, a[i], mean[i], b[i], silu);
     }
   });
 }
+
+// Input bytes per thread whose statistics and output are computed in one round (whole
+// samples, at least one), so the output pass reads x back from the cache the
+// statistics pass brought it into: 256 KiB of x and its output fit the L2 of current
+// x86 cores. Both passes split a round's chunks over the threads the same way.
+constexpr int64_t kRoundBytesPerThread = 256 << 10;
 
 template <typename scalar_t>
 void run_nsc(const at::Tensor& x, at::Tensor& y, int64_t G, const Coefficients& coef, bool silu) {
@@ -93,45 +107,52 @@ void run_nsc(const at::Tensor& x, at::Tensor& y, int64_t G, const Coefficients& 
   // About 64 KiB of input per chunk: small enough that pass 2 reads it from cache.
   const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(S, 16384 / C));
   const int64_t chunks = (S + chunk - 1) / chunk;
+  const int64_t per_round = std::clamp<int64_t>(
+      kRoundBytesPerThread * at::get_num_threads() /
+          std::max<int64_t>(S * C * int64_t(sizeof(T)), 1),
+      1, N);
   const T* xp = cpu::storage(x.const_data_ptr<scalar_t>());
   T* yp = cpu::storage(y.mutable_data_ptr<scalar_t>());
 
-  std::vector<Moments> partial(N * chunks * G);
-  at::parallel_for(0, N * chunks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> work(3 * C);
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t n = item / chunks, p0 = (item % chunks) * chunk;
-      const int64_t len = std::min(chunk, S - p0);
-      k.chunk_moments(xp + (n * S + p0) * C, len, C, work.data());
-      for (int64_t g = 0; g < G; ++g) {
-        Moments m{0.0, 0.0, 0.0};
-        for (int64_t i = g * cg; i < (g + 1) * cg; ++i) {
-          const double s1 = work[C + i], s2 = work[2 * C + i], n = double(len);
-          combine(m, Moments{double(work[i]) + s1 / n, std::max(s2 - s1 * s1 / n, 0.0), n});
-        }
-        partial[item * G + g] = m;
-      }
-    }
-  });
-
+  std::vector<Moments> partial(per_round * chunks * G);  // [sample, chunk, group]
   std::vector<float> a(N * C), mean(N * C), b(N * C);
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t g = 0; g < G; ++g) {
-      Moments m{0.0, 0.0, 0.0};
-      for (int64_t ch = 0; ch < chunks; ++ch) combine(m, partial[(n * chunks + ch) * G + g]);
-      const int64_t at = n * C + g * cg;
-      coef.fill(m, n, g * cg, cg, a.data() + at, mean.data() + at, b.data() + at);
-    }
-
-  at::parallel_for(0, N * chunks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t n = item / chunks, p0 = (item % chunks) * chunk;
-      const int64_t len = std::min(chunk, S - p0);
-      const int64_t off = (n * S + p0) * C;
-      k.affine_chunk(xp + off, yp + off, len, C, a.data() + n * C, mean.data() + n * C,
-                     b.data() + n * C, silu);
-    }
-  });
+  for (int64_t n0 = 0; n0 < N; n0 += per_round) {
+    const int64_t items = (std::min(N, n0 + per_round) - n0) * chunks;
+    at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> work(3 * C);
+      std::vector<Moments> channels(C);
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t n = n0 + item / chunks, p0 = (item % chunks) * chunk;
+        const int64_t len = std::min(chunk, S - p0);
+        k.chunk_moments(xp + (n * S + p0) * C, len, C, work.data());
+        // Every channel of the chunk has `len` values: mean = shift + s1 / len and
+        // M2 = s2 - s1^2 / len, with one reciprocal for all of them.
+        const double inv_len = 1.0 / double(len);
+        for (int64_t c = 0; c < C; ++c) {
+          const double s1 = work[C + c], s2 = work[2 * C + c];
+          channels[c] = Moments{double(work[c]) + s1 * inv_len,
+                                std::max(s2 - s1 * s1 * inv_len, 0.0), double(len)};
+        }
+        for (int64_t g = 0; g < G; ++g)
+          partial[item * G + g] = merge(channels.data() + g * cg, cg, 1);
+      }
+    });
+    for (int64_t n = n0; n < std::min(N, n0 + per_round); ++n)
+      for (int64_t g = 0; g < G; ++g) {
+        const int64_t at = n * C + g * cg;
+        coef.fill(merge(partial.data() + (n - n0) * chunks * G + g, chunks, G), n, g * cg, cg,
+                  a.data() + at, mean.data() + at, b.data() + at);
+      }
+    at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t n = n0 + item / chunks, p0 = (item % chunks) * chunk;
+        const int64_t len = std::min(chunk, S - p0);
+        const int64_t off = (n * S + p0) * C;
+        k.affine_chunk(xp + off, yp + off, len, C, a.data() + n * C, mean.data() + n * C,
+                       b.data() + n * C, silu);
+      }
+    });
+  }
 }
 
 }  // namespace

@@ -53,6 +53,7 @@ GN_SHAPES = [
     ((3, 6, 9, 9), 1),  # 4-D, G = 1
     ((1, 320, 3, 4, 4), 32),  # C/G = 10
     ((2, 24, 1, 1), 3),  # 4-D single pixel
+    ((2, 44, 3, 5, 5), 11),  # AVX2: 32-channel block + one vector + 4 scalar channels
 ]
 
 
@@ -95,6 +96,39 @@ def test_group_norm_large_mean(fmt, isa):
     assert rel(y, ref) <= FP32_TOL
 
 
+def test_group_norm_many_rounds_and_chunks(isa):
+    # channels_last samples of 288 KB: several rounds of whole samples (statistics then
+    # output, per round) and chunks of positions with a partial last one.
+    x = layout(torch.randn(3, 64, 5, 15, 15), "channels_last")
+    w, b = torch.randn(64), torch.randn(64)
+    scale, shift = torch.randn(3, 64), torch.randn(3, 64)
+    y = ops.group_norm(x, 16, w, b, scale=scale, shift=shift, activation="silu", backend="cpp")
+    ref = ops.group_norm(
+        x.double(),
+        16,
+        w.double(),
+        b.double(),
+        scale=scale.double(),
+        shift=shift.double(),
+        activation="silu",
+        backend="reference",
+    )
+    assert rel(y, ref) <= FP32_TOL
+
+
+@pytest.mark.parametrize("fmt", ["contiguous", "channels_last"])
+def test_group_norm_silu_saturates(fmt, isa):
+    # Normalised values of +-hundreds: silu's exponential is clamped in the vector code;
+    # the result must stay finite, v for large v and ~0 for very negative v.
+    x = layout(torch.randn(2, 48, 3, 4, 4), fmt)
+    w = torch.full((48,), 300.0)
+    y = ops.group_norm(x, 6, w, activation="silu", backend="cpp")
+    ref = ops.group_norm(x.double(), 6, w.double(), activation="silu", backend="reference")
+    pre = ops.group_norm(x.double(), 6, w.double(), backend="reference")
+    assert (pre < -100).any() and (pre > 100).any()
+    assert rel(y, ref) <= FP32_TOL
+
+
 def test_group_norm_no_affine_matches_torch(isa):
     x = torch.randn(3, 16, 4, 5, 5)
     torch.testing.assert_close(
@@ -107,6 +141,8 @@ ATTN_CASES = [
     (1, 1, 16, (2, 2)),  # T = 1
     (16, 4, 32, (1, 1)),  # 1-pixel frames
     (17, 3, 16, (2, 3)),
+    (16, 2, 64, (3, 2)),  # the denoiser's T, head_dim 64
+    (9, 2, 12, (2, 3)),  # head_dim not a multiple of 8: the portable loops in every build
 ]
 
 
