@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -58,6 +59,11 @@ class Timing:
     p10_ms: float
     p90_ms: float
     reps: int
+    # Minor page faults per call (CPU only): pages the allocator had to map in afresh,
+    # each zeroed by the kernel. A provider whose temporaries outgrow glibc's reuse
+    # (its trim/mmap thresholds) pays them on every call, so its time can move by
+    # several fold between runs; this column says when that is what happened.
+    faults_per_call: float | None = None
 
 
 def _sync(device: str) -> None:
@@ -81,6 +87,7 @@ def time_fn(fn: Callable[[], Any], device: str, quick: bool) -> Timing:
     fn()  # warm-up: first-call allocations, lazy initialisation
     _sync(device)
     times: list[float] = []
+    faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     deadline = time.perf_counter() + budget
     while len(times) < 5 or (time.perf_counter() < deadline and len(times) < 1000):
         if device == "cuda":
@@ -94,8 +101,15 @@ def time_fn(fn: Callable[[], Any], device: str, quick: bool) -> Timing:
             t0 = time.perf_counter()
             fn()
             times.append((time.perf_counter() - t0) * 1e3)
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) / len(times)
     q = statistics.quantiles(times, n=10) if len(times) >= 2 else [times[0]] * 9
-    return Timing(statistics.median(times), q[0], q[-1], len(times))
+    return Timing(
+        statistics.median(times),
+        q[0],
+        q[-1],
+        len(times),
+        faults_per_call=None if device == "cuda" else faults,
+    )
 
 
 def measure_ceilings(device: str, quick: bool) -> dict[str, float]:
@@ -163,6 +177,8 @@ def run_case(case: Case, device: str, ceilings: dict[str, float], quick: bool) -
         row.update(
             median_ms=timing.median_ms, p10_ms=timing.p10_ms, p90_ms=timing.p90_ms, reps=timing.reps
         )
+        if timing.faults_per_call is not None:
+            row["faults_per_call"] = timing.faults_per_call
         if case.bytes_moved:
             row["gbs"] = case.bytes_moved / timing.median_ms / 1e6
         if case.flops:
@@ -209,6 +225,7 @@ def markdown_table(rows: list[dict]) -> str:
         "GB/s",
         "% roofline",
         "rate",
+        "faults/call",
         "speedup",
         "max-abs",
         "max-rel",
@@ -220,7 +237,7 @@ def markdown_table(rows: list[dict]) -> str:
             why = r.get("error") or r.get("skipped")
             lines.append(
                 f"| {r['op']} | {r['case']} | {r['dtype']} | {r['provider']} | "
-                f"{'failed' if 'error' in r else 'skipped'}: {why} |" + " |" * 8
+                f"{'failed' if 'error' in r else 'skipped'}: {why} |" + " |" * 9
             )
             continue
         rate = next(
@@ -232,6 +249,7 @@ def markdown_table(rows: list[dict]) -> str:
             f"{r['median_ms']:.3f} | {r['p10_ms']:.3f}-{r['p90_ms']:.3f} | "
             f"{format(r['gbs'], '.1f') if 'gbs' in r else '-'} | "
             f"{format(r['roofline_pct'], '.1f') if 'roofline_pct' in r else '-'} | {rate} | "
+            f"{format(r['faults_per_call'], '.0f') if 'faults_per_call' in r else '-'} | "
             f"{r['speedup']:.2f}x | {r['max_abs']:.2e} | "
             f"{r['max_rel']:.2e} | {'ok' if r['parity_ok'] else 'FAIL'} |"
         )

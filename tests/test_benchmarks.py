@@ -99,3 +99,23 @@ def test_unknown_suite_is_refused():
     with pytest.raises(SystemExit) as exc:
         run.main(["--suite", "nope", "--device", "cpu"])
     assert exc.value.code == 2
+
+
+def test_page_faults_per_call_are_counted():
+    """A call that maps fresh pages shows them in faults_per_call; one that reuses its
+    buffer shows none. The anonymous mapping is released at the end of each call, so
+    its pages are new every time whatever the allocator's state."""
+    import mmap
+
+    pages = 256
+
+    def fresh_pages():
+        with mmap.mmap(-1, pages * mmap.PAGESIZE) as m:
+            for i in range(0, pages * mmap.PAGESIZE, mmap.PAGESIZE):
+                m[i] = 1
+
+    buf = torch.zeros(pages * mmap.PAGESIZE // 4)
+    faulting = harness.time_fn(fresh_pages, "cpu", quick=True)
+    reusing = harness.time_fn(lambda: buf.add_(1.0), "cpu", quick=True)
+    assert faulting.faults_per_call >= 0.9 * pages
+    assert reusing.faults_per_call < 0.1 * pages
