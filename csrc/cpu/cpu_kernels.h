@@ -30,10 +30,11 @@ template <typename T>
 struct Kernels {
   // x: [n] contiguous -> its moments.
   Moments (*row_moments)(const T* x, int64_t n);
-  // x: [positions, C] (channels innermost) -> per channel a shift near the mean in
-  // work[0:C], the sum of deviations from it in work[C:2C] and of their squares in
-  // work[2C:3C] (the caller forms mean and M2 in double).
-  void (*chunk_moments)(const T* x, int64_t positions, int64_t C, float* work);
+  // x: [positions, C] (channels innermost) -> per channel c a shift[c] near the mean,
+  // the sum of deviations from it s1[c] and of their squares s2[c] (the caller forms
+  // mean and M2 in double).
+  void (*chunk_moments)(const T* x, int64_t positions, int64_t C, float* shift, float* s1,
+                        float* s2);
   // y[i] = act(a * (x[i] - m) + b) for a contiguous row of n values. Subtracting the
   // (float-rounded) group mean first keeps large-mean inputs exact: x - m is exact
   // when x is near m, where a * x + b' would cancel two large terms.

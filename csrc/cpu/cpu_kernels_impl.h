@@ -109,14 +109,12 @@ Moments row_moments(const T* __restrict__ x, int64_t n) {
 #if LDDM_AVX2
 // chunk_moments for the channels [0, C8), C8 a multiple of 8. Pass 1 streams the chunk
 // row by row (sequential reads, the first touch of the chunk in memory) into per-channel
-// sums kept in work; pass 2 re-reads it from cache in blocks of 32 channels whose
+// sums kept in s1; pass 2 re-reads it from cache in blocks of 32 channels whose
 // accumulators stay in registers for all positions.
 template <typename T>
 static void chunk_moments_avx2(const T* __restrict__ x, int64_t positions, int64_t C, int64_t C8,
-                               float* work) {
-  float* __restrict__ shift = work;
-  float* __restrict__ s1 = work + C;
-  float* __restrict__ s2 = work + 2 * C;
+                               float* __restrict__ shift, float* __restrict__ s1,
+                               float* __restrict__ s2) {
   for (int64_t c = 0; c < C8; c += 8) _mm256_storeu_ps(s1 + c, _mm256_setzero_ps());
   for (int64_t p = 1; p < positions; ++p)
     for (int64_t c = 0; c < C8; c += 8)
@@ -156,10 +154,8 @@ static void chunk_moments_avx2(const T* __restrict__ x, int64_t positions, int64
 // Channels [c0, C) of chunk_moments, one channel per lane of the compiler's vectors.
 template <typename T>
 static void chunk_moments_tail(const T* __restrict__ x, int64_t positions, int64_t C, int64_t c0,
-                               float* work) {
-  float* __restrict__ shift = work;
-  float* __restrict__ s1 = work + C;
-  float* __restrict__ s2 = work + 2 * C;
+                               float* __restrict__ shift, float* __restrict__ s1,
+                               float* __restrict__ s2) {
   for (int64_t c = c0; c < C; ++c) {
     shift[c] = load(x[c]);
     s1[c] = 0.0f;
@@ -184,13 +180,14 @@ static void chunk_moments_tail(const T* __restrict__ x, int64_t positions, int64
 }
 
 template <typename T>
-void chunk_moments(const T* __restrict__ x, int64_t positions, int64_t C, float* work) {
+void chunk_moments(const T* __restrict__ x, int64_t positions, int64_t C, float* shift, float* s1,
+                   float* s2) {
   int64_t c0 = 0;
 #if LDDM_AVX2
   c0 = C / 8 * 8;
-  if (c0 > 0) chunk_moments_avx2(x, positions, C, c0, work);
+  if (c0 > 0) chunk_moments_avx2(x, positions, C, c0, shift, s1, s2);
 #endif
-  chunk_moments_tail(x, positions, C, c0, work);
+  chunk_moments_tail(x, positions, C, c0, shift, s1, s2);
 }
 
 template <typename T, bool Silu>

@@ -119,19 +119,19 @@ void run_nsc(const at::Tensor& x, at::Tensor& y, int64_t G, const Coefficients& 
   for (int64_t n0 = 0; n0 < N; n0 += per_round) {
     const int64_t items = (std::min(N, n0 + per_round) - n0) * chunks;
     at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
-      std::vector<float> work(3 * C);
+      std::vector<float> shift(C), s1(C), s2(C);
       std::vector<Moments> channels(C);
       for (int64_t item = begin; item < end; ++item) {
         const int64_t n = n0 + item / chunks, p0 = (item % chunks) * chunk;
         const int64_t len = std::min(chunk, S - p0);
-        k.chunk_moments(xp + (n * S + p0) * C, len, C, work.data());
+        k.chunk_moments(xp + (n * S + p0) * C, len, C, shift.data(), s1.data(), s2.data());
         // Every channel of the chunk has `len` values: mean = shift + s1 / len and
         // M2 = s2 - s1^2 / len, with one reciprocal for all of them.
         const double inv_len = 1.0 / double(len);
         for (int64_t c = 0; c < C; ++c) {
-          const double s1 = work[C + c], s2 = work[2 * C + c];
-          channels[c] = Moments{double(work[c]) + s1 * inv_len,
-                                std::max(s2 - s1 * s1 * inv_len, 0.0), double(len)};
+          const double d1 = s1[c], d2 = s2[c];
+          channels[c] = Moments{double(shift[c]) + d1 * inv_len,
+                                std::max(d2 - d1 * d1 * inv_len, 0.0), double(len)};
         }
         for (int64_t g = 0; g < G; ++g)
           partial[item * G + g] = merge(channels.data() + g * cg, cg, 1);
