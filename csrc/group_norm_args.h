@@ -7,6 +7,8 @@
 
 #include <ATen/ATen.h>
 
+#include "layout.h"
+
 namespace lddm {
 
 // x is 4-D [N, C, H, W] or 5-D [N, C, T, H, W]; num_groups divides C; weight, bias
@@ -36,9 +38,8 @@ inline void check_group_norm_args(const at::Tensor& x, int64_t num_groups,
   }
 }
 
-// The input a group_norm kernel reads and the output it writes. Same rule as
-// lddm_fast.ops.layout.memory_format_of: channels-last (NSC) only when x is that and
-// not also plain contiguous; any other strides get one contiguous copy (NCS).
+// The input a group_norm kernel reads and the output it writes (output_format):
+// channels-last (NSC) x as it is; any other strides get one contiguous copy (NCS).
 struct GroupNormIO {
   at::Tensor x;
   at::Tensor y;  // empty, in x's layout
@@ -46,11 +47,10 @@ struct GroupNormIO {
 };
 
 inline GroupNormIO group_norm_io(const at::Tensor& x_in) {
-  const auto cl =
-      x_in.dim() == 4 ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::ChannelsLast3d;
-  const bool nsc = !x_in.is_contiguous() && x_in.is_contiguous(cl);
+  const at::MemoryFormat fmt = output_format(x_in);
+  const bool nsc = fmt != at::MemoryFormat::Contiguous;
   at::Tensor x = nsc ? x_in : x_in.contiguous();
-  at::Tensor y = at::empty_like(x, nsc ? cl : at::MemoryFormat::Contiguous);
+  at::Tensor y = at::empty_like(x, fmt);
   return {std::move(x), std::move(y), nsc};
 }
 

@@ -4,6 +4,7 @@
 
 #include "checks.h"
 #include "cpu/dispatch.h"
+#include "layout.h"
 #include "ops.h"
 
 namespace lddm {
@@ -53,9 +54,9 @@ at::Tensor sampler_step_cpu(const at::Tensor& x_in, const at::Tensor& eps_in,
     TORCH_CHECK_VALUE(t->sizes() == at::IntArrayRef({B}), name, " must have shape [", B,
                       "], got ", t->sizes());
   }
-  // The kernel walks one flat [B, per_sample] buffer; a channels_last x is flat too,
-  // so keep its format and give eps/noise the same one.
-  const auto fmt = x_in.suggest_memory_format();
+  // The kernel walks one flat [B, per_sample] buffer; a dense channels_last x is flat
+  // too, so keep its format and give eps/noise the same one.
+  const auto fmt = output_format(x_in);
   const at::Tensor x = x_in.contiguous(fmt), eps = eps_in.contiguous(fmt);
   std::optional<at::Tensor> noise;
   if (noise_in.has_value()) {

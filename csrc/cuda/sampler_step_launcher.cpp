@@ -6,6 +6,7 @@
 
 #include "checks.h"
 #include "cuda/sampler_step.h"
+#include "layout.h"
 #include "ops.h"
 
 namespace lddm {
@@ -32,7 +33,7 @@ at::Tensor sampler_step_cuda(const at::Tensor& x_in, const at::Tensor& eps_in,
     TORCH_CHECK_VALUE(t->sizes() == at::IntArrayRef({B}), name, " must have shape [", B, "], got ", t->sizes());
   }
   const c10::cuda::CUDAGuard guard(x_in.device());
-  const auto fmt = x_in.suggest_memory_format();
+  const auto fmt = output_format(x_in);
   const at::Tensor x = x_in.contiguous(fmt), eps = eps_in.contiguous(fmt);
   const std::optional<at::Tensor> noise =
       noise_in ? std::optional<at::Tensor>(noise_in->contiguous(fmt)) : std::nullopt;

@@ -38,12 +38,16 @@ def misaligned(x: torch.Tensor) -> torch.Tensor:
 
 def layout(x: torch.Tensor, fmt: str) -> torch.Tensor:
     """x in memory format ``fmt``: contiguous, channels_last(_3d), strided (neither:
-    every other element of the last dim), misaligned or misaligned_cl."""
+    every other element of the last dim), strided_cl (the same from a channels-last
+    tensor: strides in channels-last order but not dense, which the ops treat as
+    neither), misaligned or misaligned_cl."""
     cl = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
     if fmt == "channels_last":
         return x.contiguous(memory_format=cl)
     if fmt == "strided":
         return torch.cat([x, x], dim=-1)[..., ::2]
+    if fmt == "strided_cl":
+        return torch.cat([x, x], dim=-1).contiguous(memory_format=cl)[..., ::2]
     if fmt == "misaligned":
         return misaligned(x)
     if fmt == "misaligned_cl":

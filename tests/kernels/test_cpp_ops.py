@@ -169,7 +169,7 @@ def test_temporal_attention(T, heads, d, hw, fmt, dtype, isa):
 
 
 @pytest.mark.parametrize("noise", [False, True])
-@pytest.mark.parametrize("fmt", ["contiguous", "channels_last", "strided"])
+@pytest.mark.parametrize("fmt", ["contiguous", "channels_last", "strided", "strided_cl"])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_sampler_step(noise, fmt, dtype, isa):
     x, eps, nz = (layout(torch.randn(3, 4, 7, 5, 5).to(dtype), fmt) for _ in range(3))
@@ -186,6 +186,8 @@ def test_sampler_step(noise, fmt, dtype, isa):
         backend="reference",
     )
     assert y.shape == x.shape and y.dtype == dtype
+    # The fake implementation's layout, which torch.compile plans the next ops from.
+    assert y.is_contiguous(memory_format=ops.layout.memory_format_of(x))
     check(y, eager, ref)
 
 
