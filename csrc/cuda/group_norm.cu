@@ -400,8 +400,8 @@ cudaError_t launch(GroupNormLayout layout, const void* x_raw, void* y_raw, const
     apply_kernel<T, GroupNormLayout::kNSC, true><<<grid, kThreads, 0, stream>>>(x, y, a, m, b, C, S, total, silu);
   else
     apply_kernel<T, GroupNormLayout::kNSC, false><<<grid, kThreads, 0, stream>>>(x, y, a, m, b, C, S, total, silu);
-  // Reports a failed launch of any of the three: the runtime keeps the first error
-  // until it is read.
+  // Reports a failed launch of any of the three: a launch that succeeds does not
+  // clear the error state, which holds the most recent error until it is read.
   return cudaGetLastError();
 }
 

@@ -25,9 +25,30 @@ def cuda_status() -> str:
     return "ok"
 
 
-# The CUDA attention keeps one position's q, k, v and logits in shared memory; the
-# issue's supported range (T <= 64, head_dim <= 128: 116 KB) fits every sm_80+ GPU.
 CUDA_MAX_FRAMES, CUDA_MAX_HEAD_DIM = 64, 128
+# Opt-in shared memory per block: 227 KB on sm_90, 163 KB on sm_80/87, 99 KB on
+# sm_86/89/120; a device whose properties do not say is taken to have the least.
+_SMEM_FLOOR = 99 * 1024
+_smem_optin: dict[int, int] = {}
+
+
+def cuda_attention_smem_bytes(frames: int, head_dim: int) -> int:
+    """Shared memory the CUDA attention needs per position: four int64 offsets, then
+    q, k, v as fp32 [T, head_dim] and the scores [T, T], rows and blocks padded to odd
+    lengths (bank conflicts). Mirrors bytes_per_position in
+    csrc/cuda/temporal_attention.cu, so the dispatcher can refuse what the launcher
+    would."""
+    dp, tp = head_dim | 1, frames | 1
+    return 4 * 8 + 4 * (3 * ((frames * dp) | 1) + ((frames * tp) | 1))
+
+
+def device_smem_optin(device: torch.device) -> int:
+    """The most shared memory one block of ``device`` may opt in to, in bytes."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _smem_optin:
+        props = torch.cuda.get_device_properties(index)
+        _smem_optin[index] = int(getattr(props, "shared_memory_per_block_optin", _SMEM_FLOOR))
+    return _smem_optin[index]
 
 
 def cuda_limits(op: str, main: torch.Tensor, params: dict) -> str | None:
@@ -39,6 +60,12 @@ def cuda_limits(op: str, main: torch.Tensor, params: dict) -> str | None:
         return f"T={frames} exceeds its limit of {CUDA_MAX_FRAMES} frames"
     if head_dim > CUDA_MAX_HEAD_DIM:
         return f"head_dim={head_dim} exceeds its limit of {CUDA_MAX_HEAD_DIM}"
+    need, limit = cuda_attention_smem_bytes(frames, head_dim), device_smem_optin(main.device)
+    if need > limit:
+        return (
+            f"T={frames} with head_dim={head_dim} needs {need} bytes of shared memory per "
+            f"position, more than this GPU's {limit}"
+        )
     return None
 
 

@@ -14,6 +14,7 @@ import torch
 from parity import FP32_TOL, check, d64, layout, rel
 
 from lddm_fast import ops
+from lddm_fast.ops.extension import cuda_limits
 from lddm_fast.ops.layout import attention_output_format, memory_format_of
 
 STATUS = ops.available_backends()["cuda"]
@@ -51,8 +52,11 @@ GN_FORMATS = ["contiguous", "channels_last", "strided", "misaligned", "misaligne
 @pytest.mark.parametrize("film,silu", [(False, False), (True, True), (False, True), (True, False)])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_group_norm(shape, groups, fmt, film, silu, dtype):
-    n, c = shape[:2]
-    x = layout(torch.randn(shape, device=DEV).to(dtype), fmt)
+    run_group_norm(layout(torch.randn(shape, device=DEV).to(dtype), fmt), groups, film, silu)
+
+
+def run_group_norm(x, groups, film=True, silu=True):
+    n, c = x.shape[:2]
     w, b = torch.randn(c, device=DEV), torch.randn(c, device=DEV)
     scale = torch.randn(n, c, device=DEV) if film else None
     shift = torch.randn(n, c, device=DEV) if film else None
@@ -71,9 +75,25 @@ def test_group_norm(shape, groups, fmt, film, silu, dtype):
         x, groups, w, b, scale=scale, shift=shift, activation=act, backend="reference"
     )
     y = ops.group_norm(x, groups, w, b, scale=scale, shift=shift, activation=act, backend="cuda")
-    assert y.dtype == dtype and y.shape == x.shape and y.device == x.device
+    assert y.dtype == x.dtype and y.shape == x.shape and y.device == x.device
     assert y.is_contiguous(memory_format=memory_format_of(x))
     check(y, eager, ref)
+
+
+# Each launch caps its grid at 65,535 blocks and grid-strides past it: N * G statistics
+# and finalize blocks (kNCS), N * chunks statistics blocks (kNSC), and the elementwise
+# pass on the scalar path of a misaligned input (18.9M values / 256 threads).
+@pytest.mark.parametrize(
+    "shape,groups,fmt",
+    [
+        ((2049, 32, 1, 1), 32, "contiguous"),
+        ((65600, 4, 1, 2), 2, "channels_last"),
+        ((1, 32, 16, 192, 192), 8, "misaligned"),
+    ],
+    ids=str,
+)
+def test_group_norm_more_blocks_than_the_grid_cap(shape, groups, fmt):
+    run_group_norm(layout(torch.randn(shape, device=DEV), fmt), groups)
 
 
 @pytest.mark.parametrize("fmt", ["contiguous", "channels_last"])
@@ -130,6 +150,9 @@ def attention_inputs(B, C, T, hw, dtype, fmt):
 
 
 def run_attention(q, k, v, heads, scale=None):
+    why = cuda_limits("temporal_attention", q, {"num_heads": heads})
+    if why is not None:
+        pytest.skip(f"this GPU cannot run the shape: {why}")
     ref = ops.temporal_attention(
         q.double(), k.double(), v.double(), num_heads=heads, scale=scale, backend="reference"
     )
@@ -154,13 +177,14 @@ def test_temporal_attention_explicit_scale():
 
 
 @pytest.mark.parametrize("fmt", ["qkv_views", "qkv_views_cl"])
-def test_temporal_attention_more_positions_than_a_grid_dimension(fmt):
-    """B * heads * H * W = 66,049 > 65,535 positions: the tile loop covers them all."""
-    q, k, v = attention_inputs(1, 16, 2, (257, 257), torch.float32, fmt)
-    run_attention(q, k, v, 1)
+def test_temporal_attention_more_tiles_than_the_grid_cap(fmt):
+    """B * heads * H * W = 16 * 520^2 = 4.3M positions in tiles of 64: 67,600 tiles for
+    a grid capped at 65,535 blocks, so the tile loop's second pass runs."""
+    q, k, v = attention_inputs(1, 16, 2, (520, 520), torch.float32, fmt)
+    run_attention(q, k, v, 16)
 
 
-SAMPLER_FORMATS = ["contiguous", "channels_last", "misaligned"]
+SAMPLER_FORMATS = ["contiguous", "channels_last", "strided_cl", "misaligned"]
 
 
 @pytest.mark.parametrize("noise", [False, True])
@@ -169,8 +193,22 @@ SAMPLER_FORMATS = ["contiguous", "channels_last", "misaligned"]
 def test_sampler_step(noise, fmt, dtype):
     # 4 * 8 * 5 * 5 = 800 values per sample: a multiple of every vector width, so the
     # aligned cases take the vector path and "misaligned" the scalar one.
-    x, eps, nz = (layout(torch.randn(3, 4, 8, 5, 5, device=DEV).to(dtype), fmt) for _ in range(3))
-    a, b, c = (torch.rand(3, device=DEV) for _ in range(3))
+    run_sampler_step(
+        *(layout(torch.randn(3, 4, 8, 5, 5, device=DEV).to(dtype), fmt) for _ in range(3)), noise
+    )
+
+
+def test_sampler_step_more_blocks_than_the_grid_cap():
+    """18.9M values on the scalar path (misaligned): 73,728 blocks of 256 for a grid
+    capped at 65,535."""
+    run_sampler_step(
+        *(layout(torch.randn(2, 4, 16, 384, 384, device=DEV), "misaligned") for _ in range(3)), True
+    )
+
+
+def run_sampler_step(x, eps, nz, noise):
+    B = x.shape[0]
+    a, b, c = (torch.rand(B, device=DEV) for _ in range(3))
     args = (nz, c) if noise else (None, None)
     ref = ops.sampler_step(
         x.double(),
@@ -182,7 +220,7 @@ def test_sampler_step(noise, fmt, dtype):
     )
     eager = ops.sampler_step(x, eps, a, b, *args, backend="reference")
     y = ops.sampler_step(x, eps, a, b, *args, backend="cuda")
-    assert y.shape == x.shape and y.dtype == dtype
+    assert y.shape == x.shape and y.dtype == x.dtype
     assert y.is_contiguous(memory_format=memory_format_of(x))
     check(y, eager, ref)
 
@@ -270,3 +308,16 @@ def test_launcher_rejects_bad_sampler_step_calls():
         step(x, x[:2], a, a, None, None)
     with pytest.raises(ValueError, match="noise and c must be given together"):
         step(x, x, a, a, x, None)
+
+
+@pytest.mark.parametrize(("T", "d"), [(300, 128), (257, 96), (1000, 1)])
+def test_dispatcher_shared_memory_count_matches_the_launcher(T, d):
+    """lddm_fast.ops.extension mirrors the kernel's shared-memory count so the
+    dispatcher can refuse a shape first: the launcher's own count, in its error for a
+    shape too large for any GPU, must be the same number."""
+    from lddm_fast.ops.extension import cuda_attention_smem_bytes
+
+    q = torch.randn(1, d, T, 1, 1, device=DEV)
+    need = cuda_attention_smem_bytes(T, d)
+    with pytest.raises(ValueError, match=rf"T={T} frames with head_dim={d} need {need} bytes"):
+        torch.ops.lddm.temporal_attention(q, q, q, 1, 1.0)

@@ -193,3 +193,32 @@ def test_shape_limits_refuse_explicitly_and_fall_back_by_default():
     finally:
         del dispatch._REGISTRY["limited"]
         dispatch._DEFAULT_ORDER["cpu"].remove("limited")
+
+
+@pytest.mark.parametrize(
+    ("optin", "frames", "head_dim", "refused"),
+    [
+        (99 * 1024, 64, 128, True),  # sm_86/89/120: 115,760 bytes do not fit
+        (99 * 1024, 57, 128, False),
+        (99 * 1024, 64, 109, False),
+        (227 * 1024, 64, 128, False),  # sm_90
+    ],
+)
+def test_cuda_attention_limit_follows_the_devices_shared_memory(
+    monkeypatch, optin, frames, head_dim, refused
+):
+    """The CUDA attention's per-position shared memory is compared with the device's
+    opt-in limit (stubbed here), not a fixed range that only some GPUs can hold."""
+    from lddm_fast.ops import extension
+
+    monkeypatch.setattr(extension, "device_smem_optin", lambda device: optin)
+    q = torch.empty(1, 2 * head_dim, frames, 1, 1, device="meta")
+    why = extension.cuda_limits("temporal_attention", q, {"num_heads": 2})
+    if refused:
+        need = extension.cuda_attention_smem_bytes(frames, head_dim)
+        assert why == (
+            f"T={frames} with head_dim={head_dim} needs {need} bytes of shared memory per "
+            f"position, more than this GPU's {optin}"
+        )
+    else:
+        assert why is None
