@@ -46,24 +46,43 @@ def test_sampler_step_opcheck():
 class Block(torch.nn.Module):
     """GroupNorm+FiLM+SiLU -> qkv -> temporal attention -> residual, as in the denoiser."""
 
-    def __init__(self, c=16, heads=2):
+    def __init__(self, backend, c=16, heads=2):
         super().__init__()
-        self.heads = heads
+        self.backend, self.heads = backend, heads
         self.qkv = torch.nn.Conv3d(c, 3 * c, 1)
         self.proj = torch.nn.Conv3d(c, c, 1)
 
     def forward(self, x, scale, shift):
-        h = ops.group_norm(x, 4, scale=scale, shift=shift, activation="silu", backend="cpp")
+        h = ops.group_norm(x, 4, scale=scale, shift=shift, activation="silu", backend=self.backend)
         q, k, v = self.qkv(h).chunk(3, dim=1)
-        return x + self.proj(ops.temporal_attention(q, k, v, num_heads=self.heads, backend="cpp"))
+        attn = ops.temporal_attention(q, k, v, num_heads=self.heads, backend=self.backend)
+        return x + self.proj(attn)
+
+
+CUDA_STATUS = ops.available_backends()["cuda"]
 
 
 @pytest.mark.slow
-def test_compile_fullgraph_matches_eager():
+@pytest.mark.parametrize(
+    "device,backend",
+    [
+        ("cpu", "cpp"),
+        # The dispatch (argument checks, the CUDA size limits) is traced too.
+        pytest.param(
+            "cuda",
+            "cuda",
+            marks=[
+                pytest.mark.gpu,
+                pytest.mark.skipif(CUDA_STATUS != "ok", reason=f"cuda backend: {CUDA_STATUS}"),
+            ],
+        ),
+    ],
+)
+def test_compile_fullgraph_matches_eager(device, backend):
     torch._dynamo.reset()
-    block = Block().eval()
-    x = torch.randn(2, 16, 5, 4, 4).contiguous(memory_format=torch.channels_last_3d)
-    scale, shift = torch.randn(2, 16), torch.randn(2, 16)
+    block = Block(backend).eval().to(device)
+    x = torch.randn(2, 16, 5, 4, 4, device=device).contiguous(memory_format=torch.channels_last_3d)
+    scale, shift = torch.randn(2, 16, device=device), torch.randn(2, 16, device=device)
     with torch.no_grad():
         eager = block(x, scale, shift)
         compiled = torch.compile(block, fullgraph=True)(x, scale, shift)
