@@ -9,6 +9,7 @@
 
 #include "checks.h"
 #include "cpu/dispatch.h"
+#include "layout.h"
 #include "ops.h"
 
 namespace lddm {
@@ -66,10 +67,7 @@ at::Tensor temporal_attention_cpu(const at::Tensor& q, const at::Tensor& k, cons
   const int64_t C = q.size(1);
   TORCH_CHECK_VALUE(num_heads > 0 && C % num_heads == 0, "num_heads=", num_heads,
                     " must be a positive divisor of C=", C);
-  const bool cl = C > 1 && q.stride(1) == 1;
-  at::Tensor o = at::empty(q.sizes(), q.options().memory_format(
-                                          cl ? at::MemoryFormat::ChannelsLast3d
-                                             : at::MemoryFormat::Contiguous));
+  at::Tensor o = at::empty(q.sizes(), q.options().memory_format(attention_output_format(q)));
   poison_if_requested(o);
   if (o.numel() == 0) return o;
   if (q.scalar_type() == at::kFloat)

@@ -8,6 +8,7 @@
 
 #include "checks.h"
 #include "cuda/temporal_attention.h"
+#include "layout.h"
 #include "ops.h"
 
 namespace lddm {
@@ -46,11 +47,7 @@ at::Tensor temporal_attention_cuda(const at::Tensor& q, const at::Tensor& k, con
   TORCH_CHECK_VALUE(need <= size_t(limit), "T=", T, " frames with head_dim=", D, " need ", need,
                     " bytes of shared memory per position, more than this GPU's ", limit,
                     "; use a smaller T or head_dim, or another backend");
-  // Same rule as lddm_fast.ops.layout.attention_output_format.
-  const bool cl = C > 1 && q.stride(1) == 1;
-  at::Tensor o = at::empty(q.sizes(), q.options().memory_format(
-                                          cl ? at::MemoryFormat::ChannelsLast3d
-                                             : at::MemoryFormat::Contiguous));
+  at::Tensor o = at::empty(q.sizes(), q.options().memory_format(attention_output_format(q)));
   poison_if_requested(o);
   if (o.numel() == 0) return o;
   const cudaError_t err = cuda::temporal_attention(
