@@ -14,7 +14,7 @@ import torch
 from parity import FP32_TOL, check, d64, layout, rel
 
 from lddm_fast import ops
-from lddm_fast.ops.extension import cuda_limits
+from lddm_fast.ops.extension import cuda_attention_smem_bytes, cuda_limits
 from lddm_fast.ops.layout import attention_output_format, memory_format_of
 
 STATUS = ops.available_backends()["cuda"]
@@ -315,8 +315,6 @@ def test_dispatcher_shared_memory_count_matches_the_launcher(T, d):
     """lddm_fast.ops.extension mirrors the kernel's shared-memory count so the
     dispatcher can refuse a shape first: the launcher's own count, in its error for a
     shape too large for any GPU, must be the same number."""
-    from lddm_fast.ops.extension import cuda_attention_smem_bytes
-
     q = torch.randn(1, d, T, 1, 1, device=DEV)
     need = cuda_attention_smem_bytes(T, d)
     with pytest.raises(ValueError, match=rf"T={T} frames with head_dim={d} need {need} bytes"):
