@@ -18,6 +18,8 @@ COMMANDS: dict[str, str] = {
     "phantom": "lddm_fast.data.cli",
     "eval": "lddm_fast.eval.cli",
     "synthesize": "lddm_fast.synth.cli",
+    "train-ae": "lddm_fast.train.ae_command",
+    "train-diffusion": "lddm_fast.train.diffusion_command",
 }
 
 
@@ -38,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # What was typed, for the records that name the command (a trainer's meta.json).
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.command is None:
         parser.print_help()
         return 2

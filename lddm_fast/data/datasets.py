@@ -88,11 +88,22 @@ class ClipDataset(Dataset):
         return _with_substitutes(self, index, self._load)
 
     def _load(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.load(index)
+
+    def load(
+        self, index: int, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, int]:
+        """Item ``index`` without substitutes; with ``train``, the temporal crop and the
+        augmentation draw from ``generator`` (None: torch's global generator), so a
+        trainer that seeds it per item gets the same clip whatever worker loads it.
+        Raises :class:`BadInputError` naming the file when it cannot be read."""
         record = self.records[index]
         start = None if self.train else 0
-        indices = clip_indices(record.n_frames, self.frames, self.stride, start=start)
+        indices = clip_indices(
+            record.n_frames, self.frames, self.stride, start=start, generator=generator
+        )
         pixels = read_clip(record, indices, channels=self.channels, max_pixels=self.max_pixels)
-        return self.transform(pixels), record.label
+        return self.transform(pixels, generator=generator), record.label
 
 
 class ImageDataset(Dataset):

@@ -28,6 +28,7 @@ __all__ = [
     "psnr_from_mse",
     "ssim_clip",
     "ssim_frames",
+    "ssim_images",
 ]
 
 SSIM_WINDOW = 11
@@ -74,21 +75,18 @@ def _gaussian_window(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return g / g.sum()
 
 
-def ssim_frames(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """SSIM of every frame (mean over channels): -> float64 ``[N, T]``.
+def ssim_images(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """SSIM of single-channel images on the [0, 1] scale, in their own floating dtype
+    and differentiable (the trainers use it as a loss): ``[M, 1, H, W]`` x2 -> ``[M]``.
 
-    Frames must be at least 11x11 pixels (the window); raises ValueError otherwise.
+    Images must be at least 11x11 pixels (the window); raises ValueError otherwise.
     """
-    x, y = _pair(x, y)
-    n, c, t, h, w = x.shape
+    h, w = x.shape[-2:]
     if h < SSIM_WINDOW or w < SSIM_WINDOW:
         raise ValueError(f"SSIM needs frames of at least {SSIM_WINDOW}x{SSIM_WINDOW}, got {h}x{w}")
     g = _gaussian_window(x.dtype, x.device)
-    # [N, C, T, H, W] -> [N*C*T, 1, H, W]; the 2-D Gaussian is separable.
-    x = x.reshape(-1, 1, h, w)
-    y = y.reshape(-1, 1, h, w)
 
-    def blur(z: torch.Tensor) -> torch.Tensor:
+    def blur(z: torch.Tensor) -> torch.Tensor:  # the 2-D Gaussian is separable
         z = F.conv2d(z, g.view(1, 1, -1, 1))
         return F.conv2d(z, g.view(1, 1, 1, -1))
 
@@ -100,7 +98,19 @@ def ssim_frames(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / (
         (mu_x.square() + mu_y.square() + c1) * (var_x + var_y + c2)
     )
-    return ssim_map.mean(dim=(1, 2, 3)).view(n, c, t).mean(dim=1)
+    return ssim_map.mean(dim=(1, 2, 3))
+
+
+def ssim_frames(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """SSIM of every frame (mean over channels): -> float64 ``[N, T]``.
+
+    Frames must be at least 11x11 pixels (the window); raises ValueError otherwise.
+    """
+    x, y = _pair(x, y)
+    n, c, t, h, w = x.shape
+    # [N, C, T, H, W] -> [N*C*T, 1, H, W]
+    ssim = ssim_images(x.reshape(-1, 1, h, w), y.reshape(-1, 1, h, w))
+    return ssim.view(n, c, t).mean(dim=1)
 
 
 def ssim_clip(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

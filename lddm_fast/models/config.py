@@ -231,6 +231,8 @@ class LDDMConfig:
         num_frames: T, frames generated after x0.
         latent_scale: z is multiplied by this before diffusion (and divided after
             sampling) so the latent has about unit variance; set after stage 1.
+        cond_drop_prob: share of training samples whose x0 condition is replaced by
+            the null condition (classifier-free guidance needs it > 0).
     """
 
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
@@ -242,6 +244,7 @@ class LDDMConfig:
     size: int = 64
     num_frames: int = 16
     latent_scale: float = 1.0
+    cond_drop_prob: float = 0.1
 
     def __post_init__(self) -> None:
         owner = "LDDMConfig"
@@ -254,6 +257,10 @@ class LDDMConfig:
         _choice(owner, "prediction_type", self.prediction_type, PREDICTION_TYPES)
         if not self.latent_scale > 0:
             raise ValueError(f"{owner}.latent_scale must be > 0, got {self.latent_scale!r}")
+        if not 0 <= self.cond_drop_prob < 1:
+            raise ValueError(
+                f"{owner}.cond_drop_prob must be in [0, 1), got {self.cond_drop_prob!r}"
+            )
         ae, dn = self.autoencoder, self.denoiser
         if not (self.channels == ae.in_channels == dn.image_channels):
             raise ValueError(

@@ -1,0 +1,79 @@
+"""Train stage 1, the video autoencoder, on ultrasound videos.
+
+Clips are the config's num_frames + 1 frames (x0, then T), randomly cropped in time
+and space and flipped; the loss is L1 + KL (+ 1 - SSIM with --ssim-weight). At every
+checkpoint the val split is scored (reconstruction PSNR/SSIM next to the "x0
+repeated" baseline) and RUN/checkpoint is rewritten; its denoiser is untrained until
+train-diffusion. Ctrl-C or SIGTERM saves and stops; --resume continues exactly.
+Under torchrun each process takes an equal share of the global batch (DDP).
+
+examples:
+  lddm-fast phantom data/phantom --benign 200 --malignant 200 --normal 0 --layout busv
+  lddm-fast train-ae --data data/phantom --out runs/ae --preset phantom64 --steps 3000
+  torchrun --nproc-per-node 8 -m lddm_fast train-ae --data busv --out runs/ae \\
+      --preset busv128 --batch-size 64 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from lddm_fast.train.common_args import add_common
+
+HELP = "train the video autoencoder (stage 1) on a video folder"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_common(parser, lr=2e-4, ema_decay=0.0)
+    parser.add_argument(
+        "--kl-weight",
+        type=float,
+        default=1e-4,
+        help="weight of KL(q(z)||N(0,I)) per pixel (default 1e-4)",
+    )
+    parser.add_argument(
+        "--ssim-weight",
+        type=float,
+        default=0.0,
+        help="weight of the (1 - SSIM) structure term (default 0: off)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from lddm_fast.train.autoencoder import AutoencoderStage
+    from lddm_fast.train.common_args import resolve_config, run_meta, settings, setup_logging
+    from lddm_fast.train.data import data_hash, open_splits
+    from lddm_fast.train.loop import train
+
+    setup_logging()
+    config = resolve_config(args)
+    splits = open_splits(
+        args.data, frames=config.num_frames + 1, size=config.size, channels=config.channels
+    )
+    digest = data_hash(args.data, splits.train, splits.val)
+    s = settings(args)
+    torch.manual_seed(args.seed)
+    stage = AutoencoderStage(
+        config,
+        splits.train,
+        splits.val,
+        kl_weight=args.kl_weight,
+        ssim_weight=args.ssim_weight,
+        eval_clips=args.eval_clips,
+    )
+    meta = run_meta(args, splits, digest)
+    meta["losses"] = {"l1": 1.0, "kl": args.kl_weight, "ssim": args.ssim_weight}
+    summary = train(
+        stage,
+        s,
+        args.out,
+        resume=args.resume,
+        meta=meta,
+        fingerprint={"data_sha256": digest, "config": config.to_dict(), "losses": meta["losses"]},
+    )
+    print(json.dumps(summary, indent=2))
+    return 0

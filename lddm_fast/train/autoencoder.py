@@ -1,0 +1,146 @@
+"""Stage 1: the video autoencoder's objective and its held-out reconstruction metrics.
+
+Loss per clip (frames 1..T rebuilt from z and x0):
+
+- L1 between rebuilt and true frames (mean over pixels);
+- ``kl_weight`` x KL(q(z) || N(0, I)) per pixel of the clip, which keeps z's scale
+  bounded so the stage-2 latent scale factor is meaningful;
+- ``ssim_weight`` x (1 - SSIM), a structure term that needs no downloaded weights
+  (speckle and edges: L1 alone prefers the blurry local mean).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from lddm_fast.eval.psnr_ssim import psnr_clip, ssim_clip, ssim_images
+from lddm_fast.models.autoencoder import VideoAutoencoder
+from lddm_fast.models.config import LDDMConfig
+from lddm_fast.train.data import SeededClips, collate, item_generators, per_item_randn
+from lddm_fast.train.export import export_checkpoint
+
+__all__ = ["AutoencoderObjective", "AutoencoderStage", "reconstruction_metrics"]
+
+
+class AutoencoderObjective(nn.Module):
+    """``forward(clip, eps) -> (loss, parts)``.
+
+    Args (forward):
+        clip: ``[B, C, T+1, H, W]`` in [-1, 1], x0 first.
+        eps: ``[B, c_z, T, h, w]`` standard normal noise of the posterior draw.
+
+    Returns:
+        The scalar loss and its detached parts ``l1``, ``kl`` (per pixel), ``ssim``.
+    """
+
+    def __init__(self, autoencoder: VideoAutoencoder, kl_weight: float, ssim_weight: float):
+        super().__init__()
+        self.autoencoder = autoencoder
+        self.kl_weight, self.ssim_weight = kl_weight, ssim_weight
+
+    def forward(self, clip: torch.Tensor, eps: torch.Tensor):
+        x0, frames = clip[:, :, 0], clip[:, :, 1:]
+        posterior = self.autoencoder.encode(frames).latent_dist
+        z = posterior.mean + posterior.std * eps.to(posterior.mean.dtype)
+        rebuilt = self.autoencoder.decode(z, x0).sample.float()
+        l1 = (rebuilt - frames).abs().mean()
+        kl = posterior.kl().mean() / frames[0].numel()
+        loss = l1 + self.kl_weight * kl
+        parts = {"l1": l1.detach(), "kl": kl.detach()}
+        if self.ssim_weight > 0:
+            h, w = frames.shape[-2:]
+            ssim = ssim_images(
+                ((rebuilt + 1) / 2).reshape(-1, 1, h, w), ((frames + 1) / 2).reshape(-1, 1, h, w)
+            ).mean()
+            loss = loss + self.ssim_weight * (1.0 - ssim)
+            parts["ssim"] = ssim.detach()
+        return loss, parts
+
+
+@torch.no_grad()
+def reconstruction_metrics(
+    autoencoder: VideoAutoencoder, clips, device: torch.device, *, batch_size: int = 8
+) -> dict[str, float]:
+    """Held-out reconstruction of frames 1..T from the posterior mean, next to the
+    "x0 repeated" baseline (what a decoder that ignored z would at best score).
+
+    Args:
+        clips: a dataset of ``(clip [C, T+1, H, W], label)`` (e.g. the val split).
+
+    Returns:
+        ``psnr``, ``ssim``, ``psnr_x0_repeated``, ``ssim_x0_repeated``, ``psnr_gain``
+        (dB over the baseline) and ``clips`` (N).
+    """
+    psnr, ssim, psnr0, ssim0 = [], [], [], []
+    for clip, _ in DataLoader(clips, batch_size=batch_size):
+        clip = clip.to(device)
+        x0, frames = clip[:, :, 0], clip[:, :, 1:]
+        z = autoencoder.encode(frames).latent_dist.mode()
+        rebuilt = autoencoder.decode(z, x0).sample.float().clamp(-1, 1)
+        repeated = x0[:, :, None].expand_as(frames)
+        psnr.append(psnr_clip(rebuilt, frames))
+        ssim.append(ssim_clip(rebuilt, frames))
+        psnr0.append(psnr_clip(repeated, frames))
+        ssim0.append(ssim_clip(repeated, frames))
+    out = {
+        k: float(torch.cat(v).mean())
+        for k, v in (
+            ("psnr", psnr),
+            ("ssim", ssim),
+            ("psnr_x0_repeated", psnr0),
+            ("ssim_x0_repeated", ssim0),
+        )
+    }
+    out["psnr_gain"] = out["psnr"] - out["psnr_x0_repeated"]
+    out["clips"] = float(sum(len(p) for p in psnr))
+    return out
+
+
+class AutoencoderStage:
+    """Stage 1 for :func:`lddm_fast.train.loop.train`.
+
+    Args:
+        config: the whole model config (its autoencoder is trained; the denoiser is
+            exported freshly initialised so the checkpoint is complete).
+        train_clips, val_clips: the splits (:func:`lddm_fast.train.data.open_splits`).
+        kl_weight, ssim_weight: loss weights (see the module docstring).
+        eval_clips: at most this many val clips are scored at each checkpoint.
+        device: where evaluation runs.
+    """
+
+    name = "autoencoder"
+
+    def __init__(
+        self,
+        config: LDDMConfig,
+        train_clips,
+        val_clips,
+        *,
+        kl_weight: float = 1e-4,
+        ssim_weight: float = 0.0,
+        eval_clips: int = 64,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.config = config
+        self.network = VideoAutoencoder(config.autoencoder)
+        self.objective = AutoencoderObjective(self.network, kl_weight, ssim_weight)
+        self.dataset = SeededClips(train_clips)
+        self.collate = collate
+        self.val = torch.utils.data.Subset(val_clips, range(min(eval_clips, len(val_clips))))
+        self.device = torch.device(device)
+
+    def inputs(self, batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
+        c_z, t, h, w = self.config.latent_shape
+        eps = per_item_randn(item_generators(batch["seed"]), (c_z, t, h, w), device)
+        return {"clip": batch["clip"].to(device, non_blocking=True), "eps": eps}
+
+    def evaluate(self, network: nn.Module, step: int) -> dict[str, float]:
+        return reconstruction_metrics(network, self.val, next(network.parameters()).device)
+
+    def export(self, network: nn.Module, directory: Path, meta: dict[str, Any]) -> None:
+        export_checkpoint(directory, self.config, network, None, meta)
