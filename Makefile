@@ -26,17 +26,18 @@ $(STAMP): $(PY) $(BUILD_INPUTS)
 
 install: $(STAMP)
 
-# The main job on bundled defaults: phantom ultrasound images -> videos through the
-# batch engine (random-weight phantom64 preset until a trained checkpoint ships),
-# then the quick kernel benchmark.
+# The main job on bundled defaults: the bundled sample images (phantom, BUSI layout)
+# -> videos with the bundled trained model, through the batch engine: mp4 + gif per
+# video and a contact sheet (x0, then frames; one row per video).
 demo: $(STAMP)
-	$(VENV)/bin/lddm-fast info
-	$(VENV)/bin/lddm-fast phantom demo/data --benign 4 --malignant 4 --normal 0 --layout busi --force --quiet
-	$(VENV)/bin/lddm-fast synthesize --input demo/data/busi --out demo/videos --preset phantom64 --steps 10 --format mp4,gif
-	$(PY) benchmarks/run.py --suite kernels --device cpu --quick
+	$(VENV)/bin/lddm-fast synthesize --input lddm_fast/assets/samples --out demo/videos --videos-per-image 2 \
+		--steps 25 --format mp4,gif --contact-sheet demo/contact_sheet.png
+	@echo "videos (mp4 + gif): demo/videos/; contact sheet: demo/contact_sheet.png"
 
 test: $(STAMP)
 	TRITON_INTERPRET=1 $(PY) -m pytest -q
 
+# The CPU performance suites (kernels, model, sampler, synthesis) against their baselines.
 bench: $(STAMP)
+	$(PY) benchmarks/run.py --suite kernels --device cpu --quick
 	$(PY) benchmarks/run.py --suite all --out bench.json

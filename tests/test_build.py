@@ -59,3 +59,20 @@ def test_kernels_only_installed_as_lddm_fast_kernels(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["True", "True"], out.stdout
+
+
+def test_the_bundled_model_and_samples_are_package_data(tmp_path):
+    from lddm_fast.models.bundled import ASSETS_DIR, BUNDLED_SHA256
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "setup.py", "-q", "build_py", "-d", str(tmp_path)],
+        cwd=root, capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    built = tmp_path / "lddm_fast" / "assets"
+    wanted = [p.relative_to(ASSETS_DIR) for p in ASSETS_DIR.rglob("*") if p.is_file()]
+    assert wanted and all((built / rel).is_file() for rel in wanted)
+    assert set(BUNDLED_SHA256) <= {rel.name for rel in wanted}
+    size = sum((built / rel).stat().st_size for rel in wanted)
+    assert size <= 30 * 2**20, f"assets are {size / 2**20:.1f} MiB, the budget is 30"

@@ -20,7 +20,6 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,12 +40,11 @@ from lddm_fast.diffusion.schedules import (
 )
 from lddm_fast.models import LDDMModels, build_models, preset
 from lddm_fast.models import from_pretrained as load_checkpoint
+from lddm_fast.models.bundled import BUNDLED_MODEL_DIR, bundled_checkpoint
 from lddm_fast.ops.dispatch import requested_backend
 
 __all__ = ["BUNDLED_MODEL_DIR", "LDDMPipeline", "LDDMPipelineOutput"]
 
-# Where the bundled checkpoint will live (it ships with a later release).
-BUNDLED_MODEL_DIR = Path(__file__).resolve().parents[1] / "assets" / "phantom64"
 OUTPUTS = ("uint8", "float")
 _CL3D = torch.channels_last_3d
 # ITU-R 601 luma, the weights PIL's convert("L") uses.
@@ -215,18 +213,14 @@ class LDDMPipeline:
     ) -> LDDMPipeline:
         """Load a checkpoint directory (see :func:`lddm_fast.models.from_pretrained`).
 
-        ``path=None`` loads the model bundled under ``lddm_fast/assets/phantom64/``; this
-        release ships none yet, and says so.
+        ``path=None`` loads the model bundled under ``lddm_fast/assets/phantom64/`` (a
+        64 px, 16-frame grayscale model trained on the phantom; ``docs/TRAINING.md``)
+        after checking each of its files against the sha256 recorded in
+        :mod:`lddm_fast.models.bundled`; a missing or damaged file is named with its
+        expected hash.
         """
         if path is None:
-            if not (BUNDLED_MODEL_DIR / "config.json").is_file():
-                raise FileNotFoundError(
-                    "LDDMPipeline.from_pretrained(None): no bundled model ships with this "
-                    f"version of lddm_fast yet ({BUNDLED_MODEL_DIR} has no checkpoint). Pass a "
-                    "checkpoint directory, or use LDDMPipeline.from_preset(name) for an "
-                    "untrained, randomly initialised model."
-                )
-            path = BUNDLED_MODEL_DIR
+            path = bundled_checkpoint()
         device = _default_device(device)
         dtype = _default_dtype(device, dtype)
         models = load_checkpoint(path, device=device, dtype=dtype, verify_sha256=verify_sha256)

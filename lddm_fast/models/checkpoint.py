@@ -248,6 +248,9 @@ def _load_state(path: Path, data: bytes, model: nn.Module) -> None:
             + ". Was it written for another config or version?",
             key=first,
         )
+    # Weights may be stored in fp16/bf16 to save space; the model gets its own dtype.
+    dtypes = {k: v.dtype for k, v in model.state_dict().items()}
+    state = {k: v.to(dtypes[k]) for k, v in state.items()}
     model.load_state_dict(state, strict=True, assign=True)
 
 

@@ -100,7 +100,8 @@ def load_sampler(
         ValueError: a bad checkpoint (:class:`~lddm_fast.models.CheckpointError`),
             preset, sampler or frame count.
     """
-    from lddm_fast.diffusion import BUNDLED_MODEL_DIR, SAMPLERS, LDDMPipeline
+    from lddm_fast.diffusion import SAMPLERS, LDDMPipeline
+    from lddm_fast.models.bundled import bundled_checkpoint
 
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; known: {', '.join(SAMPLERS)}")
@@ -109,13 +110,7 @@ def load_sampler(
         model = {"id": f"preset:{preset}", "preset": preset, "checkpoint": None, "sha256": None}
     else:
         if checkpoint is None:
-            if not (BUNDLED_MODEL_DIR / "config.json").is_file():
-                raise FileNotFoundError(
-                    f"no bundled checkpoint in {BUNDLED_MODEL_DIR} (this release ships none "
-                    "yet): pass --checkpoint DIR, or --preset NAME for a randomly "
-                    "initialised model (tests and benchmarks)"
-                )
-            checkpoint = str(BUNDLED_MODEL_DIR)
+            checkpoint = str(bundled_checkpoint())
         checkpoint = os.path.abspath(checkpoint)
         digest = checkpoint_sha256(checkpoint)
         pipe = LDDMPipeline.from_pretrained(checkpoint, device=device, dtype=dtype)

@@ -132,6 +132,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--force", action="store_true", help="continue OUT even if it was made with other arguments"
     )
     run_.add_argument("--quiet", action="store_true", help="no progress bar")
+    run_.add_argument(
+        "--contact-sheet",
+        metavar="PNG",
+        default=None,
+        help="after the run, write a contact sheet of the finished videos (x0 then evenly "
+        "spaced frames, one row per video, at most 16 rows, in input order)",
+    )
 
 
 def _positive_int(text: str) -> int:
@@ -226,7 +233,39 @@ def run(args: argparse.Namespace, *, make_sampler=None) -> int:
         code = _prepare_out(out, config, args.force, info.rank, group)
         if code:
             return code
-        return _synthesize(args, inputs, sampler, settings, out, info, group)
+        code = _synthesize(args, inputs, sampler, settings, out, info, group)
+        if code == 0 and args.contact_sheet and info.rank == 0:
+            rows = write_contact_sheet(out, args.contact_sheet)
+            print(f"contact sheet of {rows} videos: {args.contact_sheet}")
+        return code
+
+
+def write_contact_sheet(out: str, path: str, *, rows: int = 16, columns: int = 9) -> int:
+    """A contact sheet of the first ``rows`` finished videos of ``out`` (by input
+    name and k, from manifest.jsonl); returns how many rows it has."""
+    import json
+
+    from lddm_fast.data.contact_sheet import contact_sheet
+    from lddm_fast.data.video_io import read_video
+    from lddm_fast.synth.manifest import MANIFEST
+
+    records = {}
+    with open(os.path.join(out, MANIFEST), encoding="utf-8") as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a torn last line of a killed run
+            if isinstance(record, dict) and record.get("outputs"):
+                records[(record["input"], record["k"])] = record
+    videos = []
+    for key in sorted(records)[:rows]:
+        output = records[key]["outputs"][0]
+        videos.append(read_video(os.path.join(out, output["path"])).frames)
+    if not videos:
+        raise ValueError(f"{out}: no finished videos for a contact sheet")
+    contact_sheet(videos, path, columns=columns)
+    return len(videos)
 
 
 def _device(name: str, local_rank: int, world_size: int):

@@ -4,6 +4,7 @@ errors, seeds, batch invariance, non-finite reporting, loading."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import subprocess
 import sys
 import warnings
@@ -15,7 +16,6 @@ import torch
 import lddm_fast
 from lddm_fast import ops
 from lddm_fast.diffusion import LDDMPipeline, LDDMPipelineOutput, PerSampleNoise, video_seed
-from lddm_fast.diffusion import pipeline as pipeline_module
 from lddm_fast.models import build_models, preset, save_pretrained
 
 STEPS = 3  # enough to exercise first-, second-order and final steps of every sampler
@@ -235,10 +235,14 @@ def test_from_preset_is_seeded_and_leaves_global_rng():
     assert a.dtype == torch.float32 and a.device.type == "cpu"
 
 
-def test_from_pretrained_none_says_no_bundled_model(monkeypatch, tmp_path):
-    monkeypatch.setattr(pipeline_module, "BUNDLED_MODEL_DIR", tmp_path / "phantom64")
-    with pytest.raises(FileNotFoundError, match="no bundled model ships with this version"):
-        LDDMPipeline.from_pretrained(None)
+def _bundle_here(monkeypatch, directory):
+    """Point the bundled-model lookup at ``directory`` with its files' current hashes."""
+    from lddm_fast.models import bundled
+
+    hashes = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in directory.iterdir()}
+    monkeypatch.setattr(bundled, "BUNDLED_MODEL_DIR", directory)
+    monkeypatch.setattr(bundled, "BUNDLED_SHA256", hashes)
+    return hashes
 
 
 def test_from_pretrained_loads_checkpoint_and_bundled_dir(pipe, monkeypatch, tmp_path):
@@ -247,9 +251,42 @@ def test_from_pretrained_loads_checkpoint_and_bundled_dir(pipe, monkeypatch, tmp
     images = _images(2)
     a = pipe(images, steps=STEPS, output="float").videos
     torch.testing.assert_close(loaded(images, steps=STEPS, output="float").videos, a)
-    monkeypatch.setattr(pipeline_module, "BUNDLED_MODEL_DIR", tmp_path / "phantom64")
+    _bundle_here(monkeypatch, tmp_path / "phantom64")
     bundled = LDDMPipeline.from_pretrained(None, device="cpu")
     torch.testing.assert_close(bundled(images, steps=STEPS, output="float").videos, a)
+
+
+@pytest.mark.parametrize("damage", ["missing", "corrupt"])
+def test_a_damaged_bundled_file_is_named_with_its_expected_sha256(pipe, monkeypatch, tmp_path,
+                                                                  damage):
+    from lddm_fast.models import CheckpointError
+
+    save_pretrained(tmp_path / "phantom64", pipe.models)
+    hashes = _bundle_here(monkeypatch, tmp_path / "phantom64")
+    victim = tmp_path / "phantom64" / "denoiser.safetensors"
+    if damage == "missing":
+        victim.unlink()
+        error = FileNotFoundError
+    else:
+        data = bytearray(victim.read_bytes())
+        data[-1] ^= 0xFF
+        victim.write_bytes(bytes(data))
+        error = CheckpointError
+    with pytest.raises(error) as info:
+        LDDMPipeline.from_pretrained(None, device="cpu")
+    assert str(victim) in str(info.value)
+    assert hashes["denoiser.safetensors"] in str(info.value)
+
+
+def test_the_shipped_bundled_model_verifies_and_loads_as_float32():
+    from lddm_fast.models.bundled import BUNDLED_SHA256, bundled_checkpoint
+
+    if not BUNDLED_SHA256:
+        pytest.skip("this build ships no bundled model (BUNDLED_SHA256 is empty)")
+    pipe = LDDMPipeline.from_pretrained(None, device="cpu")
+    assert bundled_checkpoint().is_dir()
+    assert all(p.dtype == torch.float32 for p in pipe.models.denoiser.parameters())
+    assert pipe.models.meta["denoiser_trained"] is True
 
 
 def test_lazy_top_level_export():

@@ -60,15 +60,15 @@ def test_bad_arguments_exit_2(tmp_path, capsys):
         assert message in capsys.readouterr().err
 
 
-def test_no_bundled_model_says_to_pass_preset_or_checkpoint(tmp_path, capsys):
-    from lddm_fast.diffusion import BUNDLED_MODEL_DIR
+def test_a_missing_bundled_model_file_is_named(tmp_path, capsys, monkeypatch):
+    from lddm_fast.models import bundled
 
-    if (BUNDLED_MODEL_DIR / "config.json").is_file():
-        pytest.skip(f"a bundled model ships in {BUNDLED_MODEL_DIR}")
+    monkeypatch.setattr(bundled, "BUNDLED_MODEL_DIR", tmp_path / "nothing")
+    monkeypatch.setattr(bundled, "BUNDLED_SHA256", {"config.json": "ab" * 32})
     images = make_corpus(tmp_path / "in", bad=False, height=40, width=40)
     assert cli.main(["--input", str(images), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert "no bundled checkpoint" in err and "--preset" in err and "--checkpoint" in err
+    assert str(tmp_path / "nothing" / "config.json") in err and "ab" * 32 in err
 
 
 def test_checkpoint_directory_is_identified_by_its_sha256(tmp_path):

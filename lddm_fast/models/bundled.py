@@ -1,0 +1,59 @@
+"""The model and sample images that ship inside the package (``lddm_fast/assets/``).
+
+:func:`bundled_checkpoint` checks every file of the bundled checkpoint against the
+sha256 recorded here (meta.json included, so a damaged meta.json cannot vouch for
+damaged weights) before anything loads it, and names the file and the expected hash
+when one is missing or differs. How the model was made: ``docs/TRAINING.md`` and its
+``meta.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from lddm_fast.models.checkpoint import CheckpointError
+
+__all__ = ["BUNDLED_MODEL_DIR", "BUNDLED_SHA256", "SAMPLE_IMAGES_DIR", "bundled_checkpoint"]
+
+ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets"
+BUNDLED_MODEL_DIR = ASSETS_DIR / "phantom64"
+#: BUSI-layout phantom images (``benign/``, ``malignant/``) no training step saw.
+SAMPLE_IMAGES_DIR = ASSETS_DIR / "samples"
+
+#: sha256 of every file of the bundled checkpoint.
+BUNDLED_SHA256: dict[str, str] = {
+    "autoencoder.safetensors": "cd6bcd74711ad32d821d7ed76e5867b5463d98d34c5fe8047b207249be5110a5",
+    "config.json": "7929b9dc232b827be6d3dd31843583503cfc2fdb3793a159acc61d851e4a964a",
+    "denoiser.safetensors": "44cd54df4580086aacfa302bf8b49f18e335831a3e55625a4f8e234a1a58c73c",
+    "meta.json": "4f54abb8cb9d20c0aae2335808685659fff12b5e7ef61e07fb7be917e55d06fa",
+}
+
+
+def bundled_checkpoint(directory: Path | None = None, hashes: dict[str, str] | None = None) -> Path:
+    """The bundled checkpoint directory, after checking each file's sha256.
+
+    Raises:
+        FileNotFoundError: a file is missing (the message names it and its sha256).
+        CheckpointError: a file's content differs from the recorded sha256.
+    """
+    directory = BUNDLED_MODEL_DIR if directory is None else directory
+    hashes = BUNDLED_SHA256 if hashes is None else hashes
+    if not hashes:
+        raise FileNotFoundError(f"this build of lddm_fast ships no bundled model ({directory})")
+    for name, want in sorted(hashes.items()):
+        path = directory / name
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path}: bundled model file missing (expected sha256 {want}); reinstall "
+                "lddm_fast, or pass a checkpoint directory"
+            )
+        got = hashlib.sha256(path.read_bytes()).hexdigest()
+        if got != want:
+            raise CheckpointError(
+                path,
+                f"bundled model file is corrupt: expected sha256 {want}, the file hashes to "
+                f"{got}; reinstall lddm_fast",
+                key=name,
+            )
+    return directory
