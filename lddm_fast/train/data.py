@@ -59,11 +59,16 @@ class DataSplits:
 
     def describe(self) -> dict:
         """A JSON summary for logs and meta.json."""
+        found = {s.path: s.reason for part in (self.train, self.val) for s in part.scan.skipped}
+        skipped = [{"path": path, "reason": reason} for path, reason in found.items()]
         return {
             "path": os.path.abspath(self.root),
             "layout": self.layout,
             "train_videos": len(self.train),
             "val_videos": len(self.val),
+            # Videos left out at the scan (too short, too small, unreadable header).
+            "skipped_at_scan": skipped[:100],
+            "skipped_at_scan_count": len(skipped),
         }
 
 

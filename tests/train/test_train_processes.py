@@ -80,9 +80,12 @@ def test_sigkill_at_random_moments_then_resume_leaves_no_corrupt_file(phantom_ro
 def test_a_bad_clip_is_named_in_the_log_and_training_goes_on(phantom_root, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(phantom_root, data)
-    first = (data / "busv" / "train_list.txt").read_text().split()[0]
+    listed = (data / "busv" / "train_list.txt").read_text().split("\n")
+    first, second = listed[0].split()[0], listed[1].split()[0]
     frame = data / "busv" / "rawframes" / first / "000002.png"
     frame.write_bytes(frame.read_bytes()[:60])  # header intact, pixel data cut off
+    for name in ("000003.png", "000004.png", "000005.png"):  # 3 frames: too short a clip
+        (data / "busv" / "rawframes" / second / name).unlink()
     run = tmp_path / "run"
     assert (
         main(
@@ -106,7 +109,11 @@ def test_a_bad_clip_is_named_in_the_log_and_training_goes_on(phantom_root, tmp_p
     assert len(skipped) == 1
     assert skipped[0]["path"].endswith("000002.png") and skipped[0]["reason"]
     assert "skipped clip" in (run / "train.log").read_text()
-    assert from_pretrained(run / "checkpoint").meta["steps"] == 2
+    meta = from_pretrained(run / "checkpoint").meta
+    assert meta["steps"] == 2
+    assert meta["data"]["skipped_at_scan_count"] == 1
+    at_scan = meta["data"]["skipped_at_scan"][0]
+    assert at_scan["path"].endswith(second) and "frames" in at_scan["reason"]
 
 
 def _free_port() -> int:
