@@ -204,7 +204,7 @@ def report(
     the bundled model. ``fvd_n``: embed only this many (class-balanced) clips of each
     set for the FVDs (I3D at 224 px costs seconds per clip on a CPU); default ``n``."""
     from lddm_fast.diffusion.pipeline import LDDMPipeline
-    from lddm_fast.eval.psnr_ssim import psnr_clip, ssim_clip
+    from lddm_fast.train.autoencoder import reconstruction_metrics
 
     t0 = time.perf_counter()
     set_a, set_b = heldout_sets(data, n)
@@ -220,20 +220,15 @@ def report(
     x0_b = [v[:, 0] for v in real_b]
 
     # Bar 1: reconstruction of B through the autoencoder.
-    ae = pipe.models.autoencoder
-    rebuilt, psnr, ssim, psnr0, ssim0 = [], [], [], [], []
-    for start in range(0, n, batch_size):
-        clip = torch.stack(real_b[start : start + batch_size]).float() / 127.5 - 1.0
-        x0, later = clip[:, :, 0], clip[:, :, 1:]
-        z = ae.encode(later.to(device)).latent_dist.mode()
-        out = ae.decode(z, x0.to(device)).sample.float().clamp(-1, 1).cpu()
-        repeated = x0[:, :, None].expand_as(later)
-        psnr += psnr_clip(out, later).tolist()
-        ssim += ssim_clip(out, later).tolist()
-        psnr0 += psnr_clip(repeated, later).tolist()
-        ssim0 += ssim_clip(repeated, later).tolist()
-        full = torch.cat([x0[:, :, None], out], dim=2)
-        rebuilt += [((v + 1) * 127.5).round().clamp(0, 255).to(torch.uint8) for v in full]
+    rebuilt_float: list[torch.Tensor] = []
+    recon = reconstruction_metrics(
+        pipe.models.autoencoder,
+        [(v.float() / 127.5 - 1.0, 0) for v in real_b],
+        torch.device(device),
+        batch_size=batch_size,
+        rebuilt=rebuilt_float,
+    )
+    rebuilt = [((v + 1) * 127.5).round().clamp(0, 255).to(torch.uint8) for v in rebuilt_float]
 
     # LDDM videos and the two baselines from B's first frames.
     lddm = []
@@ -269,14 +264,6 @@ def report(
     lddm_motion = _motion_by_class(lddm, set_b)
     warp_motion = _motion_by_class(warp, set_b)
 
-    recon = {
-        "n": n,
-        "psnr": float(np.mean(psnr)),
-        "ssim": float(np.mean(ssim)),
-        "psnr_x0_repeated": float(np.mean(psnr0)),
-        "ssim_x0_repeated": float(np.mean(ssim0)),
-    }
-    recon["psnr_gain"] = recon["psnr"] - recon["psnr_x0_repeated"]
     motion_ok = {}
     for name in CLASS_NAMES.values():
         r, s = real_motion[name], lddm_motion[name]

@@ -9,9 +9,9 @@ when one is missing or differs. How the model was made: ``docs/TRAINING.md`` and
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
+from lddm_fast.eval.weights import sha256_file
 from lddm_fast.models.checkpoint import CheckpointError
 
 __all__ = ["BUNDLED_MODEL_DIR", "BUNDLED_SHA256", "SAMPLE_IMAGES_DIR", "bundled_checkpoint"]
@@ -48,7 +48,7 @@ def bundled_checkpoint(directory: Path | None = None, hashes: dict[str, str] | N
                 f"{path}: bundled model file missing (expected sha256 {want}); reinstall "
                 "lddm_fast, or pass a checkpoint directory"
             )
-        got = hashlib.sha256(path.read_bytes()).hexdigest()
+        got = sha256_file(path)
         if got != want:
             raise CheckpointError(
                 path,

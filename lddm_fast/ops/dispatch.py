@@ -158,9 +158,10 @@ def select(
     raise BackendError(f"no backend can run lddm_fast.ops.{op} on {device} {dtype}")
 
 
-def default_choice(op: str, device: str, dtype: torch.dtype) -> str:
-    """Name of the backend an inference call would get by default (for `lddm-fast info`)."""
+def default_choice(op: str, device: str, dtype: torch.dtype, needs_grad: bool = False) -> str:
+    """Name of the backend a call would get by default: an inference call (for
+    `lddm-fast info`), or with ``needs_grad`` a training call."""
     for name in default_order(device):
-        if _REGISTRY[name].refusal(op, device, dtype, needs_grad=False) is None:
+        if _REGISTRY[name].refusal(op, device, dtype, needs_grad=needs_grad) is None:
             return name
     return "none"

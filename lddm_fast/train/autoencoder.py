@@ -64,13 +64,20 @@ class AutoencoderObjective(nn.Module):
 
 @torch.no_grad()
 def reconstruction_metrics(
-    autoencoder: VideoAutoencoder, clips, device: torch.device, *, batch_size: int = 8
+    autoencoder: VideoAutoencoder,
+    clips,
+    device: torch.device,
+    *,
+    batch_size: int = 8,
+    rebuilt: list[torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """Held-out reconstruction of frames 1..T from the posterior mean, next to the
     "x0 repeated" baseline (what a decoder that ignored z would at best score).
 
     Args:
         clips: a dataset of ``(clip [C, T+1, H, W], label)`` (e.g. the val split).
+        rebuilt: if given, each clip's x0 followed by its rebuilt frames,
+            ``[C, T+1, H, W]`` float in [-1, 1] on the CPU, is appended to it.
 
     Returns:
         ``psnr``, ``ssim``, ``psnr_x0_repeated``, ``ssim_x0_repeated``, ``psnr_gain``
@@ -81,12 +88,14 @@ def reconstruction_metrics(
         clip = clip.to(device)
         x0, frames = clip[:, :, 0], clip[:, :, 1:]
         z = autoencoder.encode(frames).latent_dist.mode()
-        rebuilt = autoencoder.decode(z, x0).sample.float().clamp(-1, 1)
+        out = autoencoder.decode(z, x0).sample.float().clamp(-1, 1)
         repeated = x0[:, :, None].expand_as(frames)
-        psnr.append(psnr_clip(rebuilt, frames))
-        ssim.append(ssim_clip(rebuilt, frames))
+        psnr.append(psnr_clip(out, frames))
+        ssim.append(ssim_clip(out, frames))
         psnr0.append(psnr_clip(repeated, frames))
         ssim0.append(ssim_clip(repeated, frames))
+        if rebuilt is not None:
+            rebuilt += list(torch.cat([x0[:, :, None], out], dim=2).cpu())
     out = {
         k: float(torch.cat(v).mean())
         for k, v in (

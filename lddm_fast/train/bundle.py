@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from lddm_fast.data.atomic import atomic_folder
+from lddm_fast.eval.weights import sha256_file
 from lddm_fast.models.checkpoint import from_pretrained, save_pretrained
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -36,9 +37,7 @@ def bundle(checkpoint: Path, out: Path, *, dtype: torch.dtype, extra: dict) -> d
     meta["stored_dtype"] = str(dtype).removeprefix("torch.")
     with atomic_folder(out) as tmp:
         save_pretrained(tmp, models, meta=meta)
-    import hashlib
-
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.iterdir())}
+    return {p.name: sha256_file(p) for p in sorted(out.iterdir())}
 
 
 def main(argv: list[str] | None = None) -> int:

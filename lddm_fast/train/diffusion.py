@@ -9,7 +9,6 @@ once before the first step and stored in the checkpoint's config.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -264,7 +263,6 @@ class DiffusionStage:
         self.autoencoder = autoencoder.to(self.device).eval().requires_grad_(False)
         self.network = LatentDenoiser(config.denoiser)
         self.objective = DiffusionObjective(self.network, config)
-        self.cache = cache
         if cache is not None:
             self.dataset, self.collate = cache, LatentCache.collate
         else:
@@ -331,7 +329,3 @@ class DiffusionStage:
 
     def export(self, network: nn.Module, directory: Path, meta: dict[str, Any]) -> None:
         export_checkpoint(directory, self.config, self.autoencoder, network, meta)
-
-
-def with_latent_scale(config: LDDMConfig, scale: float) -> LDDMConfig:
-    return dataclasses.replace(config, latent_scale=scale)

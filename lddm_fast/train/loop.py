@@ -17,7 +17,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -88,7 +88,6 @@ class TrainSettings:
     compile: bool = False
     workers: int = 2
     progress: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "checkpoint_every", "keep"):
@@ -175,21 +174,18 @@ def _setup_text_log(run: Path, rank: int) -> logging.Handler | None:
         return None
     handler = logging.FileHandler(run / TEXT_LOG)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    for name in ("lddm_fast",):
-        logging.getLogger(name).addHandler(handler)
-        logging.getLogger(name).setLevel(logging.INFO)
+    logger = logging.getLogger("lddm_fast")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
     return handler
 
 
 def training_backends(device: torch.device, dtype: torch.dtype) -> dict[str, str]:
     """The backend each fused op runs on when its inputs need grad (training)."""
-    out = {}
-    for op in ("group_norm", "temporal_attention"):
-        for name in dispatch.default_order(device.type):
-            backend = dispatch.backends()[name]
-            if backend.refusal(op, device.type, dtype, needs_grad=True) is None:
-                out[op] = name
-                break
+    out = {
+        op: dispatch.default_choice(op, device.type, dtype, needs_grad=True)
+        for op in ("group_norm", "temporal_attention")
+    }
     forced, source = dispatch.requested_backend()
     if forced is not None:
         out = {op: f"{forced} (forced by {source})" for op in out}
@@ -406,7 +402,6 @@ def _train(stage, settings, run, device, info, group, resume, meta, fingerprint)
                     "elapsed_s": elapsed_now,
                     "fingerprint": fingerprint,
                     "settings": asdict(settings),
-                    "lr": learning_rate(max(0, step - 1), settings),
                 },
                 keep=settings.keep,
             )
