@@ -87,33 +87,17 @@ def main(argv: list[str] | None = None) -> int:
             if args.filter and args.filter not in case.op and args.filter not in case.label:
                 continue
             print(f"[{name}] {case.op}: {case.label} ...", flush=True)
-            rows.extend(harness.run_case(case, args.device, ceilings, args.quick))
+            case_rows = harness.run_case(case, args.device, ceilings, args.quick)
+            rows.extend(case_rows)
+            # Each case's rows and the JSON so far as soon as they exist: a run stopped
+            # by a time limit (a lent GPU's lease) keeps what it measured.
+            print("\n".join(harness.markdown_table(case_rows).splitlines()[2:]), flush=True)
+            if args.out:
+                _write_json(args, argv, dtype, env, ceilings, rows)
 
-    failures = [r for r in rows if r.get("parity_ok") is False]
     if args.out:
-        args.out.write_text(
-            json.dumps(
-                {
-                    "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
-                        timespec="seconds"
-                    ),
-                    "command": " ".join(
-                        [
-                            "python",
-                            "benchmarks/run.py",
-                            *(argv if argv is not None else sys.argv[1:]),
-                        ]
-                    ),
-                    "device": args.device,
-                    "dtype": str(dtype).removeprefix("torch."),
-                    "environment": env,
-                    "ceilings": ceilings,
-                    "results": rows,
-                },
-                indent=2,
-                default=str,
-            )
-        )
+        _write_json(args, argv, dtype, env, ceilings, rows)
+    failures = [r for r in rows if r.get("parity_ok") is False]
     print()
     print(harness.markdown_table(rows))
     if failures:
@@ -125,6 +109,30 @@ def main(argv: list[str] | None = None) -> int:
             )
         return 1
     return 0
+
+
+def _write_json(args, argv, dtype, env, ceilings, rows) -> None:
+    args.out.write_text(
+        json.dumps(
+            {
+                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "command": " ".join(
+                    [
+                        "python",
+                        "benchmarks/run.py",
+                        *(argv if argv is not None else sys.argv[1:]),
+                    ]
+                ),
+                "device": args.device,
+                "dtype": str(dtype).removeprefix("torch."),
+                "environment": env,
+                "ceilings": ceilings,
+                "results": rows,
+            },
+            indent=2,
+            default=str,
+        )
+    )
 
 
 if __name__ == "__main__":

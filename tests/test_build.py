@@ -49,6 +49,25 @@ def test_cuda_sources_include_no_torch_headers():
         assert not re.search(r"#include\s*[<\"](torch|ATen|c10)/", text), source.name
 
 
+@pytest.mark.skipif(shutil.which("nm") is None, reason="nm (binutils) not on PATH")
+def test_extension_brings_no_copy_of_the_cpp_runtime():
+    """The extension must use the process's one libstdc++: a second, private copy
+    (linked in from a static archive such as the static CUDA runtime) has its own
+    std::locale, uninitialised, and formatting a number in an error message crashes."""
+    import lddm_fast._C
+
+    out = subprocess.run(
+        ["nm", "-D", "--defined-only", "--demangle", lddm_fast._C.__file__],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    runtime = ("std::locale::classic", "std::ios_base::Init::Init", "std::codecvt<char16_t")
+    copied = [line for line in out.splitlines() if any(name in line for name in runtime)]
+    assert not copied, f"{lddm_fast._C.__file__} defines C++ runtime symbols: {copied[:5]}"
+
+
 def test_kernels_only_installed_as_lddm_fast_kernels(tmp_path):
     code = (
         "import importlib.util as u; "

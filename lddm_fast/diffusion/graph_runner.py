@@ -133,20 +133,12 @@ class CUDAGraphRunner:
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
-        cause: Exception | None = None
-        try:
-            # thread_local: CUDA calls from other threads (a synthesis engine's decode
-            # and writer threads) neither break this capture nor are refused by it.
-            with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
-                try:
-                    output = fn(**static)
-                except Exception as exc:
-                    # Leaving the block then fails too (the capture is invalidated);
-                    # the op that broke the capture is the reason worth reporting.
-                    cause = exc
-                    raise
-        except Exception as exc:  # any capture failure: run eagerly instead, say why once
-            error = cause or exc
+        output, error = _capture_into(graph, self._pool, fn, static, device)
+        if error is not None:
+            if not self._graphs:
+                # The failed capture may have left its pool without users; a fresh
+                # handle for the next capture rather than a pool being freed.
+                self._pool = None
             first_line = (str(error).strip().splitlines() or [""])[0][:200]
             reason = f"{type(error).__name__}: {first_line}"
             self._failed[full_key] = reason
@@ -161,3 +153,68 @@ class CUDAGraphRunner:
         captured = _Captured(graph, static, output)
         self._graphs[full_key] = captured
         return captured
+
+
+def _capture_into(
+    graph: torch.cuda.CUDAGraph,
+    pool,
+    fn: Callable[..., torch.Tensor],
+    static: dict[str, torch.Tensor],
+    device: torch.device,
+) -> tuple[torch.Tensor | None, Exception | None]:
+    """Capture ``fn(**static)`` into ``graph`` on a side stream: ``(output, None)``, or
+    ``(None, the exception that broke the capture)`` with the process left as it was
+    before.
+
+    Not ``torch.cuda.graph``: when a capture breaks (a host sync inside), its exit
+    raises from ``capture_end`` before restoring the stream, ending the allocator's
+    recording into the pool, or releasing the generator's capture state, and every
+    later CUDA random draw or capture in the process then fails. Here each of those
+    is undone, so a failed capture costs only its warning.
+    """
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    torch.cuda.synchronize(device)
+    output, cause = None, None
+    with torch.cuda.stream(side):
+        # thread_local: CUDA calls from other threads (a synthesis engine's decode and
+        # writer threads) neither break this capture nor are refused by it.
+        graph.capture_begin(pool=pool, capture_error_mode="thread_local")
+        try:
+            output = fn(**static)
+        except Exception as exc:
+            cause = exc
+        try:
+            graph.capture_end()
+        except Exception as exc:
+            # cudaStreamEndCapture failed: torch ended neither the pool recording nor
+            # the pool's use by this capture.
+            for undo in (torch._C._cuda_endAllocateToPool, torch._C._cuda_releasePool):
+                try:
+                    undo(device.index, pool)
+                except RuntimeError:
+                    pass
+            cause = cause or exc
+        if cause is not None:
+            graph.reset()  # drops the partial graph and (newer torch) its RNG capture state
+            _end_generator_capture(device)
+    torch.cuda.current_stream(device).wait_stream(side)
+    return (None, cause) if cause is not None else (output, None)
+
+
+def _end_generator_capture(device: torch.device) -> None:
+    """Take the default CUDA generator out of capture mode after a failed capture.
+
+    torch 2.11 marks the generator as capturing at ``capture_begin`` and unmarks it
+    only in a ``capture_end`` that succeeds; a failed one leaves it marked, and every
+    later random draw in the process raises "Offset increment outside graph capture"
+    (seen on an H200, also after ``graph.reset()``). A capture of one tiny op that
+    succeeds runs the generator's epilogue; where torch tracks that state per capture
+    it changes nothing.
+    """
+    probe = torch.zeros(1, device=device)
+    graph = torch.cuda.CUDAGraph()
+    graph.capture_begin()
+    probe.add_(1)
+    graph.capture_end()
+    graph.reset()

@@ -20,6 +20,7 @@ from lddm_fast.ops.dispatch import (
     BackendError,
     available_backends,
     default_choice,
+    prefer,
     register,
     select,
     use_backend,
@@ -83,6 +84,13 @@ register(
     ),
     default_for={"cuda": 0},
 )
+# Measured on an H200 in bf16 (benchmarks/RESULTS.md, 2026-12-04): the CUDA
+# group_norm is fastest at 3 of the 5 model shapes (the Triton one takes ~0.1 ms at
+# every shape, a fixed per-call cost above the CUDA kernel's time at batch 1-8); the
+# Triton attention at 3 of 4 (up to 7x the CUDA one; at batch 1 within 10%). Float32
+# and float16 were not timed on the GPU and follow the bf16 ranking.
+prefer("cuda", "group_norm", ["cuda", "triton"])
+prefer("cuda", "temporal_attention", ["triton", "cuda"])
 
 
 def _check_tensor(name: str, t: torch.Tensor, like: torch.Tensor) -> None:

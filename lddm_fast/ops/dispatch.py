@@ -72,6 +72,8 @@ class Backend:
 _REGISTRY: dict[str, Backend] = {}
 # Default preference per device type, fastest first (see benchmarks/RESULTS.md).
 _DEFAULT_ORDER: dict[str, list[str]] = {"cpu": [], "cuda": []}
+# Per-op exceptions to it, where measurement ranked the backends differently per op.
+_OP_ORDER: dict[tuple[str, str], list[str]] = {}
 _forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("lddm_backend", default=None)
 
 
@@ -87,8 +89,17 @@ def backends() -> dict[str, Backend]:
     return dict(_REGISTRY)
 
 
-def default_order(device: str) -> list[str]:
-    return list(_DEFAULT_ORDER.get(device, [])) + ["reference"]
+def prefer(device: str, op: str, order: list[str]) -> None:
+    """Rank backends for one op on one device type, fastest first; backends not named
+    keep their device order after these."""
+    _OP_ORDER[(device, op)] = list(order)
+
+
+def default_order(device: str, op: str | None = None) -> list[str]:
+    """Backend names a default call tries in turn, ``reference`` last."""
+    first = _OP_ORDER.get((device, op), []) if op is not None else []
+    rest = [name for name in _DEFAULT_ORDER.get(device, []) if name not in first]
+    return [name for name in first if name in _REGISTRY] + rest + ["reference"]
 
 
 def available_backends() -> dict[str, str]:
@@ -151,7 +162,7 @@ def select(
                 f"{device} {str(dtype).removeprefix('torch.')} tensor: {why}"
             )
         return chosen.ops[op]
-    for name in default_order(device):
+    for name in default_order(device, op):
         candidate = _REGISTRY[name]
         if candidate.refusal(op, device, dtype, needs_grad, main, params) is None:
             return candidate.ops[op]
@@ -161,7 +172,7 @@ def select(
 def default_choice(op: str, device: str, dtype: torch.dtype, needs_grad: bool = False) -> str:
     """Name of the backend a call would get by default: an inference call (for
     `lddm-fast info`), or with ``needs_grad`` a training call."""
-    for name in default_order(device):
+    for name in default_order(device, op):
         if _REGISTRY[name].refusal(op, device, dtype, needs_grad=needs_grad) is None:
             return name
     return "none"

@@ -118,6 +118,12 @@ def test_failed_capture_falls_back_with_one_warning():
         warnings.simplefilter("error")  # warned once per key
         torch.testing.assert_close(runner("sync", syncs, {"x": -x}), -x * 0)
     assert len(runner) == 0 and len(runner.failures) == 1
-    # The device is still usable and other keys still capture.
+    # The process is left as it was: the current stream, CUDA random draws (the
+    # generator's capture state) and other captures (the pool's recording) all work.
+    assert torch.cuda.current_stream() == torch.cuda.default_stream()
+    assert torch.randn(3, device="cuda").isfinite().all()
     torch.testing.assert_close(runner("ok", lambda x: x * 3, {"x": x}), x * 3)
     assert len(runner) == 1
+    noisy = runner("rng", lambda x: x + torch.randn_like(x), {"x": x})
+    assert noisy.isfinite().all() and not torch.equal(noisy, x)
+    assert len(runner) == 2

@@ -222,3 +222,12 @@ def test_cuda_attention_limit_follows_the_devices_shared_memory(
         )
     else:
         assert why is None
+
+
+def test_cuda_default_order_is_per_op_as_measured():
+    """The H200 ranking in benchmarks/RESULTS.md: the CUDA group_norm, the Triton
+    attention; each op still falls back to the other backend, then the reference."""
+    assert dispatch.default_order("cuda", "group_norm") == ["cuda", "triton", "reference"]
+    assert dispatch.default_order("cuda", "temporal_attention") == ["triton", "cuda", "reference"]
+    assert dispatch.default_order("cuda", "sampler_step")[-1] == "reference"
+    assert set(dispatch.default_order("cuda")) == {"cuda", "triton", "reference"}
