@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "synthesize": "lddm_fast.synth.cli",
     "train-ae": "lddm_fast.train.ae_command",
     "train-diffusion": "lddm_fast.train.diffusion_command",
+    "study": "lddm_fast.eval.study.command",
 }
 
 

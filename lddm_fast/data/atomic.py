@@ -13,6 +13,12 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 
+# The process's umask, read once at import (setting it is process-wide, so not from
+# the engine's writer threads): mkstemp makes 0600 files, and outputs should get the
+# permissions any other new file of this user gets.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike) -> Iterator[str]:
@@ -27,6 +33,7 @@ def atomic_file(path: str | os.PathLike) -> Iterator[str]:
     stem, suffix = os.path.splitext(os.path.basename(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".tmp{suffix}", dir=folder)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)
     try:
         yield tmp
         os.replace(tmp, path)

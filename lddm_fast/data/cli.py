@@ -43,6 +43,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--fov-mm", type=float, default=40.0, help="field of view width and depth (default 40)"
     )
+    parser.add_argument(
+        "--appearance-overlap",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="0..1: half of it is the chance a lesion looks like the other class (its "
+        "stiffness still follows its class); 1: only motion separates the classes "
+        "(default 0)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
     parser.add_argument(
         "--splits",
@@ -78,7 +87,12 @@ def run(args: argparse.Namespace) -> int:
         return 2
     layouts = ("busv", "busi") if args.layout == "both" else (args.layout,)
     counts = {"benign": args.benign, "malignant": args.malignant, "normal": args.normal}
-    config = PhantomConfig(size=args.size, frames=args.frames, fov_mm=args.fov_mm)
+    config = PhantomConfig(
+        size=args.size,
+        frames=args.frames,
+        fov_mm=args.fov_mm,
+        appearance_overlap=args.appearance_overlap,
+    )
     per_layout = sum(counts.values())
     total = per_layout * len(layouts)
     bar = tqdm(total=total, unit="item", disable=args.quiet, desc="phantom")

@@ -61,6 +61,9 @@ class PhantomConfig:
     range mapped to 0..255. ``scatterer_spacing``: lattice step of the scatterers
     in PSF standard deviations (0.45 gives an envelope SNR within 1.5 % of the
     fully developed 1.91; the cost per frame grows as its inverse square).
+    ``appearance_overlap``: how much the classes' lesion appearance overlaps (0: as
+    BI-RADS describes them; 1: only stiffness, i.e. motion, separates them); see
+    :func:`lddm_fast.data.phantom_anatomy.sample_anatomy`.
     """
 
     size: int = 64
@@ -68,8 +71,11 @@ class PhantomConfig:
     fov_mm: float = 40.0
     dynamic_range_db: float = 60.0
     scatterer_spacing: float = 0.45
+    appearance_overlap: float = 0.0
 
     def __post_init__(self):
+        if not 0.0 <= self.appearance_overlap <= 1.0:
+            raise ValueError(f"appearance_overlap must be in [0, 1], got {self.appearance_overlap}")
         if self.size < 16:
             raise ValueError(f"size must be at least 16 pixels, got {self.size}")
         if self.frames < 1:
@@ -143,7 +149,7 @@ def simulate_clip(
     """
     rng = np.random.default_rng(seed)
     size = config.size
-    anatomy = sample_anatomy(rng, label, size, config.px_mm)
+    anatomy = sample_anatomy(rng, label, size, config.px_mm, config.appearance_overlap)
     motion = sample_motion(rng, size)
     imager = BModeImager(size, config.pulse)
     domain = _tissue_domain(imager)

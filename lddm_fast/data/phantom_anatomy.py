@@ -240,8 +240,17 @@ class Anatomy:
         return db
 
 
-def sample_anatomy(rng: np.random.Generator, label: str, size: int, px_mm: float) -> Anatomy:
-    """Draw a scene of class ``label`` (see :data:`CLASSES`) for a ``size`` px image."""
+def sample_anatomy(
+    rng: np.random.Generator, label: str, size: int, px_mm: float, appearance_overlap: float = 0.0
+) -> Anatomy:
+    """Draw a scene of class ``label`` (see :data:`CLASSES`) for a ``size`` px image.
+
+    ``appearance_overlap`` in [0, 1]: the chance that a lesion looks like a lesion
+    of the other class is half of it (shape, echo, margin, halo, calcifications,
+    shadowing); its stiffness always follows ``label``. 0 gives the classes as the
+    module docstring has them; 1 makes appearance independent of the class, so only
+    the way a lesion deforms under the probe tells the classes apart.
+    """
     if label not in CLASSES:
         raise ValueError(f"unknown class {label!r}; expected one of {CLASSES}")
     mm = 1.0 / px_mm  # pixels per mm
@@ -269,7 +278,7 @@ def sample_anatomy(rng: np.random.Generator, label: str, size: int, px_mm: float
     ligaments = _sample_ligaments(rng, size, fat * mm, mm)
     lesion = None
     if label != "normal":
-        lesion = _sample_lesion(rng, label, size, (fat * mm, gland * mm), mm)
+        lesion = _sample_lesion(rng, label, size, (fat * mm, gland * mm), mm, appearance_overlap)
     return Anatomy(
         size=size,
         px_mm=px_mm,
@@ -298,9 +307,18 @@ def _sample_ligaments(rng, size, fat_bottom, mm) -> np.ndarray:
     return np.array(rows)
 
 
-def _sample_lesion(rng, label, size, gland_span, mm) -> Lesion:
+_COMPLIANCE = {"benign": (2.2, 3.5), "malignant": (0.15, 0.35)}
+
+
+def _sample_lesion(rng, label, size, gland_span, mm, appearance_overlap=0.0) -> Lesion:
+    if not 0.0 <= appearance_overlap <= 1.0:
+        raise ValueError(f"appearance_overlap must be in [0, 1], got {appearance_overlap}")
     top, bottom = gland_span
-    if label == "benign":
+    looks = label
+    # Drawn only when asked for, so appearance_overlap=0 keeps every earlier dataset.
+    if appearance_overlap > 0 and rng.random() < appearance_overlap / 2:
+        looks = "malignant" if label == "benign" else "benign"
+    if looks == "benign":
         width = rng.uniform(8.0, 14.0) * mm
         aspect = rng.uniform(1.4, 2.0)  # wider than tall
         angle = rng.uniform(-0.26, 0.26)
@@ -308,7 +326,7 @@ def _sample_lesion(rng, label, size, gland_span, mm) -> Lesion:
         spikes = 0
         echo, texture, density = rng.uniform(-18.0, -13.0), 1.0, 1.0
         rim_db, rim_width = (6.0, 0.07) if rng.random() < 0.7 else (0.0, 0.0)
-        compliance = rng.uniform(2.2, 3.5)
+        compliance = rng.uniform(*_COMPLIANCE["benign"])
         attenuation = rng.uniform(-0.03, -0.01) / mm
         n_calc = 0
     else:
@@ -319,9 +337,11 @@ def _sample_lesion(rng, label, size, gland_span, mm) -> Lesion:
         spikes = int(rng.integers(5, 11))
         echo, texture, density = rng.uniform(-28.0, -21.0), 5.0, rng.uniform(0.4, 0.7)
         rim_db, rim_width = (4.0, 0.25) if rng.random() < 0.6 else (0.0, 0.0)
-        compliance = rng.uniform(0.15, 0.35)
+        compliance = rng.uniform(*_COMPLIANCE["malignant"])
         attenuation = rng.uniform(0.07, 0.14) / mm
         n_calc = int(rng.poisson(3.0))
+    if looks != label:
+        compliance = rng.uniform(*_COMPLIANCE[label])
     a = width / 2
     b = a / aspect
     center_z = top + b + rng.uniform(0.15, 0.85) * max(bottom - top - 2 * b, 0.0)

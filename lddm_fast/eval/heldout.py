@@ -42,7 +42,7 @@ from lddm_fast.eval.motion import (
     strain_ratio,
 )
 
-__all__ = ["heldout_sets", "main", "report"]
+__all__ = ["FeatureCache", "calibrate_warp", "fvd_of", "heldout_sets", "main", "report"]
 
 CLASS_NAMES = {0: "benign", 1: "malignant"}
 
@@ -94,8 +94,10 @@ def _digest(videos: list[torch.Tensor]) -> str:
     return h.hexdigest()[:20]
 
 
-class _Features:
-    """I3D logits of video sets, cached on disk by content."""
+class FeatureCache:
+    """I3D logits of video sets, cached on disk by content (in ``cache``, None: no
+    cache). Call with a set's name and its videos, each uint8 ``[C, T, H, W]``; returns
+    float ``[N, 400]``."""
 
     def __init__(self, cache: Path | None, device: str, progress: bool) -> None:
         from lddm_fast.eval.i3d_weights import I3DEmbedding, load_kinetics_i3d
@@ -126,7 +128,8 @@ class _Features:
         return feats
 
 
-def _fvd(a: np.ndarray, b: np.ndarray) -> dict:
+def fvd_of(a: np.ndarray, b: np.ndarray) -> dict:
+    """FVD between two feature sets ``[N, D]`` as a JSON-ready dict (value, N, ...)."""
     from lddm_fast.eval.fvd import frechet_from_features
 
     return frechet_from_features(a, b).to_dict()
@@ -148,7 +151,7 @@ def _motion_by_class(videos: list[torch.Tensor], items: list[dict]) -> dict:
     return out
 
 
-def _calibrate_warp(x0s: list[torch.Tensor], frames: int, target: float, seed: int) -> float:
+def calibrate_warp(x0s: list[torch.Tensor], frames: int, target: float, seed: int) -> float:
     """The warp amplitude (pixels) whose mean change from x0 equals ``target``."""
     lo, hi = 0.0, 16.0
     for _ in range(12):
@@ -167,7 +170,7 @@ def baseline_sets(
     real_b = [it["video"] for it in set_b]
     x0_b = [v[:, 0] for v in real_b]
     target = float(np.mean([intensity_motion(v)["x0_diff"] for v in real_b]))
-    amplitude = _calibrate_warp(x0_b[:32], frames, target, seed)
+    amplitude = calibrate_warp(x0_b[:32], frames, target, seed)
     g = torch.Generator().manual_seed(seed)
     warp = [random_warp(x, frames, amplitude, g) for x in x0_b]
     static = [static_video(x, frames) for x in x0_b]
@@ -240,7 +243,7 @@ def report(
     baselines, amplitude = baseline_sets(set_b, frames, seed)
     static, warp = baselines["static_b"], baselines["warp_b"]
 
-    features = _Features(cache, device, progress)
+    features = FeatureCache(cache, device, progress)
     keep = _balanced(set_b, fvd_n or n)
     f = {
         name: features(name, [videos[i] for i in keep])
@@ -253,13 +256,13 @@ def report(
             ("warp_b", warp),
         )
     }
-    floor = _fvd(f["real_a"], f["real_b"])
+    floor = fvd_of(f["real_a"], f["real_b"])
     fvd = {
         "floor_real_a_vs_real_b": floor,
-        "lddm": _fvd(f["real_a"], f["lddm_b"]),
-        "static": _fvd(f["real_a"], f["static_b"]),
-        "random_warp": _fvd(f["real_a"], f["warp_b"]),
-        "reconstruction_b_vs_rebuilt_b": _fvd(f["real_b"], f["rebuilt_b"]),
+        "lddm": fvd_of(f["real_a"], f["lddm_b"]),
+        "static": fvd_of(f["real_a"], f["static_b"]),
+        "random_warp": fvd_of(f["real_a"], f["warp_b"]),
+        "reconstruction_b_vs_rebuilt_b": fvd_of(f["real_b"], f["rebuilt_b"]),
     }
     lddm_motion = _motion_by_class(lddm, set_b)
     warp_motion = _motion_by_class(warp, set_b)

@@ -228,3 +228,29 @@ def test_speckle_moves_with_the_tissue():
     # independent tissue does not match beyond chance.
     assert min(consecutive) > 0.5
     assert max(unrelated) < 0.35
+
+
+def test_appearance_overlap_swaps_looks_but_never_stiffness():
+    """With appearance_overlap=1 half the lesions look like the other class (taller
+    than wide for benign, spiculated...), yet every lesion's compliance stays in its
+    own class's range: only the motion still tells the classes apart."""
+    from lddm_fast.data.phantom_anatomy import _COMPLIANCE, sample_anatomy
+
+    for label in ("benign", "malignant"):
+        looks_other = []
+        for seed in range(200):
+            lesion = sample_anatomy(np.random.default_rng(seed), label, 64, 40 / 64, 1.0).lesion
+            lo, hi = _COMPLIANCE[label]
+            assert lo <= lesion.compliance <= hi
+            looks_other.append((len(lesion.spike_angle) > 0) == (label == "benign"))
+        assert 0.38 < np.mean(looks_other) < 0.62, label
+    plain = [sample_anatomy(np.random.default_rng(s), "benign", 64, 40 / 64) for s in range(50)]
+    assert all(len(a.lesion.spike_angle) == 0 for a in plain)
+
+
+def test_appearance_overlap_zero_keeps_earlier_clips_and_bad_values_are_refused():
+    base = simulate_clip("malignant", 3, CONFIG)
+    same = simulate_clip("malignant", 3, PhantomConfig(size=64, frames=17, appearance_overlap=0.0))
+    np.testing.assert_array_equal(base.frames, same.frames)
+    with pytest.raises(ValueError, match="appearance_overlap"):
+        PhantomConfig(appearance_overlap=1.5)
