@@ -2,6 +2,7 @@
 with no register spills, and the installed distribution exposes the Triton kernels
 only as lddm_fast.kernels."""
 
+import os
 import re
 import shutil
 import subprocess
@@ -41,6 +42,50 @@ def test_cuda_source_compiles_for_sm90a_without_spills(source, tmp_path):
     spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", report)
     assert spills, f"no ptxas report in:\n{report}"
     assert all(s == ("0", "0") for s in spills), f"register spills in {source.name}:\n{report}"
+
+
+def _cuda_include() -> Path | None:
+    """A CUDA toolkit include folder (cuda_runtime.h), or None."""
+    candidates = [os.environ.get("CUDA_HOME", ""), "/usr/local/cuda"]
+    if NVCC:
+        candidates += [Path(NVCC).parents[1], Path(os.path.realpath(NVCC)).parents[1]]
+    for root in candidates:
+        if root and (Path(root) / "include" / "cuda_runtime.h").is_file():
+            return Path(root) / "include"
+    return None
+
+
+CUDA_INCLUDE = _cuda_include()
+CXX = shutil.which("c++") or shutil.which("g++")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CXX is None, reason="no C++ compiler on PATH")
+@pytest.mark.skipif(CUDA_INCLUDE is None, reason="no CUDA toolkit headers (cuda_runtime.h)")
+@pytest.mark.parametrize(
+    "launcher", sorted((ROOT / "csrc" / "cuda").glob("*_launcher.cpp")), ids=lambda p: p.name
+)
+def test_cuda_launcher_compiles_against_the_installed_torch_headers(launcher, tmp_path):
+    """The torch-side CUDA launchers are only built where torch has CUDA; here their
+    syntax and types are checked against the installed torch's headers, so a CPU
+    machine catches what would otherwise fail first on a lent GPU. A CPU build of
+    torch lacks one generated header, c10/cuda/impl/cuda_cmake_macros.h: a stub
+    defining what a shared-library build defines stands in for it."""
+    import sysconfig
+
+    from torch.utils.cpp_extension import include_paths
+
+    stub = tmp_path / "c10" / "cuda" / "impl" / "cuda_cmake_macros.h"
+    stub.parent.mkdir(parents=True)
+    stub.write_text("#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n")
+    command = [
+        CXX, "-std=c++20", "-fsyntax-only", "-Wall", "-Werror=return-type",
+        "-DLDDM_WITH_CUDA=1", '-DLDDM_CUDA_STATUS="test"',
+        f"-I{ROOT / 'csrc'}", f"-I{tmp_path}", f"-I{sysconfig.get_paths()['include']}",
+        *(f"-I{p}" for p in include_paths()), f"-I{CUDA_INCLUDE}", str(launcher),
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
 
 
 def test_cuda_sources_include_no_torch_headers():
@@ -86,7 +131,10 @@ def test_the_bundled_model_and_samples_are_package_data(tmp_path):
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run(
         [sys.executable, "setup.py", "-q", "build_py", "-d", str(tmp_path)],
-        cwd=root, capture_output=True, text=True, timeout=300,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.returncode == 0, out.stderr
     built = tmp_path / "lddm_fast" / "assets"

@@ -109,3 +109,33 @@ def fit(video: torch.Tensor, size: tuple[int, int], mode: str = "pad") -> torch.
         return F.pad(video, (left, out_w - new_w - left, top, out_h - new_h - top), value=0.0)
     top, left = (new_h - out_h) // 2, (new_w - out_w) // 2
     return video[..., top : top + out_h, left : left + out_w]
+
+
+def fit_image(images: torch.Tensor, size: int) -> torch.Tensor:
+    """The model's x0 from images of any shape: ``[..., C, H, W]`` -> ``[..., C, size,
+    size]``, the one rule the pipeline, the batch engine and the training clips share.
+
+    The shorter side is resized to ``size`` (antialiased bilinear; see :func:`fit`,
+    ``"crop"``) and the centre cropped. uint8 images come back as uint8 (rounded), so
+    an image fitted once and an image fitted inside the pipeline are the same bytes;
+    float images stay float. Images with a side below ``size`` are refused: upscaling
+    would invent the speckle the model then animates.
+
+    Raises:
+        ValueError: a side below ``size`` (the message gives both sizes).
+    """
+    height, width = images.shape[-2:]
+    if min(height, width) < size:
+        raise ValueError(
+            f"image is {width}x{height} pixels, smaller than the model's {size}x{size}; "
+            "use an image at least that large on both sides"
+        )
+    if (height, width) == (size, size):
+        return images
+    lead = images.shape[:-3]
+    flat = images.reshape(-1, *images.shape[-3:])
+    if images.dtype == torch.uint8:
+        out = fit(flat.float(), (size, size), "crop").round().clamp(0, 255).to(torch.uint8)
+    else:
+        out = fit(flat, (size, size), "crop")
+    return out.reshape(*lead, *out.shape[-3:])

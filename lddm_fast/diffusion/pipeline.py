@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from lddm_fast import ops
+from lddm_fast.data.transforms import fit_image
 from lddm_fast.diffusion.denoisers import ClassifierFreeGuidance, prediction_adapter
 from lddm_fast.diffusion.graph_runner import CUDAGraphRunner
 from lddm_fast.diffusion.noise import PerSampleNoise, video_generators, video_seed
@@ -84,27 +84,23 @@ def _default_dtype(device: torch.device, dtype: torch.dtype | None) -> torch.dty
     return dtype
 
 
-def _fit(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Resize ``[N, C, H, W]`` float so the shorter side is ``size`` (antialiased
-    bilinear), then center-crop to ``[N, C, size, size]``."""
-    h, w = x.shape[-2:]
-    if (h, w) == (size, size):
-        return x
-    scale = size / min(h, w)
-    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-    x = F.interpolate(x, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
-    top, left = (nh - size) // 2, (nw - size) // 2
-    return x[..., top : top + size, left : left + size]
-
-
 def _set_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
-    """``[C, H, W]`` with C in {1, 3} -> ``[channels, H, W]`` (luma or replication)."""
+    """``[C, H, W]`` with C in {1, 3} -> ``[channels, H, W]`` (luma or replication);
+    uint8 stays uint8 (the luma rounded)."""
     if x.shape[0] == channels:
         return x
     if channels == 1:
-        weights = torch.tensor(_LUMA, dtype=x.dtype).view(3, 1, 1)
-        return (x * weights).sum(0, keepdim=True)
+        weights = torch.tensor(_LUMA, dtype=torch.float32).view(3, 1, 1)
+        luma = (x.float() * weights).sum(0, keepdim=True)
+        return luma.round().clamp(0, 255).to(torch.uint8) if x.dtype == torch.uint8 else luma
     return x.expand(3, -1, -1)
+
+
+def _fit(x: torch.Tensor, size: int, what: str) -> torch.Tensor:
+    try:
+        return fit_image(x, size)
+    except ValueError as e:
+        raise ValueError(f"{what}: {e}") from None
 
 
 def _unit_range(x: torch.Tensor, what: str) -> torch.Tensor:
@@ -132,7 +128,8 @@ def _unit_range(x: torch.Tensor, what: str) -> torch.Tensor:
 
 def _item_to_tensor(item: Any, index: int, channels: int) -> torch.Tensor:
     """One list entry (PIL image or numpy [H, W] / [H, W, C] array) -> ``[channels, H,
-    W]`` float32 in [-1, 1]."""
+    W]``, uint8 for 8-bit sources (so it is fitted as the batch engine fits a file),
+    else float32 in [-1, 1] (validated)."""
     what = f"images[{index}]"
     if not isinstance(item, np.ndarray):
         try:
@@ -158,7 +155,9 @@ def _item_to_tensor(item: Any, index: int, channels: int) -> torch.Tensor:
             "with C = 1 or 3 (drop an alpha channel first)"
         )
     # torch.tensor copies: arrays from PIL are read-only, which from_numpy warns about.
-    x = _unit_range(torch.tensor(item).permute(2, 0, 1), what)
+    x = torch.tensor(item).permute(2, 0, 1)
+    if x.dtype != torch.uint8:
+        x = _unit_range(x, what)
     return _set_channels(x, channels)
 
 
@@ -265,12 +264,14 @@ class LDDMPipeline:
                 C the model's channels), or a list of PIL images / numpy arrays
                 (``[H, W]`` or ``[H, W, C]``, uint8 or float in [-1, 1]), converted to
                 grayscale (ITU-R 601 luma) or RGB as the model needs. Every image is
-                resized (shorter side to S, antialiased bilinear) and center-cropped to
-                the config's S x S.
+                fitted by :func:`lddm_fast.data.transforms.fit_image` (shorter side to
+                S, antialiased bilinear, centre crop; 8-bit images rounded back to 8
+                bits), exactly as ``lddm-fast synthesize`` fits an image file.
 
         Raises:
             ValueError: empty batch, wrong shape or channel count, NaN/Inf, a float
-                image outside [-1, 1], an unsupported dtype or list entry.
+                image outside [-1, 1], an unsupported dtype or list entry, an image
+                with a side below S.
         """
         c, size = self.config.channels, self.config.size
         if isinstance(images, torch.Tensor):
@@ -289,12 +290,17 @@ class LDDMPipeline:
                 )
             if min(images.shape[2:]) == 0:
                 raise ValueError(f"images have an empty side: shape {tuple(images.shape)}")
+            if images.dtype == torch.uint8:  # fitted in 0..255 and rounded, as files are
+                return _unit_range(_fit(images, size, "images"), "images").to(self.device)
             x = _unit_range(images, "images")
-            return _fit(x.to(self.device), size).contiguous()
+            return _fit(x.to(self.device), size, "images").contiguous()
         if isinstance(images, (list, tuple)):
             if not images:
                 raise ValueError("images is an empty list")
-            frames = [_fit(_item_to_tensor(im, i, c)[None], size)[0] for i, im in enumerate(images)]
+            frames = [
+                _unit_range(_fit(_item_to_tensor(im, i, c), size, f"images[{i}]"), "images")
+                for i, im in enumerate(images)
+            ]
             return torch.stack(frames).to(self.device)
         raise ValueError(
             f"images must be a [B, C, H, W] tensor or a list of PIL images / numpy arrays, "

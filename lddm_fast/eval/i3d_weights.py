@@ -32,13 +32,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from lddm_fast.data.digest import sha256_file
 from lddm_fast.eval.i3d import _MIXED, I3D
 from lddm_fast.eval.weights import (
     MetricUnavailable,
     WeightsError,
     WeightsInfo,
     read_state_dict,
-    sha256_file,
 )
 
 __all__ = [

@@ -32,13 +32,13 @@ import re
 import torch
 from torch import nn
 
+from lddm_fast.data.digest import sha256_file
 from lddm_fast.eval.clips import signed_unit
 from lddm_fast.eval.weights import (
     MetricUnavailable,
     WeightsError,
     WeightsInfo,
     read_state_dict,
-    sha256_file,
 )
 
 __all__ = ["LPIPS", "find_lpips_linear_weights", "load_lpips", "lpips_frames"]

@@ -3,7 +3,6 @@ that say why a metric could not be computed."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 from dataclasses import asdict, dataclass
@@ -44,15 +43,6 @@ class WeightsInfo:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:

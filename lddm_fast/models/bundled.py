@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lddm_fast.eval.weights import sha256_file
+from lddm_fast.data.digest import sha256_file
 from lddm_fast.models.checkpoint import CheckpointError
 
 __all__ = ["BUNDLED_MODEL_DIR", "BUNDLED_SHA256", "SAMPLE_IMAGES_DIR", "bundled_checkpoint"]

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from lddm_fast import __version__
+from lddm_fast.data.atomic import atomic_file
 from lddm_fast.models.autoencoder import VideoAutoencoder
 from lddm_fast.models.config import ConfigFieldError, LDDMConfig
 from lddm_fast.models.denoiser import LatentDenoiser
@@ -86,9 +87,8 @@ def build_models(config: LDDMConfig) -> LDDMModels:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        Path(tmp).write_bytes(data)
 
 
 def _state_bytes(module: nn.Module) -> bytes:

@@ -4,7 +4,7 @@ The command is ``lddm-fast synthesize`` (or ``torchrun ... -m lddm_fast.synth``,
 :mod:`lddm_fast.synth.cli`). The parts:
 
 * :mod:`~lddm_fast.synth.inputs`: the input listing, streamed (:class:`InputSet`).
-* :mod:`~lddm_fast.synth.seeds`: the seed of video k of an input (:func:`video_seed`).
+* :mod:`~lddm_fast.synth.seeds`: the seed of video k of an input (:func:`input_video_seed`).
 * :mod:`~lddm_fast.synth.engine`: the decode -> sample -> write pipeline
   (:class:`SynthEngine`), which takes any :class:`VideoSampler`.
 * :mod:`~lddm_fast.synth.adapter`: the sampler over :class:`lddm_fast.LDDMPipeline`.
@@ -22,7 +22,7 @@ from lddm_fast._lazy import lazy_exports
 _EXPORTS = {
     "InputItem": "inputs",
     "InputSet": "inputs",
-    "video_seed": "seeds",
+    "input_video_seed": "seeds",
     "SampledBatch": "engine",
     "Summary": "engine",
     "SynthEngine": "engine",

@@ -14,7 +14,7 @@ Threads and queues (one engine per rank)::
   GIL for both). A bad image goes to ``failed.jsonl`` with the reason.
 * The **sampler loop** gathers ``batch_size`` (image, k) pairs (the k videos of one
   image may span two batches), gives each its seed
-  (:func:`~lddm_fast.synth.seeds.video_seed`) and calls the sampler. It waits only
+  (:func:`~lddm_fast.synth.seeds.input_video_seed`) and calls the sampler. It waits only
   when no decoded image is ready (time counted as "waited for input") or when the
   writers are two batches behind ("waited for writers"); the rest of its time is
   the sampler's busy fraction.
@@ -35,6 +35,7 @@ reason is in the summary, and a rerun continues where the run stopped.
 from __future__ import annotations
 
 import errno
+import math
 import os
 import queue
 import sys
@@ -62,7 +63,7 @@ from lddm_fast.synth.manifest import (
     part_path,
     verify_record,
 )
-from lddm_fast.synth.seeds import video_seed
+from lddm_fast.synth.seeds import input_video_seed
 
 __all__ = [
     "FORMATS",
@@ -150,24 +151,16 @@ def output_rel(rel: str, k: int, fmt: str) -> str:
 
 
 def load_image(path: str, size: int, channels: int) -> torch.Tensor:
-    """Decode ``path`` and fit it to the model: uint8 ``[channels, size, size]``.
-
-    The largest centered square is cropped and resized to ``size`` (Pillow bilinear,
-    antialiased when shrinking). Images with a side below ``size`` are refused
-    (:class:`BadInputError`): upscaling would invent the speckle the model animates.
+    """Decode ``path`` and fit it to the model: uint8 ``[channels, size, size]``, by
+    :func:`lddm_fast.data.transforms.fit_image` (what ``LDDMPipeline`` does to the
+    same image). Images with a side below ``size`` are refused (:class:`BadInputError`).
     """
-    from PIL import Image
+    from lddm_fast.data.transforms import fit_image
 
     pixels = read_image(path, channels=channels, min_side=size)
-    height, width = pixels.shape[:2]
-    side = min(height, width)
-    top, left = (height - side) // 2, (width - side) // 2
-    square = pixels[top : top + side, left : left + side]
-    if side != size:
-        # np.array copies: Pillow's buffer would give a read-only array.
-        square = np.array(Image.fromarray(square).resize((size, size), Image.Resampling.BILINEAR))
-    image = torch.from_numpy(np.ascontiguousarray(square))
-    return image[None] if channels == 1 else image.permute(2, 0, 1).contiguous()
+    image = torch.from_numpy(np.ascontiguousarray(pixels))
+    image = image[None] if channels == 1 else image.permute(2, 0, 1)
+    return fit_image(image, size).contiguous()
 
 
 class _Stopped(Exception):
@@ -270,8 +263,15 @@ class SynthEngine:
         self._work: queue.Queue = queue.Queue(maxsize=2 * self.workers)
         self._ready: queue.Queue = queue.Queue(maxsize=2 * self.batch_size)
         self._written: queue.Queue = queue.Queue(maxsize=2 * self.batch_size)
+        # Shown once the inputs are counted (delay lifted in _feed): drawn before, it
+        # leaves an empty "0video" line in logs ahead of the real bar.
         self._bar = tqdm(
-            total=None, unit="video", dynamic_ncols=True, disable=not self.progress, file=sys.stderr
+            total=None,
+            unit="video",
+            dynamic_ncols=True,
+            disable=not self.progress,
+            file=sys.stderr,
+            delay=math.inf,
         )
         self._index = ManifestIndex(self.out_dir, keep=self._mine)
         self._manifest = JsonlLog(self._log_path(MANIFEST))
@@ -414,6 +414,7 @@ class SynthEngine:
         with self._lock:
             self._summary.videos = mine * n
             self._bar.total = mine * n
+            self._bar.delay = 0
             self._bar.refresh()
         # Output stem -> the input that claimed it: two inputs that differ only in
         # suffix would overwrite each other's videos. Every rank sees every name,
@@ -474,7 +475,7 @@ class SynthEngine:
                     self.out_dir,
                     settings=self.settings,
                     formats=self.formats,
-                    seed=video_seed(self.seed, item.rel, k),
+                    seed=input_video_seed(self.seed, item.rel, k),
                 )
                 if why is None:
                     continue
@@ -511,7 +512,7 @@ class SynthEngine:
                 break
             batch = [pending.popleft() for _ in range(min(self.batch_size, len(pending)))]
             images = torch.stack([image for _, image, _ in batch])
-            seeds = [video_seed(self.seed, item.rel, k) for item, _, k in batch]
+            seeds = [input_video_seed(self.seed, item.rel, k) for item, _, k in batch]
             t0 = time.perf_counter()
             result = self.sampler(images, seeds)
             summary.sample_s += time.perf_counter() - t0

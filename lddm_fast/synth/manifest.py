@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from lddm_fast.data.atomic import atomic_file
+from lddm_fast.data.digest import sha256_file
 
 __all__ = [
     "FAILED",
@@ -66,7 +67,6 @@ RUN_CONFIG_VERSION = 1
 # ".tmp<suffix>" for a file, ".tmp"/".old" for a folder.
 _TEMP_FILE = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.[^.]+)?$")
 _TEMP_DIR = re.compile(r"^\..+\.[a-z0-9_]{8}\.(tmp|old)$")
-_HASH_CHUNK = 1 << 20
 
 
 def part_path(out_dir: str, name: str, rank: int) -> str:
@@ -100,12 +100,7 @@ def output_digest(path: str) -> tuple[int, str]:
             total += size
             outer.update(f"{name} {digest}\n".encode())
         return total, outer.hexdigest()
-    inner = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_HASH_CHUNK):
-            inner.update(chunk)
-        size = f.tell()
-    return size, inner.hexdigest()
+    return os.path.getsize(path), sha256_file(path)
 
 
 def _fsync_dir(folder: str) -> None:

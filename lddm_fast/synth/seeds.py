@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import hashlib
 
-__all__ = ["video_seed"]
+__all__ = ["input_video_seed"]
 
 
-def video_seed(seed: int, rel: str, k: int) -> int:
+def input_video_seed(seed: int, rel: str, k: int) -> int:
     """The generator seed of video ``k`` of the input at relative path ``rel``.
 
     A 63-bit hash (``torch.Generator.manual_seed`` accepts it on every device) of all

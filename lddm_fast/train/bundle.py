@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from lddm_fast.data.atomic import atomic_folder
-from lddm_fast.eval.weights import sha256_file
+from lddm_fast.data.digest import sha256_file
 from lddm_fast.models.checkpoint import from_pretrained, save_pretrained
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}

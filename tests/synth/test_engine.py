@@ -22,7 +22,7 @@ from synth_standin import SIZE, StandInSampler
 
 from lddm_fast.synth.engine import SynthEngine, load_image, output_rel
 from lddm_fast.synth.inputs import InputItem
-from lddm_fast.synth.seeds import video_seed
+from lddm_fast.synth.seeds import input_video_seed
 
 
 def test_run_writes_layout_books_and_summary(corpus, tmp_path, capsys):
@@ -33,7 +33,7 @@ def test_run_writes_layout_books_and_summary(corpus, tmp_path, capsys):
     keys = [(r["input"], r["k"]) for r in records]
     assert keys == sorted((rel, k) for rel in GOOD for k in range(2))
     for r in records:
-        assert r["seed"] == video_seed(0, r["input"], r["k"])
+        assert r["seed"] == input_video_seed(0, r["input"], r["k"])
         assert r["class"] == (r["input"].split("/")[0] if "extra" not in r["input"] else None)
         assert [o["path"] for o in r["outputs"]] == [output_rel(r["input"], r["k"], "npz")]
         assert r["settings"]["model"] == "standin:v1" and r["settings"]["steps"] == 25
@@ -115,7 +115,7 @@ def test_videos_do_not_depend_on_batch_size(corpus, tmp_path):
 
 def test_nan_video_is_not_written_and_recorded_as_failed(corpus, tmp_path):
     out = tmp_path / "out"
-    bad_seed = video_seed(0, "benign/b2.png", 1)
+    bad_seed = input_video_seed(0, "benign/b2.png", 1)
     status, _ = synth(
         corpus, out, "--videos-per-image", "2", sampler=StandInSampler(nan_seeds={bad_seed})
     )

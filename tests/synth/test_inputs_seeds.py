@@ -8,7 +8,7 @@ from synth_helpers import make_corpus, write_png
 from lddm_fast.data.errors import BadInputError
 from lddm_fast.synth.distributed import dist_info, shard_of
 from lddm_fast.synth.inputs import InputSet
-from lddm_fast.synth.seeds import video_seed
+from lddm_fast.synth.seeds import input_video_seed
 
 
 def _rels(inputs):
@@ -16,13 +16,13 @@ def _rels(inputs):
 
 
 def test_video_seed_is_a_stable_63_bit_hash_of_seed_path_and_k():
-    seed = video_seed(0, "benign/b1.png", 0)
+    seed = input_video_seed(0, "benign/b1.png", 0)
     # Pinned: changing the derivation would silently change every user's videos.
-    assert seed == video_seed(0, "benign/b1.png", 0) == 1920477936417598792
+    assert seed == input_video_seed(0, "benign/b1.png", 0) == 1920477936417598792
     others = {
-        video_seed(1, "benign/b1.png", 0),
-        video_seed(0, "benign/b2.png", 0),
-        video_seed(0, "benign/b1.png", 1),
+        input_video_seed(1, "benign/b1.png", 0),
+        input_video_seed(0, "benign/b2.png", 0),
+        input_video_seed(0, "benign/b1.png", 1),
     }
     assert seed not in others and len(others) == 3
     assert all(0 <= s < 2**63 for s in others | {seed})

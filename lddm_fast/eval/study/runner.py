@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from lddm_fast.data.atomic import atomic_file
+from lddm_fast.data.digest import sha256_file
 from lddm_fast.eval.study import report as report_mod
 from lddm_fast.eval.study.classifier import ClassifierConfig
 from lddm_fast.eval.study.fit import FitSettings, fit_and_test
@@ -80,8 +81,7 @@ def _files_digest(paths: list[str]) -> str:
     h = hashlib.sha256()
     for path in paths:
         h.update(os.path.basename(path).encode() + b"\0")
-        with open(path, "rb") as f:
-            h.update(hashlib.sha256(f.read()).digest())
+        h.update(bytes.fromhex(sha256_file(path)))
     return h.hexdigest()
 
 
