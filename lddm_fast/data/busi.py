@@ -17,7 +17,9 @@ from lddm_fast.data.images import IMAGE_SUFFIXES, MAX_PIXELS, image_info, read_i
 from lddm_fast.data.labels import CLASSES, UNLABELED
 from lddm_fast.data.video_io import natural_key
 
-_MASK = re.compile(r"^(?P<stem>.*)_mask(_\d+)?$", re.IGNORECASE)
+#: BUSI's mask files: "<stem>_mask" or "<stem>_mask_<n>" before the suffix (match the
+#: stem without its suffix; group ``stem`` is the image's).
+MASK_NAME = re.compile(r"^(?P<stem>.*)_mask(_\d+)?$", re.IGNORECASE)
 _SIDE_FILES = (".txt", ".csv", ".json", ".xml", ".md", ".yaml", ".yml")
 
 
@@ -103,7 +105,7 @@ def _scan_folder(scan, folder, label, min_side, max_pixels, verify, recursive) -
             if suffix.lower() not in IMAGE_SUFFIXES:
                 scan.skipped.append(Skipped(path, f"not an image file (suffix {suffix!r})"))
                 continue
-            match = _MASK.match(stem)
+            match = MASK_NAME.match(stem)
             if match:
                 masks.setdefault(match["stem"], []).append(path)
             else:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-CLASSES = ("benign", "malignant", "normal")
+from lddm_fast.data.labels import CLASSES
 
 # Echogenicity in dB relative to glandular tissue.
 _SKIN_DB, _FAT_DB, _MUSCLE_DB, _LIGAMENT_DB = 6.0, -9.0, -8.0, 8.0

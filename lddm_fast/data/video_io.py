@@ -29,6 +29,8 @@ from lddm_fast.data.images import IMAGE_SUFFIXES, MAX_PIXELS
 
 #: Container suffixes read through PyAV.
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".m4v", ".webm")
+#: ITU-R 601 luma weights (R, G, B), the ones Pillow and PyAV use for gray.
+LUMA = (0.299, 0.587, 0.114)
 _H264_SUFFIXES = (".mp4", ".mov", ".mkv")
 _FRAME_SUFFIXES = tuple(s for s in IMAGE_SUFFIXES if s != ".gif")
 
@@ -460,8 +462,7 @@ def convert_channels(frames: np.ndarray, channels: int) -> np.ndarray:
     if channels == 3 and frames.ndim == 3:
         return np.repeat(frames[..., None], 3, axis=3)
     if channels == 1 and frames.ndim == 4:
-        # ITU-R 601 luma, the weights Pillow and PyAV use for gray conversion.
-        luma = frames.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+        luma = frames.astype(np.float32) @ np.array(LUMA, np.float32)
         return np.rint(luma).astype(np.uint8)
     return frames
 

@@ -27,6 +27,7 @@ import torch
 
 from lddm_fast import ops
 from lddm_fast.data.transforms import fit_image
+from lddm_fast.data.video_io import LUMA
 from lddm_fast.diffusion.denoisers import ClassifierFreeGuidance, prediction_adapter
 from lddm_fast.diffusion.graph_runner import CUDAGraphRunner
 from lddm_fast.diffusion.noise import PerSampleNoise, video_generators, video_seed
@@ -47,8 +48,6 @@ __all__ = ["BUNDLED_MODEL_DIR", "LDDMPipeline", "LDDMPipelineOutput"]
 
 OUTPUTS = ("uint8", "float")
 _CL3D = torch.channels_last_3d
-# ITU-R 601 luma, the weights PIL's convert("L") uses.
-_LUMA = (0.299, 0.587, 0.114)
 # Float images may overshoot [-1, 1] by rounding (e.g. after a resize); beyond this
 # they are on another scale ([0, 255] floats) and are refused.
 _RANGE_SLACK = 1e-3
@@ -90,7 +89,7 @@ def _set_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
     if x.shape[0] == channels:
         return x
     if channels == 1:
-        weights = torch.tensor(_LUMA, dtype=torch.float32).view(3, 1, 1)
+        weights = torch.tensor(LUMA, dtype=torch.float32).view(3, 1, 1)
         luma = (x.float() * weights).sum(0, keepdim=True)
         return luma.round().clamp(0, 255).to(torch.uint8) if x.dtype == torch.uint8 else luma
     return x.expand(3, -1, -1)
@@ -256,6 +255,24 @@ class LDDMPipeline:
         return cls(models, device=device, dtype=dtype, backend=backend)
 
     # ------------------------------------------------------------------- stages
+    def resolve_num_frames(self, num_frames: int | None) -> int:
+        """T for a call: ``num_frames``, or the config's when None.
+
+        Raises:
+            ValueError: not a positive int, or more frames than a learned frame
+                embedding has (``denoiser.max_frames``).
+        """
+        frames = self.config.num_frames if num_frames is None else num_frames
+        if not isinstance(frames, int) or isinstance(frames, bool) or frames < 1:
+            raise ValueError(f"num_frames must be a positive int, got {num_frames!r}")
+        dn = self.config.denoiser
+        if dn.frame_embedding == "learned" and frames > dn.max_frames:
+            raise ValueError(
+                f"num_frames={frames} exceeds this model's max_frames={dn.max_frames} "
+                "(its frame embedding is learned)"
+            )
+        return frames
+
     def preprocess(self, images: Any) -> torch.Tensor:
         """Images -> x0 ``[B, C, S, S]`` float32 in [-1, 1] on the device.
 
@@ -468,15 +485,7 @@ class LDDMPipeline:
             raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
         self._check_sampling_args(steps, sampler, guidance, eta, timestep_spacing)
         cfg = self.config
-        frames = cfg.num_frames if num_frames is None else num_frames
-        if not isinstance(frames, int) or isinstance(frames, bool) or frames < 1:
-            raise ValueError(f"num_frames must be a positive int, got {num_frames!r}")
-        dn = cfg.denoiser
-        if dn.frame_embedding == "learned" and frames > dn.max_frames:
-            raise ValueError(
-                f"num_frames={frames} exceeds this model's max_frames={dn.max_frames} "
-                "(its frame embedding is learned)"
-            )
+        frames = self.resolve_num_frames(num_frames)
         x0 = self.preprocess(images)
         batch = x0.shape[0]
         if isinstance(seed, numbers.Integral):

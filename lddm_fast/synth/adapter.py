@@ -31,16 +31,22 @@ def sample_videos(
     """One batch through the pipeline: uint8 ``[B, C, S, S]`` images, one generator
     seed per image (the pipeline seeds video b's generator with ``seeds[b]`` directly,
     so a video does not depend on its batch), uint8 videos back on the CPU."""
-    out = pipe(
-        images,
-        num_frames=num_frames,
-        steps=steps,
-        sampler=sampler,
-        guidance=guidance,
-        seed=[int(s) for s in seeds],
-        cuda_graph=pipe.device.type == "cuda",
-        output="uint8",
-    )
+    with warnings.catch_warnings():
+        # The engine records NaN/Inf videos in failed.jsonl; the pipeline's own
+        # warning about them would only break up the progress bar.
+        warnings.filterwarnings(
+            "ignore", message=r"LDDMPipeline: .* NaN/Inf", category=RuntimeWarning
+        )
+        out = pipe(
+            images,
+            num_frames=num_frames,
+            steps=steps,
+            sampler=sampler,
+            guidance=guidance,
+            seed=[int(s) for s in seeds],
+            cuda_graph=pipe.device.type == "cuda",
+            output="uint8",
+        )
     return SampledBatch(out.videos.cpu(), out.nonfinite.cpu())
 
 
@@ -120,13 +126,10 @@ def load_sampler(
             "checkpoint": checkpoint,
             "sha256": digest,
         }
-    frames = pipe.config.num_frames if num_frames is None else num_frames
-    max_frames = pipe.config.denoiser.max_frames
-    if pipe.config.denoiser.frame_embedding == "learned" and frames > max_frames:
-        raise ValueError(f"--num-frames {frames} exceeds this model's max_frames={max_frames}")
-    # The engine records NaN/Inf videos in failed.jsonl; the pipeline's own warning
-    # about them would only break up the progress bar.
-    warnings.filterwarnings("ignore", message=r"LDDMPipeline: .* NaN/Inf", category=RuntimeWarning)
+    try:
+        frames = pipe.resolve_num_frames(num_frames)
+    except ValueError as e:
+        raise ValueError(f"--num-frames: {e}") from None
     return PipelineSampler(
         pipe, model, num_frames=frames, steps=steps, sampler=sampler, guidance=guidance
     )

@@ -342,8 +342,8 @@ def _synthesize(args, inputs, sampler, settings, out, info, group) -> int:
     import signal
     import threading
 
-    from lddm_fast.synth.engine import SynthEngine
-    from lddm_fast.synth.manifest import SUMMARY, merge_logs, part_path, write_json
+    from lddm_fast.synth.engine import SynthEngine, summary_line, total_summary
+    from lddm_fast.synth.manifest import close_books, gather_summaries
 
     engine = SynthEngine(
         sampler,
@@ -381,28 +381,20 @@ def _synthesize(args, inputs, sampler, settings, out, info, group) -> int:
     mine = summary.to_dict()
     if summary.stopped == "interrupted":
         # Other ranks may not reach a barrier now: skip the merge, the next run does it.
-        print(f"interrupted: {_line(mine)}", file=sys.stderr)
+        print(f"interrupted: {summary_line(mine)}", file=sys.stderr)
         return 130
-    ranks = [mine]
-    if info.world_size > 1:
-        write_json(part_path(out, SUMMARY, info.rank), mine)
-        group.barrier()
-        ranks = [_read_json(part_path(out, SUMMARY, r)) for r in range(info.world_size)]
-        group.barrier()  # all ranks have read the parts before rank 0 removes them
-    total = _total(ranks)
+    ranks = gather_summaries(out, mine, info.rank, info.world_size, group)
+    total = total_summary(ranks)
     if info.rank == 0:
         try:
-            merge_logs(out, args.videos_per_image)
-            write_json(os.path.join(out, SUMMARY), {**total, "ranks": ranks})
-            for r in range(info.world_size if info.world_size > 1 else 0):
-                os.remove(part_path(out, SUMMARY, r))
+            close_books(out, args.videos_per_image, total, ranks)
         except OSError as e:
             print(
                 f"warning: could not merge the books in {out} ({e}); the per-rank files "
                 "are kept and the next run merges them",
                 file=sys.stderr,
             )
-        print(_line(total))
+        print(summary_line(total))
         for reason in total["stopped"]:
             print(
                 f"stopped: {reason}. Finished videos are recorded in manifest.jsonl; fix "
@@ -418,50 +410,6 @@ def _synthesize(args, inputs, sampler, settings, out, info, group) -> int:
 
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
-
-
-def _read_json(path: str) -> dict[str, Any]:
-    import json
-
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def _total(ranks: list[dict[str, Any]]) -> dict[str, Any]:
-    """All ranks' counts added up; wall time of the slowest; mean sampler busy."""
-    counted = (
-        "inputs",
-        "videos",
-        "done",
-        "skipped",
-        "redone",
-        "failed",
-        "bad_inputs",
-        "duplicates",
-        "batches",
-        "sample_s",
-        "wait_input_s",
-        "wait_output_s",
-    )
-    total: dict[str, Any] = {name: sum(r[name] for r in ranks) for name in counted}
-    total["wall_s"] = max(r["wall_s"] for r in ranks)
-    total["busy"] = sum(r["busy"] for r in ranks) / len(ranks)
-    total["videos_per_s"] = total["done"] / total["wall_s"] if total["wall_s"] > 0 else 0.0
-    total["stopped"] = [r["stopped"] for r in ranks if r["stopped"]]
-    total["world_size"] = len(ranks)
-    return total
-
-
-def _line(s: dict[str, Any]) -> str:
-    failed = f"{s['failed']} failed"
-    if s["bad_inputs"]:
-        failed += f" ({s['bad_inputs']} bad inputs)"
-    return (
-        f"synthesize: {s['done']} done, {s['skipped']} skipped, {failed} of {s['videos']} "
-        f"videos from {s['inputs']} inputs in {s['wall_s']:.1f} s: "
-        f"{s['videos_per_s']:.2f} videos/s, sampler busy {100 * s['busy']:.0f}% "
-        f"(waited {s['wait_input_s']:.1f} s for input, {s['wait_output_s']:.1f} s for writers)"
-    )
 
 
 def main(argv: list[str] | None = None, *, make_sampler=None) -> int:

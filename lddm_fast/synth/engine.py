@@ -73,6 +73,8 @@ __all__ = [
     "VideoSampler",
     "load_image",
     "output_rel",
+    "summary_line",
+    "total_summary",
 ]
 
 #: Output formats and the suffix each adds (a PNG sequence is a folder of frames).
@@ -579,3 +581,42 @@ class SynthEngine:
             self._fail(item, k, "write", f"cannot encode {path}: {type(e).__name__}: {e}", 1)
             return
         self._count(1, done=1)
+
+
+def total_summary(ranks: list[dict[str, Any]]) -> dict[str, Any]:
+    """All ranks' :meth:`Summary.to_dict` added up: counts summed, wall time of the
+    slowest rank, sampler busy averaged; ``stopped`` lists every rank's reason."""
+    counted = (
+        "inputs",
+        "videos",
+        "done",
+        "skipped",
+        "redone",
+        "failed",
+        "bad_inputs",
+        "duplicates",
+        "batches",
+        "sample_s",
+        "wait_input_s",
+        "wait_output_s",
+    )
+    total: dict[str, Any] = {name: sum(r[name] for r in ranks) for name in counted}
+    total["wall_s"] = max(r["wall_s"] for r in ranks)
+    total["busy"] = sum(r["busy"] for r in ranks) / len(ranks)
+    total["videos_per_s"] = total["done"] / total["wall_s"] if total["wall_s"] > 0 else 0.0
+    total["stopped"] = [r["stopped"] for r in ranks if r["stopped"]]
+    total["world_size"] = len(ranks)
+    return total
+
+
+def summary_line(s: dict[str, Any]) -> str:
+    """The one-line report of a run (one rank's or the total) that synthesize prints."""
+    failed = f"{s['failed']} failed"
+    if s["bad_inputs"]:
+        failed += f" ({s['bad_inputs']} bad inputs)"
+    return (
+        f"synthesize: {s['done']} done, {s['skipped']} skipped, {failed} of {s['videos']} "
+        f"videos from {s['inputs']} inputs in {s['wall_s']:.1f} s: "
+        f"{s['videos_per_s']:.2f} videos/s, sampler busy {100 * s['busy']:.0f}% "
+        f"(waited {s['wait_input_s']:.1f} s for input, {s['wait_output_s']:.1f} s for writers)"
+    )

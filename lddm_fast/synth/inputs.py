@@ -35,6 +35,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from lddm_fast.data.busi import MASK_NAME
 from lddm_fast.data.errors import BadInputError
 from lddm_fast.data.images import IMAGE_SUFFIXES
 from lddm_fast.data.labels import CLASSES
@@ -42,9 +43,6 @@ from lddm_fast.data.video_io import natural_key
 
 __all__ = ["InputItem", "InputSet"]
 
-# BUSI's mask files, the same rule as lddm_fast.data.busi: "<stem>_mask" or
-# "<stem>_mask_<n>" before the suffix. They are annotations, not images to animate.
-_MASK = re.compile(r"_mask(_\d+)?$", re.IGNORECASE)
 _GLOB_MAGIC = re.compile(r"[*?[]")
 
 
@@ -130,7 +128,7 @@ class InputSet:
                 stem, suffix = os.path.splitext(name)
                 if name.startswith(".") or suffix.lower() not in IMAGE_SUFFIXES:
                     continue
-                if _MASK.search(stem):
+                if MASK_NAME.match(stem):  # annotations, not images to animate
                     continue
                 path = os.path.join(dirpath, name)
                 yield InputItem.make(path, os.path.relpath(path, self.root))

@@ -50,6 +50,8 @@ __all__ = [
     "ManifestIndex",
     "RunConfigMismatch",
     "check_run_config",
+    "close_books",
+    "gather_summaries",
     "merge_logs",
     "output_digest",
     "part_path",
@@ -438,3 +440,36 @@ def merge_logs(out_dir: str, videos_per_image: int) -> tuple[int, int]:
     for path in _parts(out_dir, FAILED):
         os.remove(path)
     return len(keys), len(order)
+
+
+def gather_summaries(
+    out_dir: str, mine: dict[str, Any], rank: int, world_size: int, group
+) -> list[dict[str, Any]]:
+    """Every rank's summary, in rank order: each writes its own part, all read all
+    (``group`` is the ranks' :class:`~lddm_fast.synth.distributed.ProcessGroup`)."""
+    if world_size == 1:
+        return [mine]
+    write_json(part_path(out_dir, SUMMARY, rank), mine)
+    group.barrier()
+    ranks = []
+    for r in range(world_size):
+        with open(part_path(out_dir, SUMMARY, r), encoding="utf-8") as f:
+            ranks.append(json.load(f))
+    group.barrier()  # all ranks have read the parts before rank 0 removes them
+    return ranks
+
+
+def close_books(
+    out_dir: str, videos_per_image: int, total: dict[str, Any], ranks: list[dict[str, Any]]
+) -> None:
+    """Rank 0, after a run: merge the ranks' manifests and failure logs, write
+    ``summary.json`` (the total and every rank's), remove the summary parts.
+
+    Raises:
+        OSError: a file could not be written or removed; the parts are kept and the
+            next run merges them.
+    """
+    merge_logs(out_dir, videos_per_image)
+    write_json(os.path.join(out_dir, SUMMARY), {**total, "ranks": ranks})
+    for r in range(len(ranks) if len(ranks) > 1 else 0):
+        os.remove(part_path(out_dir, SUMMARY, r))

@@ -68,3 +68,27 @@ def test_synthesize_draws_one_progress_bar(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "2/2" in err
     assert "0video [" not in err  # no total-less bar drawn before the inputs are counted
+
+
+def test_synthesize_leaves_the_process_warning_filters_alone(tmp_path):
+    import warnings
+
+    folder = tmp_path / "images" / "benign"
+    folder.mkdir(parents=True)
+    Image.fromarray(np.full((32, 32), 90, dtype=np.uint8)).save(folder / "a.png")
+    before = list(warnings.filters)
+    args = ["--input", str(tmp_path / "images"), "--out", str(tmp_path / "out")]
+    assert synthesize([*args, "--preset", "tiny", "--steps", "2", "--quiet"]) == 0
+    assert warnings.filters == before
+
+
+def test_synthesize_and_the_pipeline_refuse_too_many_frames_alike(tmp_path, capsys):
+    folder = tmp_path / "images" / "benign"
+    folder.mkdir(parents=True)
+    Image.fromarray(np.full((32, 32), 90, dtype=np.uint8)).save(folder / "a.png")
+    args = ["--input", str(tmp_path / "images"), "--out", str(tmp_path / "out")]
+    assert synthesize([*args, "--preset", "tiny", "--num-frames", "9", "--quiet"]) == 2
+    message = "num_frames=9 exceeds this model's max_frames=8"
+    assert f"--num-frames: {message}" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=message):
+        LDDMPipeline.from_preset("tiny", device="cpu")([np.zeros((32, 32), np.uint8)], num_frames=9)
