@@ -5,6 +5,7 @@ attention) scaled_dot_product_attention with the permutes it needs."""
 from __future__ import annotations
 
 import functools
+import itertools
 
 import torch
 import torch.nn.functional as F
@@ -72,17 +73,20 @@ def _compiled(fn, name: str, notes: dict, enabled: bool):
     return torch.compile(fn, dynamic=False)
 
 
+# Layouts timed for every shape: the model's (first, so a run stopped by a time limit
+# keeps those rows) and the contiguous one most callers hold (a plain torch.randn, a
+# diffusers video UNet), where a kernel can be several times slower.
+GN_LAYOUTS = {"channels_last_3d": torch.channels_last_3d, "contiguous": torch.contiguous_format}
+ATTENTION_LAYOUTS = ("qkv views, channels_last_3d", "qkv views, contiguous", "contiguous")
+
+
 def group_norm_cases(device: str, dtype: torch.dtype, quick: bool, compile_: bool) -> list[Case]:
     cases = []
     shapes = GROUP_NORM[device][: 1 if quick else None]
-    for s in shapes:
+    for (layout, fmt), s in itertools.product(GN_LAYOUTS.items(), shapes):
 
-        def make(s=s):
-            x = (
-                torch.randn(s.shape, device=device)
-                .to(dtype)
-                .contiguous(memory_format=torch.channels_last_3d)
-            )
+        def make(s=s, fmt=fmt):
+            x = torch.randn(s.shape, device=device).to(dtype).contiguous(memory_format=fmt)
             w = torch.randn(s.c, device=device).to(dtype)
             b = torch.randn(s.c, device=device).to(dtype)
             scale = (0.1 * torch.randn(s.n, s.c, device=device)).to(dtype)
@@ -128,9 +132,9 @@ def group_norm_cases(device: str, dtype: torch.dtype, quick: bool, compile_: boo
             Case(
                 suite="kernels",
                 op="group_norm",
-                label=f"{s.label} {list(s.shape)} G={g}",
+                label=f"{s.label} {list(s.shape)} G={g} {layout}",
                 dtype=dtype,
-                params={"shape": list(s.shape), "groups": g, "layout": "channels_last_3d"},
+                params={"shape": list(s.shape), "groups": g, "layout": layout},
                 make_inputs=make,
                 providers=providers,
                 expected=expected,
@@ -144,12 +148,15 @@ def group_norm_cases(device: str, dtype: torch.dtype, quick: bool, compile_: boo
 def attention_cases(device: str, dtype: torch.dtype, quick: bool, compile_: bool) -> list[Case]:
     cases = []
     shapes = TEMPORAL_ATTENTION[device][: 1 if quick else None]
-    for s in shapes:
+    for layout, s in itertools.product(ATTENTION_LAYOUTS, shapes):
 
-        def make(s=s):
-            # q, k, v as views of one qkv tensor from a 1x1x1 conv, the model's layout.
+        def make(s=s, layout=layout):
+            if layout == "contiguous":  # three separate tensors, as a diffusers block has
+                return tuple(torch.randn(s.shape, device=device).to(dtype) for _ in range(3))
+            # q, k, v as views of one qkv tensor from a 1x1x1 conv (the model's layout).
             qkv = torch.randn(s.b, 3 * s.c, s.t, s.h, s.w, device=device).to(dtype)
-            qkv = qkv.contiguous(memory_format=torch.channels_last_3d)
+            if layout.endswith("channels_last_3d"):
+                qkv = qkv.contiguous(memory_format=torch.channels_last_3d)
             return qkv.chunk(3, dim=1)
 
         heads = s.heads
@@ -195,13 +202,13 @@ def attention_cases(device: str, dtype: torch.dtype, quick: bool, compile_: bool
             Case(
                 suite="kernels",
                 op="temporal_attention",
-                label=f"{s.label} {list(s.shape)} heads={heads}",
+                label=f"{s.label} {list(s.shape)} heads={heads} {layout}",
                 dtype=dtype,
                 params={
                     "shape": list(s.shape),
                     "heads": heads,
                     "head_dim": d,
-                    "layout": "qkv views, channels_last_3d",
+                    "layout": layout,
                 },
                 make_inputs=make,
                 providers=providers,

@@ -64,9 +64,15 @@ struct Kernels {
 
 // Buffers are sized for TP = T rounded up to a multiple of 8 frames (the AVX2 kernel's
 // padded query lanes); the probabilities take T + 1 rows of TP (its normalisers).
-inline int64_t attention_work_floats(int64_t T, int64_t D) {
+// Positions the strided attention kernel gathers together (neighbouring pixels).
+inline constexpr int64_t kAttentionRun = 8;
+// Float buffers of one position of the strided attention kernel.
+inline int64_t attention_position_floats(int64_t T, int64_t D) {
   const int64_t TP = (T + 7) / 8 * 8;
   return 4 * TP * D + (T + 1) * TP;
+}
+inline int64_t attention_work_floats(int64_t T, int64_t D) {
+  return kAttentionRun * attention_position_floats(T, D);
 }
 inline int64_t attention_pixel_work_floats(int64_t T, int64_t C, int64_t D) {
   const int64_t TP = (T + 7) / 8 * 8;

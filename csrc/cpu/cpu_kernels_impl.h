@@ -6,6 +6,7 @@
 // intrinsics of avx2_kernels.h and leaves tails and odd sizes to the portable code.
 #pragma once
 
+#include <algorithm>
 #include <cstring>
 #include <type_traits>
 
@@ -322,10 +323,16 @@ static inline void attend(const float* __restrict__ q, int64_t q_stride,
   }
 }
 
-// One (b, head, y, x) position at a time: gather its [T, D] q/k/v through the
-// strides into float buffers laid out so every inner loop runs over contiguous
-// memory (k transposed to [D, T]: logits accumulate over keys j, the output over d),
-// which the compiler vectorizes without reassociating a reduction. Softmax in float.
+// A run of up to kAttentionRun positions (b, head, y, x..x+run) at a time: gather
+// their [T, D] q/k/v through the strides into one float buffer set per position, laid
+// out so every inner loop of the math runs over contiguous memory (k transposed to
+// [D, T]: logits accumulate over keys j, the output over d), which the compiler
+// vectorizes without reassociating a reduction. Softmax in float. When pixels are
+// the innermost dimension (a contiguous [B, C, T, H, W] tensor), the gather and the
+// store walk the run's neighbouring pixels together: each cache line read serves the
+// whole run instead of one position (one position at a time read 4 bytes of every
+// 64-byte line, T * D * 3 lines per position). Positions in heads-inner order
+// (channels nearer than pixels) go one at a time.
 // kT > 0 fixes T at compile time (the denoiser's T=16), so the loops over keys
 // unroll into whole vector registers; kT == 0 takes T_len at run time.
 template <typename T, int kT>
@@ -338,53 +345,67 @@ void attention_impl(const T* q, const T* k, const T* v, T* o, Strides5 sq, Strid
   // padded to a multiple of 8 with zeros) and k as rows, and applies the scale itself.
   const bool vector_heads = LDDM_AVX2 && D % 8 == 0;
   const int64_t TP = (T_len + 7) / 8 * 8;
-  float* __restrict__ qf = work;          // [T, D] pre-scaled, or [D, TP]
-  float* __restrict__ kt = qf + TP * D;   // [D, T], or [T, D] for the AVX2 kernel
-  float* __restrict__ vf = kt + TP * D;   // [T, D]
-  float* __restrict__ of = vf + TP * D;   // [T, D]
-  float* __restrict__ p = of + TP * D;    // [T, T] logits, then probabilities
+  const int64_t per = attention_position_floats(T_len, D);
+  // Slot r of the run: qf [T, D] pre-scaled, or [D, TP]; kt [D, T], or [T, D] for the
+  // AVX2 kernel; vf [T, D]; of [T, D]; p [T, T] logits, then probabilities.
+  auto qf = [&](int64_t r) { return work + r * per; };
+  auto kt = [&](int64_t r) { return work + r * per + TP * D; };
+  auto vf = [&](int64_t r) { return work + r * per + 2 * TP * D; };
+  auto of = [&](int64_t r) { return work + r * per + 3 * TP * D; };
+  auto pp = [&](int64_t r) { return work + r * per + 4 * TP * D; };
   if (vector_heads)
-    for (int64_t i = 0; i < TP * D; ++i) qf[i] = 0.0f;  // the padding lanes stay 0
-  for (int64_t pos = first; pos < first + count; ++pos) {
-    int64_t b, h, y, x;
+    for (int64_t r = 0; r < kAttentionRun; ++r)
+      for (int64_t i = 0; i < TP * D; ++i) qf(r)[i] = 0.0f;  // the padding lanes stay 0
+  const int64_t end = first + count;
+  for (int64_t pos = first; pos < end;) {
+    int64_t b, h, y, x, run = 1;
     if (heads_inner) {  // order (b, y, x, head)
       h = pos % heads;
       x = (pos / heads) % W;
       y = (pos / (heads * W)) % H;
       b = pos / (heads * W * H);
-    } else {  // order (b, head, y, x)
+    } else {  // order (b, head, y, x): the next positions are the next pixels of a row
       x = pos % W;
       y = (pos / W) % H;
       h = (pos / (W * H)) % heads;
       b = pos / (W * H * heads);
+      run = std::min({kAttentionRun, W - x, end - pos});
     }
     const T* qb = q + b * sq.b + h * D * sq.c + y * sq.h + x * sq.w;
     const T* kb = k + b * sk.b + h * D * sk.c + y * sk.h + x * sk.w;
     const T* vb = v + b * sv.b + h * D * sv.c + y * sv.h + x * sv.w;
     T* ob = o + b * so.b + h * D * so.c + y * so.h + x * so.w;
     for (int64_t t = 0; t < T_len; ++t) {
-      const T* qt = qb + t * sq.t;
-      const T* kr = kb + t * sk.t;
-      const T* vr = vb + t * sv.t;
-      if (vector_heads) {
-        for (int64_t d = 0; d < D; ++d) qf[d * TP + t] = load(qt[d * sq.c]);
-        for (int64_t d = 0; d < D; ++d) kt[t * D + d] = load(kr[d * sk.c]);
-      } else {
-        for (int64_t d = 0; d < D; ++d) qf[t * D + d] = load(qt[d * sq.c]) * scale;
-        for (int64_t d = 0; d < D; ++d) kt[d * T_len + t] = load(kr[d * sk.c]);
+      for (int64_t d = 0; d < D; ++d) {
+        const T* qtd = qb + t * sq.t + d * sq.c;
+        const T* ktd = kb + t * sk.t + d * sk.c;
+        const T* vtd = vb + t * sv.t + d * sv.c;
+        for (int64_t r = 0; r < run; ++r) {
+          if (vector_heads) {
+            qf(r)[d * TP + t] = load(qtd[r * sq.w]);
+            kt(r)[t * D + d] = load(ktd[r * sk.w]);
+          } else {
+            qf(r)[t * D + d] = load(qtd[r * sq.w]) * scale;
+            kt(r)[d * T_len + t] = load(ktd[r * sk.w]);
+          }
+          vf(r)[t * D + d] = load(vtd[r * sv.w]);
+        }
       }
-      for (int64_t d = 0; d < D; ++d) vf[t * D + d] = load(vr[d * sv.c]);
     }
+    for (int64_t r = 0; r < run; ++r) {
 #if LDDM_AVX2
-    if (vector_heads)
-      attend_head(qf, kt, D, vf, D, of, D, D, T_len, scale, p);
-    else
+      if (vector_heads)
+        attend_head(qf(r), kt(r), D, vf(r), D, of(r), D, D, T_len, scale, pp(r));
+      else
 #endif
-      attend<kT>(qf, D, kt, vf, D, of, D, D, T_len, p);
-    for (int64_t t = 0; t < T_len; ++t) {
-      T* ot = ob + t * so.t;
-      for (int64_t d = 0; d < D; ++d) store(ot + d * so.c, of[t * D + d]);
+        attend<kT>(qf(r), D, kt(r), vf(r), D, of(r), D, D, T_len, pp(r));
     }
+    for (int64_t t = 0; t < T_len; ++t)
+      for (int64_t d = 0; d < D; ++d) {
+        T* otd = ob + t * so.t + d * so.c;
+        for (int64_t r = 0; r < run; ++r) store(otd + r * so.w, of(r)[t * D + d]);
+      }
+    pos += run;
   }
 }
 

@@ -143,16 +143,19 @@ ATTN_CASES = [
     (17, 3, 16, (2, 3)),
     (16, 2, 64, (3, 2)),  # the denoiser's T, head_dim 64
     (9, 2, 12, (2, 3)),  # head_dim not a multiple of 8: the portable loops in every build
+    (5, 2, 16, (3, 11)),  # rows longer than the strided kernel's runs of 8 pixels
 ]
 
 
 @pytest.mark.parametrize("T,heads,d,hw", ATTN_CASES)
-@pytest.mark.parametrize("fmt", ["contiguous", "qkv_views", "qkv_views_cl"])
+@pytest.mark.parametrize("fmt", ["contiguous", "qkv_views", "qkv_views_cl", "transposed_hw"])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_temporal_attention(T, heads, d, hw, fmt, dtype, isa):
     B, C = 2, heads * d
     if fmt == "contiguous":
         q, k, v = (torch.randn(B, C, T, *hw).to(dtype) for _ in range(3))
+    elif fmt == "transposed_hw":  # pixels of a row hw[1] apart: strided runs
+        q, k, v = (torch.randn(B, C, T, *hw[::-1]).to(dtype).transpose(3, 4) for _ in range(3))
     else:
         qkv = torch.randn(B, 3 * C, T, *hw).to(dtype)
         if fmt == "qkv_views_cl":
