@@ -40,10 +40,15 @@ import os
 import sys
 from typing import Any
 
+from lddm_fast.diffusion.samplers import SAMPLERS
+from lddm_fast.models.config import PRESETS
+
 HELP = "make N videos per image of a folder/glob/list (sharded over GPUs, resumable)"
 
-SAMPLER_NAMES = ("ddim", "dpmpp_2m", "ddpm")
-PRESET_NAMES = ("tiny", "phantom64", "busv128")
+# From the library itself: `import lddm_fast` already loads torch (for lddm_fast.ops),
+# so a copy here would save the parser little (measured: import 1.23 s vs 1.27 s).
+SAMPLER_NAMES = tuple(SAMPLERS)
+PRESET_NAMES = tuple(PRESETS)
 # CLI flag of each run.json entry, for naming a mismatch the way the user typed it.
 _FLAGS = {
     "input": "--input",
