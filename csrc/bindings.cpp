@@ -1,6 +1,6 @@
 // The one registration file: op schemas in the `lddm` namespace and their CPU / CUDA
 // kernels. The same op names dispatch by device; the fake (meta) implementations that
-// torch.compile and CUDA-graph capture need live in lddm_fast/ops/_fake.py.
+// torch.compile and CUDA-graph capture need are registered by lddm_fast/_ext.py.
 #include <Python.h>
 
 #include <torch/library.h>
@@ -8,7 +8,7 @@
 #include "ops.h"
 
 TORCH_LIBRARY(lddm, m) {
-  m.set_python_module("lddm_fast.ops._fake");
+  m.set_python_module("lddm_fast._ext");
   m.def(
       "group_norm(Tensor x, int num_groups, Tensor? weight, Tensor? bias, float eps, "
       "Tensor? scale, Tensor? shift, bool silu) -> Tensor");

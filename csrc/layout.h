@@ -5,7 +5,7 @@
 
 namespace lddm {
 
-// Same rule as lddm_fast.ops.layout.memory_format_of, which the fake implementations
+// Same rule as lddm_fast.layout.memory_format_of, which the fake implementations
 // use: channels_last(_3d) only when x is dense in it and not also plain contiguous,
 // else contiguous. Tensor::suggest_memory_format differs on non-dense strides in
 // channels-last order (it says channels-last), and torch.compile plans the code after
@@ -16,7 +16,7 @@ inline at::MemoryFormat output_format(const at::Tensor& x) {
   return !x.is_contiguous() && x.is_contiguous(cl) ? cl : at::MemoryFormat::Contiguous;
 }
 
-// Same rule as lddm_fast.ops.layout.attention_output_format: channels_last_3d when q's
+// Same rule as lddm_fast.layout.attention_output_format: channels_last_3d when q's
 // channels are innermost (q is a view of a channels_last_3d qkv tensor), else
 // contiguous [B, C, T, H, W].
 inline at::MemoryFormat attention_output_format(const at::Tensor& q) {

@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lddm_fast.ops.layout import memory_format_of
+from lddm_fast.layout import memory_format_of
 
 from .utils import MAX_INT32, cast_to, cdiv, check_grid_x, device_guard, num_sms, pow2_block, prune
 

@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lddm_fast.ops.layout import attention_output_format
+from lddm_fast.layout import attention_output_format
 
 from .utils import INTERPRET, MAX_GRID_X, cast_to, cdiv, device_guard, prune
 

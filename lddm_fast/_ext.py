@@ -10,7 +10,28 @@ from __future__ import annotations
 
 from types import ModuleType
 
-import torch  # noqa: F401  (libtorch must be loaded before the extension)
+import torch  # libtorch must be loaded before the extension
+
+
+def _register_fakes() -> None:
+    """Fake (meta) implementations of the ``lddm::`` ops: output shape, dtype and
+    layout without running a kernel, so torch.compile and CUDA-graph capture can trace
+    them. csrc/bindings.cpp names this module as the ops' Python home."""
+    from lddm_fast.layout import attention_output_format, memory_format_of
+
+    @torch.library.register_fake("lddm::group_norm")
+    def _group_norm(x, num_groups, weight, bias, eps, scale, shift, silu):
+        return torch.empty_like(x, memory_format=memory_format_of(x))
+
+    @torch.library.register_fake("lddm::temporal_attention")
+    def _temporal_attention(q, k, v, num_heads, scale):
+        return torch.empty(q.shape, dtype=q.dtype, device=q.device).contiguous(
+            memory_format=attention_output_format(q)
+        )
+
+    @torch.library.register_fake("lddm::sampler_step")
+    def _sampler_step(x, eps, a, b, noise, c):
+        return torch.empty_like(x, memory_format=memory_format_of(x))
 
 
 def _load() -> tuple[ModuleType | None, str]:
@@ -18,9 +39,7 @@ def _load() -> tuple[ModuleType | None, str]:
         from lddm_fast import _C
     except ImportError as exc:
         return None, f"extension not built: {exc}"
-    # The fake (meta) implementations live in Python; register them with the ops.
-    from lddm_fast.ops import _fake  # noqa: F401
-
+    _register_fakes()
     return _C, "ok"
 
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 
+from lddm_fast.argtypes import int_at_least
+
 HELP = "write a seeded phantom ultrasound dataset (BUSV-like clips, BUSI-like images)"
 
 
@@ -24,7 +26,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     counts = parser.add_argument_group("items per class (for each layout written)")
     for name in ("benign", "malignant", "normal"):
         counts.add_argument(
-            f"--{name}", type=_count, default=10, metavar="N", help=f"{name} items (default 10)"
+            f"--{name}",
+            type=int_at_least(0),
+            default=10,
+            metavar="N",
+            help=f"{name} items (default 10)",
         )
     parser.add_argument(
         "--layout",
@@ -34,10 +40,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "masks; both (default)",
     )
     parser.add_argument(
-        "--size", type=_size, default=64, help="frame width and height in pixels (default 64)"
+        "--size",
+        type=int_at_least(16, "pixels"),
+        default=64,
+        help="frame width and height in pixels (default 64)",
     )
     parser.add_argument(
-        "--frames", type=_count, default=17, help="frames per clip, x0 plus T (default 17)"
+        "--frames", type=int_at_least(0), default=17, help="frames per clip, x0 plus T (default 17)"
     )
     parser.add_argument("--fps", type=float, default=10.0, help="frame rate recorded (default 10)")
     parser.add_argument(
@@ -61,7 +70,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="split shares per class (default 0.7,0.15,0.15)",
     )
     parser.add_argument(
-        "--workers", type=_count, default=1, help="processes simulating in parallel (default 1)"
+        "--workers",
+        type=int_at_least(0),
+        default=1,
+        help="processes simulating in parallel (default 1)",
     )
     parser.add_argument(
         "--force", action="store_true", help="write into OUT even if it is not empty"
@@ -129,20 +141,6 @@ def run(args: argparse.Namespace) -> int:
         f"per clip, to {args.out} ({elapsed:.1f} s in all, {args.workers} worker(s))"
     )
     return 0
-
-
-def _count(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def _size(text: str) -> int:
-    value = int(text)
-    if value < 16:
-        raise argparse.ArgumentTypeError(f"must be >= 16 pixels, got {value}")
-    return value
 
 
 def _fractions(text: str) -> tuple[float, float, float]:

@@ -9,76 +9,50 @@ CUDA-graph runner and :class:`LDDMPipeline`.
 - :mod:`~lddm_fast.diffusion.noise`: per-video generators and noise.
 - :class:`CUDAGraphRunner`: one captured CUDA graph per sampling configuration.
 - :class:`LDDMPipeline`: images in, videos out.
+
+Names are imported on first use (PEP 562), like the other subpackages.
 """
 
-from lddm_fast.diffusion.denoisers import (
-    ClassifierFreeGuidance,
-    EpsPrediction,
-    VPrediction,
-    prediction_adapter,
-)
-from lddm_fast.diffusion.graph_runner import CUDAGraphRunner
-from lddm_fast.diffusion.noise import PerSampleNoise, video_generators, video_seed
-from lddm_fast.diffusion.pipeline import BUNDLED_MODEL_DIR, LDDMPipeline, LDDMPipelineOutput
-from lddm_fast.diffusion.samplers import (
-    SAMPLERS,
-    ddim_coefficients,
-    ddpm_coefficients,
-    default_noise_sampler,
-    dpmpp_2m_coefficients,
-    sample_ddim,
-    sample_ddpm,
-    sample_dpmpp_2m,
-    uses_noise,
-)
-from lddm_fast.diffusion.schedules import (
-    BETA_SCHEDULES,
-    TIMESTEP_SPACINGS,
-    Schedule,
-    alphas_cumprod,
-    betas_for,
-    cosine_betas,
-    eps_from_v,
-    linear_betas,
-    sampling_schedule,
-    snr,
-    spaced_timesteps,
-    v_from_eps,
-    x0_from_eps,
-)
+from __future__ import annotations
 
-__all__ = [
-    "BETA_SCHEDULES",
-    "BUNDLED_MODEL_DIR",
-    "SAMPLERS",
-    "TIMESTEP_SPACINGS",
-    "CUDAGraphRunner",
-    "ClassifierFreeGuidance",
-    "EpsPrediction",
-    "LDDMPipeline",
-    "LDDMPipelineOutput",
-    "PerSampleNoise",
-    "Schedule",
-    "VPrediction",
-    "alphas_cumprod",
-    "betas_for",
-    "cosine_betas",
-    "ddim_coefficients",
-    "ddpm_coefficients",
-    "default_noise_sampler",
-    "dpmpp_2m_coefficients",
-    "eps_from_v",
-    "linear_betas",
-    "prediction_adapter",
-    "sample_ddim",
-    "sample_ddpm",
-    "sample_dpmpp_2m",
-    "sampling_schedule",
-    "snr",
-    "spaced_timesteps",
-    "uses_noise",
-    "v_from_eps",
-    "video_generators",
-    "video_seed",
-    "x0_from_eps",
-]
+from lddm_fast._lazy import lazy_exports
+
+_EXPORTS = {
+    "BETA_SCHEDULES": "schedules",
+    "BUNDLED_MODEL_DIR": "pipeline",
+    "SAMPLERS": "samplers",
+    "TIMESTEP_SPACINGS": "schedules",
+    "CUDAGraphRunner": "graph_runner",
+    "ClassifierFreeGuidance": "denoisers",
+    "EpsPrediction": "denoisers",
+    "LDDMPipeline": "pipeline",
+    "LDDMPipelineOutput": "pipeline",
+    "PerSampleNoise": "noise",
+    "Schedule": "schedules",
+    "VPrediction": "denoisers",
+    "alphas_cumprod": "schedules",
+    "betas_for": "schedules",
+    "cosine_betas": "schedules",
+    "ddim_coefficients": "samplers",
+    "ddpm_coefficients": "samplers",
+    "default_noise_sampler": "samplers",
+    "dpmpp_2m_coefficients": "samplers",
+    "eps_from_v": "schedules",
+    "linear_betas": "schedules",
+    "prediction_adapter": "denoisers",
+    "sample_ddim": "samplers",
+    "sample_ddpm": "samplers",
+    "sample_dpmpp_2m": "samplers",
+    "sampling_schedule": "schedules",
+    "snr": "schedules",
+    "spaced_timesteps": "schedules",
+    "uses_noise": "samplers",
+    "v_from_eps": "schedules",
+    "video_generators": "noise",
+    "video_seed": "noise",
+    "x0_from_eps": "schedules",
+}
+
+__all__ = sorted(_EXPORTS)
+
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from lddm_fast.ops.layout import attention_output_format, memory_format_of
+from lddm_fast.layout import attention_output_format, memory_format_of
 
 
 def group_norm(

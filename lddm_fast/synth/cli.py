@@ -35,11 +35,11 @@ examples:
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from typing import Any
 
+from lddm_fast.argtypes import finite_float, positive_float, positive_int
 from lddm_fast.diffusion.samplers import SAMPLERS
 from lddm_fast.models.config import PRESETS
 
@@ -82,7 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="LIST",
         help="comma-separated output formats among mp4, gif, npz, png (default mp4)",
     )
-    io.add_argument("--fps", type=_positive_float, default=10.0, help="frame rate (default 10)")
+    io.add_argument("--fps", type=positive_float, default=10.0, help="frame rate (default 10)")
 
     model = parser.add_argument_group("model (default: the bundled checkpoint)")
     which = model.add_mutually_exclusive_group()
@@ -95,18 +95,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument(
-        "--videos-per-image", type=_positive_int, default=1, metavar="N", help="default 1"
+        "--videos-per-image", type=positive_int, default=1, metavar="N", help="default 1"
     )
-    sampling.add_argument("--steps", type=_positive_int, default=25, help="default 25")
+    sampling.add_argument("--steps", type=positive_int, default=25, help="default 25")
     sampling.add_argument("--sampler", choices=SAMPLER_NAMES, default="ddim", help="default ddim")
     sampling.add_argument(
         "--guidance",
-        type=_finite_float,
+        type=finite_float,
         default=1.0,
         help="classifier-free guidance scale (1: off)",
     )
     sampling.add_argument(
-        "--num-frames", type=_positive_int, metavar="T", help="frames after x0 (default: model's)"
+        "--num-frames", type=positive_int, metavar="T", help="frames after x0 (default: model's)"
     )
     sampling.add_argument("--seed", type=int, default=0, help="run seed (default 0)")
     sampling.add_argument(
@@ -119,7 +119,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run_ = parser.add_argument_group("execution (may change between reruns)")
     run_.add_argument(
         "--batch-size",
-        type=_positive_int,
+        type=positive_int,
         default=8,
         metavar="B",
         help="videos per sampler call (default 8)",
@@ -128,10 +128,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--device", default="auto", help="cpu, cuda, cuda:N (default: cuda when available)"
     )
     run_.add_argument(
-        "--workers", type=_positive_int, default=4, help="image decode threads (default 4)"
+        "--workers", type=positive_int, default=4, help="image decode threads (default 4)"
     )
     run_.add_argument(
-        "--writers", type=_positive_int, default=2, help="encode/write threads (default 2)"
+        "--writers", type=positive_int, default=2, help="encode/write threads (default 2)"
     )
     run_.add_argument(
         "--force", action="store_true", help="continue OUT even if it was made with other arguments"
@@ -144,27 +144,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="after the run, write a contact sheet of the finished videos (x0 then evenly "
         "spaced frames, one row per video, at most 16 rows, in input order)",
     )
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
-    return value
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
-    return value
 
 
 def _formats(text: str) -> tuple[str, ...]:

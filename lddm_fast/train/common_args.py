@@ -10,17 +10,12 @@ import shlex
 import sys
 from typing import Any
 
+from lddm_fast.argtypes import positive_int
+
 DATA_HELP = (
     "training videos: a BUSV root (rawframes/ + train_list.txt, val_list.txt), a phantom "
     "root (lddm-fast phantom output) or any folder of videos (about 10%% held out for val)"
 )
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def add_common(parser: argparse.ArgumentParser, *, lr: float, ema_decay: float) -> None:

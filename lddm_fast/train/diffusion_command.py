@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import argparse
 
-from lddm_fast.train.common_args import add_common, positive_int
+from lddm_fast.argtypes import positive_int
+from lddm_fast.train.common_args import add_common
 
 HELP = "train the conditional latent denoiser (stage 2) on a frozen autoencoder"
 

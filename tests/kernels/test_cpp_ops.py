@@ -8,6 +8,7 @@ import torch
 from parity import FP32_TOL, check, layout, rel
 
 from lddm_fast import ops
+from lddm_fast.layout import attention_output_format, memory_format_of
 
 pytestmark = pytest.mark.skipif(
     ops.available_backends()["cpp"] != "ok",
@@ -84,7 +85,7 @@ def test_group_norm(shape, groups, fmt, film, silu, dtype, isa):
         backend="reference",
     )
     assert y.dtype == dtype and y.shape == x.shape
-    assert y.is_contiguous(memory_format=ops.layout.memory_format_of(x))
+    assert y.is_contiguous(memory_format=memory_format_of(x))
     check(y, eager, ref)
 
 
@@ -167,7 +168,7 @@ def test_temporal_attention(T, heads, d, hw, fmt, dtype, isa):
         q.double(), k.double(), v.double(), num_heads=heads, backend="reference"
     )
     assert y.dtype == dtype and y.shape == q.shape
-    assert y.is_contiguous(memory_format=ops.layout.attention_output_format(q))
+    assert y.is_contiguous(memory_format=attention_output_format(q))
     check(y, eager, ref)
 
 
@@ -190,7 +191,7 @@ def test_sampler_step(noise, fmt, dtype, isa):
     )
     assert y.shape == x.shape and y.dtype == dtype
     # The fake implementation's layout, which torch.compile plans the next ops from.
-    assert y.is_contiguous(memory_format=ops.layout.memory_format_of(x))
+    assert y.is_contiguous(memory_format=memory_format_of(x))
     check(y, eager, ref)
 
 

@@ -14,8 +14,8 @@ import torch
 from parity import FP32_TOL, check, d64, layout, rel
 
 from lddm_fast import ops
+from lddm_fast.layout import attention_output_format, memory_format_of
 from lddm_fast.ops.extension import cuda_attention_smem_bytes, cuda_limits
-from lddm_fast.ops.layout import attention_output_format, memory_format_of
 
 STATUS = ops.available_backends()["cuda"]
 pytestmark = [

@@ -19,8 +19,8 @@ import pytest
 import torch
 
 from lddm_fast import ops
+from lddm_fast.layout import attention_output_format
 from lddm_fast.ops import reference
-from lddm_fast.ops.layout import attention_output_format
 
 STATUS = ops.available_backends()["triton"]
 pytestmark = pytest.mark.skipif(

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from lddm_fast import ops
+from lddm_fast.layout import memory_format_of
 
 
 def group_norm_formula(x, groups, w, b, scale, shift, silu, eps=1e-5):
@@ -80,7 +81,7 @@ def test_group_norm_matches_formula(dtype, shape, groups, fmt, film, silu):
     f = lambda t: None if t is None else t.to(dtype).double().numpy()  # noqa: E731
     ref = group_norm_formula(f(x), groups, f(w), f(b), f(scale), f(shift), silu)
     assert y.dtype == dtype and y.shape == x.shape
-    assert y.is_contiguous(memory_format=ops.layout.memory_format_of(xd))
+    assert y.is_contiguous(memory_format=memory_format_of(xd))
     assert rel_err(y, ref) <= TOL[dtype]
 
 

@@ -23,7 +23,7 @@ import argparse
 import shlex
 import sys
 
-from lddm_fast.train.common_args import positive_int
+from lddm_fast.argtypes import positive_int
 
 HELP = "augmentation study: classifiers trained on real vs real + synthesized videos"
 

@@ -1,4 +1,7 @@
-"""Memory-format rules shared by every backend, so all of them return the same layout."""
+"""Memory-format rules shared by every backend, so all of them return the same layout.
+
+A leaf module (torch only): the ops, their fake implementations and the Triton
+kernels all import it, and it imports none of them; csrc/layout.h mirrors it."""
 
 from __future__ import annotations
 
