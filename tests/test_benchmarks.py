@@ -119,3 +119,16 @@ def test_page_faults_per_call_are_counted():
     reusing = harness.time_fn(lambda: buf.add_(1.0), "cpu", quick=True)
     assert faulting.faults_per_call >= 0.9 * pages
     assert reusing.faults_per_call < 0.1 * pages
+
+
+def test_pytest_benchmark_view_of_the_kernels_suite_runs():
+    """`pytest benchmarks --benchmark-only` (the run-to-run comparison view) collects
+    the suite's cases and checks their parity; here once each, benchmarks disabled."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "benchmarks", "-q", "-p", "no:cacheprovider",
+         "--benchmark-disable"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    summary = done.stdout.strip().splitlines()[-1]
+    assert " passed" in summary and "failed" not in summary and "skipped" not in summary, summary
