@@ -10,10 +10,11 @@ CUDA graph (which cannot call per-video generators on replay) gets the same nois
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 
 import torch
+
+from lddm_fast.data.digest import text_hash64
 
 __all__ = ["PerSampleNoise", "video_generators", "video_seed"]
 
@@ -24,8 +25,7 @@ def video_seed(seed: int, index: int) -> int:
     """The generator seed of video ``index`` of a call made with ``seed``: a 63-bit
     hash of both, so neighbouring seeds give unrelated streams (``seed + index`` would
     give video 1 of seed 0 the noise of video 0 of seed 1)."""
-    digest = hashlib.sha256(f"lddm_fast/video/{int(seed)}/{int(index)}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+    return text_hash64(f"lddm_fast/video/{int(seed)}/{int(index)}") & (2**63 - 1)
 
 
 def video_generators(seeds: Sequence[int], device: torch.device | str) -> list[torch.Generator]:

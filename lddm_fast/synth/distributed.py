@@ -12,9 +12,10 @@ when ``WORLD_SIZE`` > 1: gloo for CPU runs, NCCL for CUDA devices.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import os
 from dataclasses import dataclass
+
+from lddm_fast.data.digest import text_hash64
 
 __all__ = ["DistInfo", "ProcessGroup", "dist_info", "shard_of"]
 
@@ -32,8 +33,7 @@ def shard_of(rel: str, world_size: int) -> int:
     """
     if world_size < 1:
         raise ValueError(f"world_size must be at least 1, got {world_size}")
-    digest = hashlib.sha256(f"lddm_fast/synth/shard/{rel}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") % world_size
+    return text_hash64(f"lddm_fast/synth/shard/{rel}") % world_size
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ a resumed run or a run on another number of GPUs gives the same videos.
 
 from __future__ import annotations
 
-import hashlib
+from lddm_fast.data.digest import text_hash64
 
 __all__ = ["input_video_seed"]
 
@@ -19,6 +19,4 @@ def input_video_seed(seed: int, rel: str, k: int) -> int:
     three, so neighbouring ``seed`` or ``k`` values give unrelated noise streams.
     ``rel`` is the POSIX relative path that :mod:`lddm_fast.synth.inputs` assigns.
     """
-    text = f"lddm_fast/synth/seed/{int(seed)}/{int(k)}/{rel}"
-    digest = hashlib.sha256(text.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+    return text_hash64(f"lddm_fast/synth/seed/{int(seed)}/{int(k)}/{rel}") & (2**63 - 1)
