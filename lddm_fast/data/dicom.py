@@ -76,8 +76,28 @@ def read_dicom(
     samples = int(getattr(ds, "SamplesPerPixel", 1))
     if info.frames == 1 and pixels.ndim == (2 if samples == 1 else 3):
         pixels = pixels[None]
-    pixels = _to_uint8(path, ds, pixels)
+    if str(getattr(ds, "PhotometricInterpretation", "")) == "PALETTE COLOR":
+        pixels = _palette_to_rgb(path, ds, pixels)
+    else:
+        pixels = _to_uint8(path, ds, pixels)
     return Video(convert_channels(pixels, channels), info.fps)
+
+
+def _palette_to_rgb(path, ds, indices: np.ndarray) -> np.ndarray:
+    """PALETTE COLOR pixels are indices into the file's red/green/blue lookup tables:
+    uint8 ``[..., 3]`` colours through the tables, each scaled from the tables' bits."""
+    from pydicom.pixels import apply_color_lut
+
+    try:
+        rgb = np.asarray(apply_color_lut(indices, ds))
+        bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
+    except Exception as e:  # missing or malformed tables
+        raise BadInputError(path, f"cannot apply the DICOM palette ({e})") from e
+    if bits > 8 or rgb.dtype != np.uint8:
+        full_scale = (1 << bits) - 1
+        values = np.clip(rgb.astype(np.int64), 0, full_scale)
+        rgb = (values * 255 + full_scale // 2) // full_scale
+    return rgb.astype(np.uint8)
 
 
 def _pydicom():

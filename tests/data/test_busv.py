@@ -212,3 +212,29 @@ def test_missing_pydicom_is_reported_with_the_extra_to_install(tmp_path, monkeyp
     scan = scan_videos(tmp_path)
     assert not scan.records
     assert "pip install lddm_fast[dicom]" in scan.skipped[0].reason
+
+
+def test_dicom_palette_color_gives_colours_not_indices(tmp_path):
+    """A PALETTE COLOR file stores indices into its colour tables: read_dicom returns
+    the colours (16-bit table entries scaled to 8 bits), and their luma for gray."""
+    pydicom = pytest.importorskip("pydicom", reason="DICOM tests need the optional pydicom")
+    from lddm_fast.data.dicom import read_dicom
+    from lddm_fast.data.video_io import LUMA
+
+    rng = np.random.default_rng()
+    frames = rng.integers(0, 256, (3, 5, 7), dtype=np.uint8)
+    tables = rng.integers(0, 65536, (3, 256), dtype=np.uint16)
+    path = _write_dicom(tmp_path / "palette.dcm", frames, photometric="PALETTE COLOR")
+    ds = pydicom.dcmread(path)
+    for name, table in zip(("Red", "Green", "Blue"), tables, strict=True):
+        descriptor = f"{name}PaletteColorLookupTableDescriptor"
+        ds.add_new(descriptor, "US", [256, 0, 16])  # US: the first entry is unsigned
+        setattr(ds, f"{name}PaletteColorLookupTableData", table.tobytes())
+    ds.save_as(path)
+    expected = np.rint(tables[:, frames].transpose(1, 2, 3, 0).astype(np.float64) * 255 / 65535)
+    rgb = read_dicom(path, channels=3).frames
+    assert rgb.shape == (3, 5, 7, 3)
+    np.testing.assert_allclose(rgb, expected, atol=1)
+    gray = read_dicom(path, channels=1).frames
+    np.testing.assert_allclose(gray, np.rint(rgb.astype(np.float32) @ np.float32(LUMA)), atol=1)
+    assert not np.array_equal(gray, frames)  # the indices themselves were the old output
