@@ -65,14 +65,19 @@ class VideoInfo(NamedTuple):
 def video_format(path: str | os.PathLike) -> str:
     """The format :func:`read_video`/:func:`write_video` use for ``path``.
 
-    One of ``"av"`` (a PyAV container), ``"gif"``, ``"npz"``, ``"png"`` (a folder).
+    One of ``"av"`` (a PyAV container), ``"gif"``, ``"npz"``, ``"png"`` (a folder),
+    ``"dicom"`` (read only, through :mod:`lddm_fast.data.dicom`).
     """
+    from lddm_fast.data.dicom import is_dicom  # dicom builds on this module
+
     path = os.fspath(path)
     suffix = os.path.splitext(path)[1].lower()
     if suffix in VIDEO_SUFFIXES:
         return "av"
     if suffix in (".gif", ".npz"):
         return suffix[1:]
+    if is_dicom(path):
+        return "dicom"
     if suffix == "" or os.path.isdir(path):
         return "png"
     raise ValueError(f"{path}: unknown video format {suffix!r}")
@@ -126,6 +131,8 @@ def write_video(path: str | os.PathLike, frames, fps: float = 10.0, *, crf: int 
         raise ValueError(f"fps must be positive, got {fps}")
     frames = to_uint8(frames)
     kind = video_format(path)
+    if kind == "dicom":
+        raise ValueError(f"{path}: writing DICOM is not supported (read only)")
     if kind == "png":
         with atomic_folder(path) as tmp:
             _write_png_sequence(tmp, frames)
@@ -169,7 +176,14 @@ def read_video(
     if kind != "png":
         _check_nonempty_file(path)
     limits = (max_pixels, max_total_pixels)
-    if kind == "av":
+    if kind == "dicom":  # one decoder for DICOM, whichever entry point is used
+        from lddm_fast.data.dicom import read_dicom
+
+        whole = read_dicom(
+            path, channels=channels, max_pixels=max_pixels, max_total_pixels=max_total_pixels
+        )
+        video = Video(whole.frames[start:stop], whole.fps)
+    elif kind == "av":
         video = _read_av(path, channels, start, stop, limits)
     elif kind == "gif":
         video = _read_gif(path, channels, start, stop, limits)
@@ -201,6 +215,10 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
         info = image_info(files[0])
         return VideoInfo(len(files), info.width, info.height, None)
     _check_nonempty_file(path)
+    if kind == "dicom":
+        from lddm_fast.data.dicom import probe_dicom
+
+        return probe_dicom(path)
     if kind == "av":
         return _probe_av(path)
     if kind == "npz":

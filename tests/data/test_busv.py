@@ -238,3 +238,18 @@ def test_dicom_palette_color_gives_colours_not_indices(tmp_path):
     gray = read_dicom(path, channels=1).frames
     np.testing.assert_allclose(gray, np.rint(rgb.astype(np.float32) @ np.float32(LUMA)), atol=1)
     assert not np.array_equal(gray, frames)  # the indices themselves were the old output
+
+
+def test_read_video_reads_dicom_like_read_dicom(tmp_path):
+    pytest.importorskip("pydicom", reason="DICOM tests need the optional pydicom")
+    from lddm_fast.data.dicom import read_dicom
+    from lddm_fast.data.video_io import probe_video, read_video, write_video
+
+    frames = _frames(5)
+    for name in ("cine.dcm", "IM_0002"):  # by suffix, and by the DICM preamble
+        path = _write_dicom(tmp_path / name, frames)
+        np.testing.assert_array_equal(read_video(path).frames, read_dicom(path).frames)
+        np.testing.assert_array_equal(read_video(path, start=1, stop=3).frames, frames[1:3])
+        assert probe_video(path)[:3] == (5, frames.shape[2], frames.shape[1])
+    with pytest.raises(ValueError, match="writing DICOM is not supported"):
+        write_video(tmp_path / "out.dcm", frames)
