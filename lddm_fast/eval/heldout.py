@@ -42,7 +42,15 @@ from lddm_fast.eval.motion import (
     strain_ratio,
 )
 
-__all__ = ["FeatureCache", "calibrate_warp", "fvd_of", "heldout_sets", "main", "report"]
+__all__ = [
+    "FeatureCache",
+    "balanced_first",
+    "calibrate_warp",
+    "fvd_of",
+    "heldout_sets",
+    "main",
+    "report",
+]
 
 CLASS_NAMES = {0: "benign", 1: "malignant"}
 
@@ -177,11 +185,11 @@ def baseline_sets(
     return {"static_b": static, "warp_b": warp}, amplitude
 
 
-def _balanced(items: list[dict], count: int) -> list[int]:
-    """Indices of the first ``count / 2`` items of each class (sets are class-sorted)."""
+def balanced_first(labels: list[int], count: int) -> list[int]:
+    """Indices of the first ``count / 2`` items of each class (0 benign, 1 malignant)."""
     out = []
     for label in CLASS_NAMES:
-        out += [i for i, it in enumerate(items) if it["label"] == label][: count // 2]
+        out += [i for i, y in enumerate(labels) if y == label][: count // 2]
     return out
 
 
@@ -244,7 +252,7 @@ def report(
     static, warp = baselines["static_b"], baselines["warp_b"]
 
     features = FeatureCache(cache, device, progress)
-    keep = _balanced(set_b, fvd_n or n)
+    keep = balanced_first([it["label"] for it in set_b], fvd_n or n)
     f = {
         name: features(name, [videos[i] for i in keep])
         for name, videos in (

@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from lddm_fast.data.atomic import atomic_file
+from lddm_fast.data.atomic import atomic_file, fsync_dir, write_json
 from lddm_fast.data.digest import sha256_file
 
 __all__ = [
@@ -105,14 +105,6 @@ def output_digest(path: str) -> tuple[int, str]:
     return os.path.getsize(path), sha256_file(path)
 
 
-def _fsync_dir(folder: str) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _cut_incomplete_tail(path: str) -> bool:
     """Truncate ``path`` after its last newline; True if something was cut."""
     with open(path, "rb+") as f:
@@ -153,7 +145,7 @@ class JsonlLog:
         if created:
             # The new file's directory entry must be durable too, or a crash could
             # lose the whole file although its lines were fsynced.
-            _fsync_dir(os.path.dirname(os.path.abspath(path)))
+            fsync_dir(os.path.dirname(os.path.abspath(path)))
         self._lock = threading.Lock()
 
     def append(self, record: dict[str, Any]) -> None:
@@ -304,16 +296,6 @@ def verify_record(
     return None
 
 
-def write_json(path: str, data: Any) -> None:
-    """Write ``data`` as indented JSON to ``path`` atomically and durably."""
-    with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    _fsync_dir(os.path.dirname(os.path.abspath(path)))
-
-
 class RunConfigMismatch(ValueError):
     """``<out>/run.json`` records other arguments; ``differences`` lists
     ``(name, recorded, now)``."""
@@ -409,7 +391,7 @@ def merge_logs(out_dir: str, videos_per_image: int) -> tuple[int, int]:
             os.fsync(f.fileno())
     finally:
         index.close()
-    _fsync_dir(out_dir)
+    fsync_dir(out_dir)
     for path in _parts(out_dir, MANIFEST):
         os.remove(path)
 
@@ -436,7 +418,7 @@ def merge_logs(out_dir: str, videos_per_image: int) -> tuple[int, int]:
             f.write(failures[key][1])
         f.flush()
         os.fsync(f.fileno())
-    _fsync_dir(out_dir)
+    fsync_dir(out_dir)
     for path in _parts(out_dir, FAILED):
         os.remove(path)
     return len(keys), len(order)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lddm_fast.data.atomic import atomic_file
+from lddm_fast.data.atomic import atomic_file, write_json
 from lddm_fast.data.digest import sha256_file
 from lddm_fast.eval.study import report as report_mod
 from lddm_fast.eval.study.classifier import ClassifierConfig
@@ -83,19 +83,6 @@ def _files_digest(paths: list[str]) -> str:
         h.update(os.path.basename(path).encode() + b"\0")
         h.update(bytes.fromhex(sha256_file(path)))
     return h.hexdigest()
-
-
-def _balanced_first(videos: VideoSet, n: int) -> list[int]:
-    keep = []
-    for label in (0, 1):
-        keep += [i for i in range(len(videos)) if int(videos.labels[i]) == label][: n // 2]
-    return keep
-
-
-def _write_json(path: str, data) -> None:
-    with atomic_file(path) as tmp:
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=2, allow_nan=True)
 
 
 def _verdict(agg: dict, fraction: float) -> str:
@@ -192,14 +179,14 @@ def run_study(
             f"takes {FVD_FRAMES}."
         )
     elif settings.fvd_n > 0:
-        from lddm_fast.eval.heldout import FeatureCache, fvd_of
+        from lddm_fast.eval.heldout import FeatureCache, balanced_first, fvd_of
 
         features = FeatureCache(Path(out) / "features", device, progress)
         test = real["test"]
-        keep = _balanced_first(test, settings.fvd_n)
+        keep = balanced_first(test.labels.tolist(), settings.fvd_n)
         real_f = features("real_test", [test.videos[i][None] for i in keep])
         for name, videos in synthetic.items():
-            chosen = _balanced_first(videos, settings.fvd_n)
+            chosen = balanced_first(videos.labels.tolist(), settings.fvd_n)
             fake_f = features(name, [videos.videos[i][None] for i in chosen])
             synthetic_info[name.removeprefix("real+")]["fvd"] = fvd_of(real_f, fake_f)
         fvd_note = (
@@ -246,7 +233,7 @@ def run_study(
             device=device,
         )
         record.update(arm=arm, fraction=fraction, seed=seed, real_train=len(subset), key=key)
-        _write_json(path, record)
+        write_json(path, record)
         runs.append(record)
     bar.close()
 
@@ -288,7 +275,7 @@ def run_study(
         "torch_threads": torch.get_num_threads(),
         "wall_time_s": round(time.perf_counter() - t0, 1),
     }
-    _write_json(os.path.join(out, "results.json"), results)
+    write_json(os.path.join(out, "results.json"), results)
     report_mod.plot(results, os.path.join(out, results["plot"]))
     with atomic_file(os.path.join(out, "report.md")) as tmp:
         with open(tmp, "w") as f:
