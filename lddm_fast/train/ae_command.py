@@ -1,7 +1,8 @@
 """Train stage 1, the video autoencoder, on ultrasound videos.
 
 Clips are the config's num_frames + 1 frames (x0, then T), randomly cropped in time
-and space and flipped; the loss is L1 + KL (+ 1 - SSIM with --ssim-weight). At every
+and space and flipped; the loss is L1 + KL (+ 1 - SSIM with --ssim-weight, + a 3-D patch
+discriminator's hinge term with --adv-weight). At every
 checkpoint the val split is scored (reconstruction PSNR/SSIM next to the "x0
 repeated" baseline) and RUN/checkpoint is rewritten; its denoiser is untrained until
 train-diffusion. Ctrl-C or SIGTERM saves and stops; --resume continues exactly.
@@ -37,6 +38,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.0,
         help="weight of the (1 - SSIM) structure term (default 0: off)",
     )
+    parser.add_argument(
+        "--adv-weight",
+        type=float,
+        default=0.0,
+        help="weight of the 3-D patch-discriminator term, balanced against the "
+        "reconstruction terms by their gradients at the decoder's last layer (0.5 is the "
+        "usual choice; default 0: off, no discriminator)",
+    )
+    parser.add_argument(
+        "--adv-start",
+        type=int,
+        default=0,
+        metavar="STEP",
+        help="step from which the decoder follows the discriminator; the discriminator "
+        "itself learns from step 0 (default 0)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,10 +80,14 @@ def run(args: argparse.Namespace) -> int:
         splits.val,
         kl_weight=args.kl_weight,
         ssim_weight=args.ssim_weight,
+        adv_weight=args.adv_weight,
+        adv_start=args.adv_start,
         eval_clips=args.eval_clips,
     )
     meta = run_meta(args, splits, digest)
     meta["losses"] = {"l1": 1.0, "kl": args.kl_weight, "ssim": args.ssim_weight}
+    if args.adv_weight > 0:
+        meta["losses"].update(adversarial=args.adv_weight, adversarial_start=args.adv_start)
     summary = train(
         stage,
         s,

@@ -6,7 +6,10 @@ Loss per clip (frames 1..T rebuilt from z and x0):
 - ``kl_weight`` x KL(q(z) || N(0, I)) per pixel of the clip, which keeps z's scale
   bounded so the stage-2 latent scale factor is meaningful;
 - ``ssim_weight`` x (1 - SSIM), a structure term that needs no downloaded weights
-  (speckle and edges: L1 alone prefers the blurry local mean).
+  (speckle and edges: L1 alone prefers the blurry local mean);
+- from step ``adv_start`` on, ``adv_weight`` x an adaptive balance x the hinge loss of
+  a 3-D patch discriminator (:mod:`~lddm_fast.train.discriminator`), which is trained
+  in the same step; it is what makes the decoder draw speckle instead of its mean.
 """
 
 from __future__ import annotations
@@ -22,6 +25,12 @@ from lddm_fast.eval.psnr_ssim import psnr_clip, ssim_clip, ssim_images
 from lddm_fast.models.autoencoder import VideoAutoencoder
 from lddm_fast.models.config import LDDMConfig
 from lddm_fast.train.data import SeededClips, collate, item_generators, per_item_randn
+from lddm_fast.train.discriminator import (
+    PatchDiscriminator3d,
+    adaptive_weight,
+    discriminator_hinge,
+    generator_hinge,
+)
 from lddm_fast.train.export import export_checkpoint
 
 __all__ = ["AutoencoderObjective", "AutoencoderStage", "reconstruction_metrics"]
@@ -35,13 +44,32 @@ class AutoencoderObjective(nn.Module):
         eps: ``[B, c_z, T, h, w]`` standard normal noise of the posterior draw.
 
     Returns:
-        The scalar loss and its detached parts ``l1``, ``kl`` (per pixel), ``ssim``.
+        The scalar loss and its detached parts ``l1``, ``kl`` (per pixel), ``ssim``,
+        and with the adversarial term ``adv_g``, ``adv_d``, ``adv_margin`` (mean real
+        minus fake logit) and ``adv_balance`` (0 before ``adv_start``).
+
+    The discriminator (``adv_weight > 0``) is a submodule, so the loop's optimizer and
+    training-state saves carry it; the exported checkpoint holds the autoencoder only.
+    Its buffer ``steps_seen`` counts training forwards, saved with the state so a
+    resumed run switches the adversarial term on at the same step.
     """
 
-    def __init__(self, autoencoder: VideoAutoencoder, kl_weight: float, ssim_weight: float):
+    def __init__(
+        self,
+        autoencoder: VideoAutoencoder,
+        kl_weight: float,
+        ssim_weight: float,
+        adv_weight: float = 0.0,
+        adv_start: int = 0,
+    ):
         super().__init__()
         self.autoencoder = autoencoder
         self.kl_weight, self.ssim_weight = kl_weight, ssim_weight
+        self.adv_weight, self.adv_start = adv_weight, adv_start
+        self.discriminator = None
+        if adv_weight > 0:
+            self.discriminator = PatchDiscriminator3d(autoencoder.config.in_channels)
+            self.register_buffer("steps_seen", torch.zeros((), dtype=torch.long))
 
     def forward(self, clip: torch.Tensor, eps: torch.Tensor):
         x0, frames = clip[:, :, 0], clip[:, :, 1:]
@@ -50,16 +78,34 @@ class AutoencoderObjective(nn.Module):
         rebuilt = self.autoencoder.decode(z, x0).sample.float()
         l1 = (rebuilt - frames).abs().mean()
         kl = posterior.kl().mean() / frames[0].numel()
-        loss = l1 + self.kl_weight * kl
+        reconstruction = l1
         parts = {"l1": l1.detach(), "kl": kl.detach()}
         if self.ssim_weight > 0:
             h, w = frames.shape[-2:]
             ssim = ssim_images(
                 ((rebuilt + 1) / 2).reshape(-1, 1, h, w), ((frames + 1) / 2).reshape(-1, 1, h, w)
             ).mean()
-            loss = loss + self.ssim_weight * (1.0 - ssim)
+            reconstruction = reconstruction + self.ssim_weight * (1.0 - ssim)
             parts["ssim"] = ssim.detach()
+        loss = reconstruction + self.kl_weight * kl
+        if self.discriminator is not None:
+            loss = loss + self._adversarial(reconstruction, rebuilt, frames, x0, parts)
+            if self.training:
+                self.steps_seen += 1
         return loss, parts
+
+    def _adversarial(self, reconstruction, rebuilt, frames, x0, parts) -> torch.Tensor:
+        d_loss, margin = discriminator_hinge(self.discriminator, frames, rebuilt, x0)
+        parts.update(adv_d=d_loss.detach(), adv_margin=margin)
+        if int(self.steps_seen) < self.adv_start or not torch.is_grad_enabled():
+            parts.update(adv_g=torch.zeros_like(margin), adv_balance=torch.zeros_like(margin))
+            # The discriminator learns from the start, so it is no longer a random
+            # critic when the decoder starts to follow it.
+            return d_loss
+        g_loss = generator_hinge(self.discriminator, rebuilt, x0)
+        balance = adaptive_weight(reconstruction, g_loss, self.autoencoder.decoder.conv_out.weight)
+        parts.update(adv_g=g_loss.detach(), adv_balance=balance)
+        return self.adv_weight * balance * g_loss + d_loss
 
 
 @torch.no_grad()
@@ -117,7 +163,8 @@ class AutoencoderStage:
         config: the whole model config (its autoencoder is trained; the denoiser is
             exported freshly initialised so the checkpoint is complete).
         train_clips, val_clips: the splits (:func:`lddm_fast.train.data.open_splits`).
-        kl_weight, ssim_weight: loss weights (see the module docstring).
+        kl_weight, ssim_weight, adv_weight: loss weights (see the module docstring).
+        adv_start: step from which the decoder follows the discriminator.
         eval_clips: at most this many val clips are scored at each checkpoint.
         device: where evaluation runs.
     """
@@ -132,12 +179,16 @@ class AutoencoderStage:
         *,
         kl_weight: float = 1e-4,
         ssim_weight: float = 0.0,
+        adv_weight: float = 0.0,
+        adv_start: int = 0,
         eval_clips: int = 64,
         device: torch.device | str = "cpu",
     ) -> None:
         self.config = config
         self.network = VideoAutoencoder(config.autoencoder)
-        self.objective = AutoencoderObjective(self.network, kl_weight, ssim_weight)
+        self.objective = AutoencoderObjective(
+            self.network, kl_weight, ssim_weight, adv_weight, adv_start
+        )
         self.dataset = SeededClips(train_clips)
         self.collate = collate
         self.val = torch.utils.data.Subset(val_clips, range(min(eval_clips, len(val_clips))))

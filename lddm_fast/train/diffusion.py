@@ -20,7 +20,7 @@ import safetensors.torch
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from lddm_fast.data.atomic import atomic_folder
 from lddm_fast.diffusion.schedules import alphas_cumprod, betas_for
@@ -158,9 +158,13 @@ class LatentCache(Dataset):
         seed: int,
         device: torch.device,
         batch_size: int = 8,
+        workers: int = 0,
         progress: bool = True,
     ) -> LatentCache:
-        """Reuse ``folder`` if its key matches, else encode and write it (atomically)."""
+        """Reuse ``folder`` if its key matches, else encode and write it (atomically).
+
+        ``workers`` DataLoader processes decode and augment the clips (each from its own
+        seed, so the cache is the same for any count) while the encoder runs."""
         if (folder / "index.json").is_file():
             try:
                 cache = cls(folder, key)
@@ -170,42 +174,61 @@ class LatentCache(Dataset):
                 log.warning("latent cache %s not reused: %s", folder, e)
         from tqdm import tqdm
 
-        seeded = SeededClips(clips)
         keys = [
             (i, item_seed(seed, _CACHE_STEP + v, i))
             for v in range(variants)
             for i in range(len(clips))
         ]
+        loader = DataLoader(
+            _KeyedItems(SeededClips(clips), keys),
+            batch_size=batch_size,
+            collate_fn=collate,
+            num_workers=workers,
+        )
+        names = ("mean", "logvar", "x0", "label")
         with atomic_folder(folder) as tmp, torch.no_grad():
-            shards = []
-            for start in tqdm(
-                range(0, len(keys), cls.SHARD), desc="encoding latents", disable=not progress
-            ):
-                parts: dict[str, list[torch.Tensor]] = {
-                    "mean": [],
-                    "logvar": [],
-                    "x0": [],
-                    "label": [],
-                }
-                chunk = keys[start : start + cls.SHARD]
-                for b in range(0, len(chunk), batch_size):
-                    batch = collate([seeded[k] for k in chunk[b : b + batch_size]])
-                    for path, reason in batch["skipped"]:
-                        log.warning("skipped clip %s: %s", path, reason)
-                    clip = batch["clip"].to(device)
-                    post = autoencoder.encode(clip[:, :, 1:]).latent_dist
-                    parts["mean"].append(post.mean.float().contiguous().cpu())
-                    parts["logvar"].append(post.logvar.float().contiguous().cpu())
-                    parts["x0"].append(clip[:, :, 0].cpu())
-                    parts["label"].append(batch["label"])
+            shards: list[str] = []
+            parts: dict[str, list[torch.Tensor]] = {k: [] for k in names}
+
+            def write_shard() -> None:
                 name = f"shard-{len(shards):05d}.safetensors"
                 safetensors.torch.save_file(
                     {k: torch.cat(v).contiguous() for k, v in parts.items()},
                     os.path.join(tmp, name),
                 )
                 shards.append(name)
+                for v in parts.values():
+                    v.clear()
+
+            for batch in tqdm(loader, desc="encoding latents", unit="batch", disable=not progress):
+                for path, reason in batch["skipped"]:
+                    log.warning("skipped clip %s: %s", path, reason)
+                clip = batch["clip"].to(device)
+                post = autoencoder.encode(clip[:, :, 1:]).latent_dist
+                parts["mean"].append(post.mean.float().contiguous().cpu())
+                parts["logvar"].append(post.logvar.float().contiguous().cpu())
+                parts["x0"].append(clip[:, :, 0].cpu())
+                parts["label"].append(batch["label"])
+                if sum(len(x) for x in parts["label"]) >= cls.SHARD:
+                    write_shard()
+            if parts["label"]:
+                write_shard()
             Path(tmp, "index.json").write_text(json.dumps({"key": key, "shards": shards}, indent=2))
         return cls(folder, key)
+
+
+class _KeyedItems(Dataset):
+    """``seeded[keys[j]]`` for j in range(len(keys)): fixed (video, seed) items for a
+    DataLoader."""
+
+    def __init__(self, seeded: SeededClips, keys: list[tuple[int, int]]) -> None:
+        self.seeded, self.keys = seeded, keys
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, j: int) -> dict:
+        return self.seeded[self.keys[j]]
 
 
 def cache_key(

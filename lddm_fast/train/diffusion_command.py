@@ -138,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
             variants=args.cache_variants,
             seed=args.seed,
             device=device,
+            workers=args.workers,
             progress=not args.quiet,
         )
     torch.manual_seed(args.seed)

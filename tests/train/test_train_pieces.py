@@ -90,3 +90,50 @@ def test_open_splits_reads_the_phantom_lists_and_splits_a_plain_folder(phantom_r
     assert len(plain.train) + len(plain.val) == 4 and len(plain.val) >= 1
     with pytest.raises(ValueError, match="not found"):
         open_splits(tmp_path / "missing", frames=5, size=32, channels=1)
+
+
+def test_latent_cache_is_the_same_whatever_the_loader_workers(phantom_root, tmp_path, monkeypatch):
+    from lddm_fast.models.autoencoder import VideoAutoencoder
+    from lddm_fast.models.config import preset
+    from lddm_fast.train.diffusion import LatentCache
+
+    config = preset("tiny")
+    splits = open_splits(phantom_root, frames=config.num_frames + 1, size=config.size, channels=1)
+    torch.manual_seed(0)
+    autoencoder = VideoAutoencoder(config.autoencoder).eval()
+    key = {"test": 1}
+    caches = [
+        LatentCache.build(
+            tmp_path / f"w{workers}",
+            key,
+            autoencoder,
+            splits.train,
+            variants=2,
+            seed=3,
+            device=torch.device("cpu"),
+            batch_size=3,
+            workers=workers,
+            progress=False,
+        )
+        for workers in (0, 2)
+    ]
+    assert len(caches[0]) == 2 * len(splits.train)
+    for name, tensor in caches[0].tensors.items():
+        assert torch.equal(tensor, caches[1].tensors[name]), name
+    # Two variants of one video are different augmentations, not copies.
+    n = len(splits.train)
+    assert not torch.equal(caches[0].tensors["x0"][0], caches[0].tensors["x0"][n])
+    monkeypatch.setattr(LatentCache, "SHARD", 4)
+    small = LatentCache.build(
+        tmp_path / "sharded",
+        key,
+        autoencoder,
+        splits.train,
+        variants=2,
+        seed=3,
+        device=torch.device("cpu"),
+        batch_size=3,
+        progress=False,
+    )
+    assert len(list((tmp_path / "sharded").glob("shard-*.safetensors"))) > 1
+    assert torch.equal(small.tensors["mean"], caches[0].tensors["mean"])

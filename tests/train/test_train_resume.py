@@ -148,3 +148,26 @@ def test_resume_is_refused_when_the_run_differs_and_a_rerun_needs_resume(phantom
         train_ae(phantom_root, tmp_path / "r", "--steps", "4")
     with pytest.raises(ValueError, match="seed differs"):
         train_ae(phantom_root, tmp_path / "r", "--steps", "4", "--resume", "--seed", "1")
+
+
+def test_adversarial_run_resumes_exactly_and_exports_only_the_autoencoder(phantom_root, tmp_path):
+    adv = ["--steps", "6", "--adv-weight", "0.5", "--adv-start", "2"]
+    train_ae(phantom_root, tmp_path / "straight", *adv, "--checkpoint-every", "6")
+    train_ae(phantom_root, tmp_path / "split", *adv, "--stop-at", "3")
+    train_ae(phantom_root, tmp_path / "split", *adv, "--resume")
+    assert_same_state(tmp_path / "straight", tmp_path / "split")
+    tensors, _ = saved(tmp_path / "straight")
+    assert int(tensors["model.steps_seen"]) == 6
+    assert any(k.startswith("model.discriminator.") for k in tensors)
+
+    lines = (tmp_path / "straight" / "log.jsonl").read_text().splitlines()
+    steps = [x for x in map(json.loads, lines) if "loss" in x]
+    assert [x["adv_balance"] for x in steps[:2]] == [0.0, 0.0]
+    assert all(x["adv_balance"] > 0 and x["adv_g"] != 0 for x in steps[2:])
+    assert all(x["adv_d"] > 0 for x in steps)
+
+    models = from_pretrained(tmp_path / "straight" / "checkpoint")
+    assert models.meta["losses"]["adversarial"] == 0.5
+    assert models.meta["losses"]["adversarial_start"] == 2
+    keys = set(models.autoencoder.state_dict())
+    assert keys and not any("discriminator" in k for k in keys)

@@ -1,0 +1,49 @@
+"""The adversarial term of stage 1: each player's loss moves only its own parameters
+and the balance is the gradient-norm ratio it claims (a whole run with the term on:
+tests/train/test_train_resume.py)."""
+
+import torch
+
+from lddm_fast.train.discriminator import (
+    PatchDiscriminator3d,
+    adaptive_weight,
+    discriminator_hinge,
+    generator_hinge,
+)
+
+
+def test_patch_logits_cover_every_frame_and_an_eighth_of_each_side():
+    disc = PatchDiscriminator3d(channels=1, width=8)
+    logits = disc(torch.randn(2, 1, 7, 24, 40), torch.randn(2, 1, 24, 40))
+    assert logits.shape == (2, 1, 7, 3, 5)
+
+
+def test_each_hinge_term_reaches_only_its_own_player():
+    disc = PatchDiscriminator3d(channels=1, width=8)
+    source = torch.randn(2, 1, 4, 16, 16, requires_grad=True)
+    fake = 2.0 * source
+    real, x0 = torch.randn(2, 1, 4, 16, 16), torch.randn(2, 1, 16, 16)
+
+    generator_hinge(disc, fake, x0).backward()
+    assert source.grad is not None and source.grad.abs().sum() > 0
+    assert all(p.grad is None for p in disc.parameters())
+
+    source.grad = None
+    loss, margin = discriminator_hinge(disc, real, fake, x0)
+    loss.backward()
+    assert source.grad is None
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in disc.parameters())
+    assert not margin.requires_grad
+
+
+def test_adaptive_weight_is_the_ratio_of_the_gradient_norms_at_the_layer():
+    layer = torch.nn.Linear(5, 3)
+    x = torch.randn(4, 5)
+    out = layer(x)
+    rec, adv = out.square().mean(), 3.0 * out.sum()
+    g_rec = torch.autograd.grad(rec, layer.weight, retain_graph=True)[0]
+    g_adv = torch.autograd.grad(adv, layer.weight, retain_graph=True)[0]
+    want = g_rec.norm() / (g_adv.norm() + 1e-4)
+    got = adaptive_weight(rec, adv, layer.weight)
+    torch.testing.assert_close(got, want)
+    assert not got.requires_grad
