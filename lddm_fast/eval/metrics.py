@@ -55,7 +55,31 @@ def summarize(values: Sequence[float]) -> dict:
     return {"value": float(arr.mean()), "std": std, "n": int(arr.size)}
 
 
-def _fvd(real, fake, weights, *, device, batch_size, progress) -> dict:
+def _per_class(result: dict, f_real, f_fake, groups) -> dict:
+    """``result`` with ``per_class``: the Fréchet distance within each class, from the
+    features already computed (``groups``: the class of each real and fake clip)."""
+    import numpy as np
+
+    from lddm_fast.eval.fvd import frechet_from_features
+
+    if groups is None:
+        return result
+    real_groups, fake_groups = groups
+    per = {}
+    for label in sorted({*real_groups, *fake_groups} - {None}):
+        r = f_real[np.array([g == label for g in real_groups], dtype=bool)]
+        f = f_fake[np.array([g == label for g in fake_groups], dtype=bool)]
+        if min(len(r), len(f)) < 2:
+            per[label] = {
+                "available": False,
+                "reason": f"needs at least 2 clips per side ({len(r)} real, {len(f)} fake)",
+            }
+        else:
+            per[label] = frechet_from_features(r, f).to_dict()
+    return {**result, "per_class": per}
+
+
+def _fvd(real, fake, weights, *, device, batch_size, progress, groups=None) -> dict:
     from lddm_fast.eval.fvd import RESIZE_TF_LEGACY, extract_features, frechet_from_features
     from lddm_fast.eval.i3d_weights import I3DEmbedding, load_kinetics_i3d, load_user_i3d
 
@@ -73,10 +97,11 @@ def _fvd(real, fake, weights, *, device, batch_size, progress) -> dict:
     kwargs = dict(convention=RESIZE_TF_LEGACY, batch_size=batch_size, device=device)
     f_real = extract_features(embedder, real, progress=progress, desc="FVD real", **kwargs)
     f_fake = extract_features(embedder, fake, progress=progress, desc="FVD fake", **kwargs)
-    return {**frechet_from_features(f_real, f_fake).to_dict(), "weights": [info.to_dict()]}
+    result = {**frechet_from_features(f_real, f_fake).to_dict(), "weights": [info.to_dict()]}
+    return _per_class(result, f_real, f_fake, groups)
 
 
-def _dtfvd(real, fake, weights, *, device, batch_size, progress) -> dict:
+def _dtfvd(real, fake, weights, *, device, batch_size, progress, groups=None) -> dict:
     from lddm_fast.eval.fvd import RESIZE_ALIGN_CORNERS, extract_features, frechet_from_features
     from lddm_fast.eval.i3d_weights import load_user_i3d
 
@@ -97,7 +122,8 @@ def _dtfvd(real, fake, weights, *, device, batch_size, progress) -> dict:
     kwargs = dict(convention=RESIZE_ALIGN_CORNERS, batch_size=batch_size, device=device)
     f_real = extract_features(embedder, real, progress=progress, desc="DT-FVD real", **kwargs)
     f_fake = extract_features(embedder, fake, progress=progress, desc="DT-FVD fake", **kwargs)
-    return {**frechet_from_features(f_real, f_fake).to_dict(), "weights": [info.to_dict()]}
+    result = {**frechet_from_features(f_real, f_fake).to_dict(), "weights": [info.to_dict()]}
+    return _per_class(result, f_real, f_fake, groups)
 
 
 def _per_frame_and_clip(values: list[torch.Tensor], pool=None) -> dict:
@@ -149,6 +175,7 @@ def compute_metrics(
     device: str | torch.device | None = None,
     batch_size: int = 8,
     progress: bool = False,
+    classes: tuple[Sequence[str | None], Sequence[str | None]] | None = None,
 ) -> dict:
     """Compute ``metrics`` between real and generated videos.
 
@@ -165,6 +192,8 @@ def compute_metrics(
         lpips_backbone: torchvision AlexNet/VGG16 checkpoint (LPIPS is unavailable without).
         lpips_net: ``"alex"`` or ``"vgg"``.
         device: where the networks run (default: CUDA when available).
+        classes: the class name (or None) of each real and of each fake clip: FVD and
+            DT-FVD then also report ``per_class`` distances, from the same features.
 
     Returns:
         ``{name: result}`` in :data:`METRICS` order. FVD/DT-FVD results hold ``value``,
@@ -180,6 +209,11 @@ def compute_metrics(
         raise ValueError(f"unknown metrics {unknown}; choose from {', '.join(METRICS)}")
     device = device or default_device()
     real, fake = _clips(real), _clips(fake)
+    if classes is not None and (len(classes[0]) != len(real) or len(classes[1]) != len(fake)):
+        raise ValueError(
+            f"classes has {len(classes[0])} real and {len(classes[1])} fake labels for "
+            f"{len(real)} real and {len(fake)} fake clips"
+        )
     pairs_reason = None
     if len(real) != len(fake):
         pairs_reason = (
@@ -196,10 +230,22 @@ def compute_metrics(
     shortest = min((c.shape[1] for c in real + fake), default=0)
     steps = {
         "fvd": lambda: _fvd(
-            real, fake, i3d_weights, device=device, batch_size=batch_size, progress=progress
+            real,
+            fake,
+            i3d_weights,
+            device=device,
+            batch_size=batch_size,
+            progress=progress,
+            groups=classes,
         ),
         "dtfvd": lambda: _dtfvd(
-            real, fake, dtfvd_weights, device=device, batch_size=batch_size, progress=progress
+            real,
+            fake,
+            dtfvd_weights,
+            device=device,
+            batch_size=batch_size,
+            progress=progress,
+            groups=classes,
         ),
         "lpips": lambda: _lpips(pairs, lpips_backbone, lpips_net, device=device),
         "psnr": lambda: _psnr(pairs),

@@ -14,56 +14,16 @@ from lddm_fast.data.video_io import write_video
 from lddm_fast.eval.metrics import compute_metrics
 
 
-class _TinyI3D(torch.nn.Module):
-    """A stand-in FVD network: [B, 3, T, 224, 224] -> [B, 8] from a few pooled
-    statistics and a fixed random projection (random weights, a fast forward)."""
-
-    def __init__(self):
-        super().__init__()
-        self.proj = torch.nn.Linear(4, 8)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        diff = (x[:, :, 1:] - x[:, :, :-1]).abs()
-        stats = torch.stack(
-            [
-                x.mean(dim=(1, 2, 3, 4)),
-                x.std(dim=(1, 2, 3, 4)),
-                diff.mean(dim=(1, 2, 3, 4)),
-                x.amax(dim=(1, 2, 3, 4)),
-            ],
-            dim=1,
-        )
-        return self.proj(stats)
-
-
-@pytest.fixture(scope="module")
-def tiny_i3d(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "tiny_i3d.pt"
-    with pytest.warns(DeprecationWarning, match="torch.jit.script"):
-        torch.jit.script(_TinyI3D()).save(str(path))
-    return path
-
-
-def _video(seed, frames=16, size=(24, 32)):
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0 : size[0], 0 : size[1]]
-    phase = rng.uniform(0, 6)
-    return np.stack(
-        [np.sin((xx + 2 * t) / 4 + phase) * np.cos(yy / 5) * 80 + 128 for t in range(frames)]
-    ).astype(np.uint8)
-
-
 @pytest.fixture
-def folders(tmp_path):
+def folders(tmp_path, make_video):
     real, fake = tmp_path / "real", tmp_path / "fake"
     for i in range(4):
-        video = _video(i)
+        video = make_video(i)
         write_video(real / f"v{i}.npz", video)
         noise = np.random.default_rng(10 + i).integers(-9, 10, video.shape)
         write_video(fake / f"v{i}.npz", np.clip(video + noise, 0, 255).astype(np.uint8))
-    write_video(fake / "only_fake.npz", _video(9))
-    write_video(real / "short.npz", _video(5, frames=8))  # fewer than 16 frames
+    write_video(fake / "only_fake.npz", make_video(9))
+    write_video(real / "short.npz", make_video(5, frames=8))  # fewer than 16 frames
     (real / "broken.npz").write_bytes(b"not a zip file")
     (real / "notes.txt").write_text("not a video")
     return real, fake
@@ -137,11 +97,11 @@ def test_cli_identical_folders_write_inf_psnr_as_a_string(folders, tmp_path):
     assert "fvd" not in record["metrics"]
 
 
-def test_cli_exits_non_zero_when_nothing_is_measured(tmp_path, capsys):
+def test_cli_exits_non_zero_when_nothing_is_measured(tmp_path, capsys, make_video):
     real, fake = tmp_path / "real", tmp_path / "fake"
     real.mkdir(), fake.mkdir()
     (real / "broken.npz").write_bytes(b"")
-    write_video(fake / "a.npz", _video(0))
+    write_video(fake / "a.npz", make_video(0))
     assert main(["eval", "--real", str(real), "--fake", str(fake), "--quiet"]) == 1
     err = capsys.readouterr().err
     assert "empty file" in err and "no metric could be measured" in err
