@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.lddm-installed
 BUILD_INPUTS := setup.py pyproject.toml CMakeLists.txt $(shell find csrc -type f 2>/dev/null)
 
-.PHONY: demo test bench install
+.PHONY: demo test bench install browser gallery-screenshot
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -41,3 +41,16 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/run.py --suite kernels --device cpu --quick
 	$(PY) benchmarks/run.py --suite all --out bench.json
+
+# Headless Chromium (Debian's package) for the gallery's browser test, which is
+# skipped with the reason without it. Needs apt (root); .ci/run calls it.
+browser:
+	command -v chromium >/dev/null || { apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; }
+
+# docs/gallery.png, the README's picture of `lddm-fast gallery` on the demo's videos.
+gallery-screenshot: demo browser
+	$(VENV)/bin/lddm-fast gallery demo/videos
+	chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1200,800 \
+		--virtual-time-budget=3000 --screenshot=docs/gallery.png "file://$(CURDIR)/demo/videos/index.html"
+

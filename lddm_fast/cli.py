@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "phantom": "lddm_fast.data.cli",
     "eval": "lddm_fast.eval.cli",
     "synthesize": "lddm_fast.synth.cli",
+    "gallery": "lddm_fast.synth.gallery_command",
     "train-ae": "lddm_fast.train.ae_command",
     "train-diffusion": "lddm_fast.train.diffusion_command",
     "study": "lddm_fast.eval.study.command",

@@ -144,6 +144,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="after the run, write a contact sheet of the finished videos (x0 then evenly "
         "spaced frames, one row per video, at most 16 rows, in input order)",
     )
+    run_.add_argument(
+        "--gallery",
+        action="store_true",
+        help="after the run, write OUT/index.html, a static gallery of every video and "
+        "failure (same as 'lddm-fast gallery OUT')",
+    )
 
 
 def _formats(text: str) -> tuple[str, ...]:
@@ -221,6 +227,11 @@ def run(args: argparse.Namespace, *, make_sampler=None) -> int:
         if code == 0 and args.contact_sheet and info.rank == 0:
             rows = write_contact_sheet(out, args.contact_sheet)
             print(f"contact sheet of {rows} videos: {args.contact_sheet}")
+        if code == 0 and args.gallery and info.rank == 0:
+            from lddm_fast.synth.gallery import write_gallery
+
+            gallery = write_gallery(out)
+            print(f"gallery of {gallery.videos} videos: {gallery.index}")
         return code
 
 
