@@ -1,5 +1,5 @@
-"""Helpers shared by the extension's kernel tests (cpp and cuda backends): the error
-measure, the per-dtype acceptance rule and the input layouts every op is run on."""
+"""Helpers shared by the kernel tests (cpp, cuda and triton backends): the error
+measure, the one per-dtype acceptance rule and the input layouts every op is run on."""
 
 import torch
 
