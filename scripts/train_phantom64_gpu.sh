@@ -117,14 +117,19 @@ stop_after "$S2" "$RUNS/ldm_b/log.jsonl" $pb
 wait "$pa" "$pb"
 kill "$ta" $! 2>/dev/null
 say "stage 2 done"
-for v in a b; do tail -1 "$RUNS/ldm_$v/log.jsonl"; echo; done
+for v in a b; do tail -1 "$RUNS/ldm_$v/log.jsonl" 2>/dev/null; echo; done
 
 mkdir -p "$RUNS/pack"
 for v in a b; do
-  "$PY" -m lddm_fast.train.bundle --checkpoint "$RUNS/ldm_$v/checkpoint" \
-    --out "$RUNS/pack/ldm_$v" --dtype float16 >/dev/null
-  cp "$RUNS/ae_$v/log.jsonl" "$RUNS/pack/ldm_$v/ae_log.jsonl"
-  cp "$RUNS/ldm_$v/log.jsonl" "$RUNS/pack/ldm_$v/ldm_log.jsonl"
+  # Stage 1's checkpoint when stage 2 did not export one: trained work is never lost.
+  ckpt="$RUNS/ldm_$v/checkpoint"
+  [[ -f $ckpt/meta.json ]] || ckpt="$RUNS/ae_$v/checkpoint"
+  [[ -f $ckpt/meta.json ]] || continue
+  "$PY" -m lddm_fast.train.bundle --checkpoint "$ckpt" --out "$RUNS/pack/run_$v" \
+    --dtype float16 >/dev/null
+  for stage in ae ldm; do
+    [[ -f $RUNS/${stage}_$v/log.jsonl ]] && cp "$RUNS/${stage}_$v/log.jsonl" "$RUNS/pack/run_$v/${stage}_log.jsonl"
+  done
 done
 tar -C "$RUNS/pack" -cf - . | split -b 15M - "$OUT/runs.tar.part-"
 # At most 8 files come back from a lent machine: the logs travel as one tar.
