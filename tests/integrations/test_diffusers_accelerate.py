@@ -207,7 +207,7 @@ def test_accelerated_matches_original_fp32_and_undo_is_exact(name):
     # Everything not replaced is accounted for, with a reason: conv_norm_out (its SiLU is
     # in the UNet's forward), spatial transformers' norms, spatial and text attention.
     assert report.skipped and all(report.skipped.values())
-    assert any(name.startswith("conv_norm_out") for name in report.skipped)
+    assert any(module.startswith("conv_norm_out") for module in report.skipped)
     fast = _run(model, batch)
     ulp = torch.finfo(torch.float32).eps * ref.abs().max().item()
     assert _max_err(fast, ref) <= 2 * _max_err(eager, ref) + ulp, (
