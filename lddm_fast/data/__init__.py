@@ -7,7 +7,9 @@ imports it to build its parser) stays cheap:
 * images: :func:`read_image`, :func:`image_info`, :func:`write_png`, :data:`MAX_PIXELS`
 * videos: :func:`read_video`, :func:`write_video`, :func:`probe_video`,
   :func:`to_uint8`, :func:`tensor_to_frames`, :func:`contact_sheet`,
-  :func:`read_dicom`
+  :func:`read_dicom`, :func:`read_dicom_frame`
+* imaging regions: :func:`read_views`, :func:`image_views`, :func:`find_imaging_area`,
+  :class:`Region`, :class:`View`
 * loaders: :func:`scan_videos`, :func:`read_clip`, :func:`scan_images`,
   :class:`ClipDataset`, :class:`ImageDataset`, :class:`ClipTransform`
 * phantom: :class:`PhantomConfig`, :func:`simulate_clip`,
@@ -34,6 +36,12 @@ _EXPORTS = {
     "write_video": "video_io",
     "contact_sheet": "contact_sheet",
     "read_dicom": "dicom",
+    "read_dicom_frame": "dicom",
+    "Region": "regions",
+    "View": "regions",
+    "find_imaging_area": "regions",
+    "image_views": "regions",
+    "read_views": "regions",
     "CLASSES": "labels",
     "VideoRecord": "busv",
     "read_clip": "busv",

@@ -6,14 +6,19 @@ ImportError with that hint (dataset scans record them as skipped with the hint).
 Conversion: ``MONOCHROME1`` is inverted so that bright means echogenic; more than
 8 stored bits are scaled linearly from the stored range (``BitsStored``) to 0..255;
 colour (``RGB``, and ``YBR_*``, which pydicom converts to RGB) is kept or reduced to
-ITU-R 601 luma. Signed pixel data is refused. Compressed transfer syntaxes decode
-only if pydicom has a decoder for them installed (e.g. ``pylibjpeg``); otherwise
-the file is refused with pydicom's reason.
+ITU-R 601 luma. Signed pixel data is refused.
+
+Compressed transfer syntaxes: the ``dicom`` extra installs decoders for those common
+in ultrasound (``pylibjpeg`` with ``pylibjpeg-libjpeg``: JPEG baseline, extended,
+lossless process 14 and JPEG-LS; ``pylibjpeg-openjpeg``: JPEG 2000; RLE is decoded
+by pydicom itself). A file whose syntax has no decoder installed is refused before
+decoding, naming the syntax and the packages pydicom would need.
 """
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 
@@ -60,27 +65,92 @@ def read_dicom(
     Raises :class:`BadInputError` naming the file and the reason.
     """
     info = probe_dicom(path)
-    if info.width * info.height > max_pixels:
-        raise BadInputError(path, f"frames too large: {info.width}x{info.height} pixels")
+    _check_limits(path, info, max_pixels)
     if info.frames * info.width * info.height > max_total_pixels:
         raise BadInputError(
             path, f"cine too large: {info.frames} frames of {info.width}x{info.height}"
         )
     ds = _read(path, header_only=False)
+    return Video(_decode(path, ds, None, info.frames, channels), info.fps)
+
+
+def read_dicom_frame(
+    path: str | os.PathLike,
+    frame: int = 0,
+    *,
+    channels: int = 1,
+    max_pixels: int = MAX_PIXELS,
+) -> tuple[np.ndarray, Any]:
+    """Decode one frame without decoding the others: frame ``frame`` of a cine, or
+    the image of a single-frame file (whatever ``frame``, so one ``--frame`` serves
+    a folder that mixes both).
+
+    Returns uint8 ``[H, W]`` (``channels=1``) or ``[H, W, 3]``, and the pydicom
+    dataset (header only: its pixel data is not kept), e.g. for
+    :func:`lddm_fast.data.regions.dicom_regions`. Raises :class:`BadInputError`
+    naming the file and the reason, also for a frame past the last one.
+    """
+    info = probe_dicom(path)
+    _check_limits(path, info, max_pixels)
+    if info.frames == 1:
+        frame = 0
+    if not 0 <= frame < info.frames:
+        raise BadInputError(
+            path, f"frame {frame} out of range: the file has {info.frames} frame(s) (0..)"
+        )
+    ds = _read(path, header_only=False)
+    pixels = _decode(path, ds, frame, info.frames, channels)[0]
+    del ds.PixelData  # the caller keeps the header; the compressed cine can go
+    return pixels, ds
+
+
+def _check_limits(path, info: VideoInfo, max_pixels: int) -> None:
+    if info.width * info.height > max_pixels:
+        raise BadInputError(path, f"frames too large: {info.width}x{info.height} pixels")
+
+
+def _decode(path, ds, index: int | None, frames: int, channels: int) -> np.ndarray:
+    """Frame ``index`` (None: all) as uint8 ``[T, H, W]`` or ``[T, H, W, 3]``."""
     if int(getattr(ds, "PixelRepresentation", 0)) != 0:
         raise BadInputError(path, "signed pixel data is not supported")
+    _check_decoder(path, ds)
+    from pydicom.pixels import pixel_array
+
     try:
-        pixels = np.asarray(ds.pixel_array)
+        pixels = np.asarray(pixel_array(ds, index=index))
     except Exception as e:  # pydicom's decoders raise many types; all mean "unreadable"
         raise BadInputError(path, f"cannot decode DICOM pixel data ({e})") from e
     samples = int(getattr(ds, "SamplesPerPixel", 1))
-    if info.frames == 1 and pixels.ndim == (2 if samples == 1 else 3):
+    if (index is not None or frames == 1) and pixels.ndim == (2 if samples == 1 else 3):
         pixels = pixels[None]
     if str(getattr(ds, "PhotometricInterpretation", "")) == "PALETTE COLOR":
         pixels = _palette_to_rgb(path, ds, pixels)
     else:
         pixels = _to_uint8(path, ds, pixels)
-    return Video(convert_channels(pixels, channels), info.fps)
+    return convert_channels(pixels, channels)
+
+
+def _check_decoder(path, ds) -> None:
+    """Refuse a transfer syntax no installed plugin decodes, naming what is missing
+    (pydicom's own error would come only after reading all the pixel data)."""
+    from pydicom.pixels import get_decoder
+
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is None:
+        return  # pydicom guesses the syntax of a file without meta; decoding tells
+    try:
+        decoder = get_decoder(syntax)
+    except NotImplementedError:
+        raise BadInputError(
+            path, f"transfer syntax {syntax.name} ({syntax}) has no DICOM pixel decoder"
+        ) from None
+    if not decoder.is_available:
+        needs = "; ".join(decoder.missing_dependencies) or "a decoding plugin"
+        raise BadInputError(
+            path,
+            f"no decoder installed for transfer syntax {syntax.name} ({syntax}): {needs}. "
+            "Install the decoders with: pip install lddm_fast[dicom]",
+        )
 
 
 def _palette_to_rgb(path, ds, indices: np.ndarray) -> np.ndarray:

@@ -22,6 +22,11 @@ refused
       intended display range is unknown, and modes Pillow cannot convert (``LAB``).
 
 Multi-frame files (animated PNG/GIF, multi-page TIFF) give their first frame.
+
+DICOM files (``.dcm``/``.dicom``, or the DICM preamble) are read by
+:func:`lddm_fast.data.dicom.read_dicom_frame`: a single-frame image, or frame
+``frame`` of a cine (palette, YBR, MONOCHROME1 and >8-bit data converted as that
+module describes).
 """
 
 from __future__ import annotations
@@ -73,15 +78,25 @@ def read_image(
     channels: int = 1,
     min_side: int = 1,
     max_pixels: int = MAX_PIXELS,
+    frame: int = 0,
 ) -> np.ndarray:
     """Decode ``path`` to 8-bit pixels, converting or refusing as the module describes.
 
+    ``frame`` picks the frame of a multi-frame DICOM (other files give their first).
     Returns uint8 ``[H, W]`` (``channels=1``) or ``[H, W, 3]`` (``channels=3``),
     values 0..255. Raises :class:`BadInputError` naming the file and the reason.
     """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
     from PIL import Image
+
+    from lddm_fast.data.dicom import is_dicom, read_dicom_frame
+
+    if is_dicom(path):
+        pixels, _ = read_dicom_frame(path, frame, channels=channels, max_pixels=max_pixels)
+        info = ImageInfo(pixels.shape[1], pixels.shape[0], "DICOM")
+        check_size(path, info, min_side, max_pixels)
+        return pixels
 
     with open_image(path) as im:
         info = ImageInfo(im.width, im.height, im.mode)

@@ -111,31 +111,41 @@ def fit(video: torch.Tensor, size: tuple[int, int], mode: str = "pad") -> torch.
     return video[..., top : top + out_h, left : left + out_w]
 
 
-def fit_image(images: torch.Tensor, size: int) -> torch.Tensor:
+def fit_image(
+    images: torch.Tensor, size: int, mode: str = "crop", *, fill: float = 0.0
+) -> torch.Tensor:
     """The model's x0 from images of any shape: ``[..., C, H, W]`` -> ``[..., C, size,
     size]``, the one rule the pipeline, the batch engine and the training clips share.
 
-    The shorter side is resized to ``size`` (antialiased bilinear; see :func:`fit`,
-    ``"crop"``) and the centre cropped. uint8 images come back as uint8 (rounded), so
-    an image fitted once and an image fitted inside the pipeline are the same bytes;
-    float images stay float. Images with a side below ``size`` are refused: upscaling
-    would invent the speckle the model then animates.
+    ``"crop"``: the shorter side is resized to ``size`` (antialiased bilinear; see
+    :func:`fit`) and the centre cropped. ``"pad"`` (region mode ``none``): the longer
+    side is resized to ``size`` and the rest padded black, so nothing is cut off.
+    uint8 images come back as uint8 (rounded), so an image fitted once and an image
+    fitted inside the pipeline are the same bytes; float images stay float, padded
+    with ``fill`` (black: 0 on the 0..255 scale, -1 in [-1, 1]). Images that would
+    have to be upscaled (a side below ``size`` for ``"crop"``, both sides for
+    ``"pad"``) are refused: upscaling would invent the speckle the model then
+    animates.
 
     Raises:
-        ValueError: a side below ``size`` (the message gives both sizes).
+        ValueError: an image too small (the message gives both sizes), a bad mode.
     """
+    if mode not in ("crop", "pad"):
+        raise ValueError(f"mode must be 'crop' or 'pad', got {mode!r}")
     height, width = images.shape[-2:]
-    if min(height, width) < size:
+    if (min if mode == "crop" else max)(height, width) < size:
+        side = "on both sides" if mode == "crop" else "on its longer side"
         raise ValueError(
             f"image is {width}x{height} pixels, smaller than the model's {size}x{size}; "
-            "use an image at least that large on both sides"
+            f"use an image at least that large {side}"
         )
     if (height, width) == (size, size):
         return images
     lead = images.shape[:-3]
     flat = images.reshape(-1, *images.shape[-3:])
     if images.dtype == torch.uint8:
-        out = fit(flat.float(), (size, size), "crop").round().clamp(0, 255).to(torch.uint8)
+        out = fit(flat.float(), (size, size), mode).round().clamp(0, 255).to(torch.uint8)
     else:
-        out = fit(flat, (size, size), "crop")
+        # fit pads with 0: shift so that the padding comes out as ``fill``.
+        out = fit(flat - fill, (size, size), mode) + fill
     return out.reshape(*lead, *out.shape[-3:])

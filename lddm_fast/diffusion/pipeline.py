@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from lddm_fast import ops
+from lddm_fast.data.regions import FIT_MODE, check_mode, image_views, read_views
 from lddm_fast.data.transforms import fit_image
 from lddm_fast.data.video_io import LUMA
 from lddm_fast.diffusion.denoisers import ClassifierFreeGuidance, prediction_adapter
@@ -95,11 +96,27 @@ def _set_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
     return x.expand(3, -1, -1)
 
 
-def _fit(x: torch.Tensor, size: int, what: str) -> torch.Tensor:
+def _fit(x: torch.Tensor, size: int, what: str, region: str) -> torch.Tensor:
+    """``fit_image`` for ``region``; a float image is in [-1, 1], where black is -1."""
+    fill = 0.0 if x.dtype == torch.uint8 else -1.0
     try:
-        return fit_image(x, size)
+        return fit_image(x, size, FIT_MODE[region], fill=fill)
     except ValueError as e:
         raise ValueError(f"{what}: {e}") from None
+
+
+def _cut(x: torch.Tensor, region: str, what: str) -> torch.Tensor:
+    """``[C, H, W]`` -> the imaging region for ``region="auto"`` (other modes: x)."""
+    if region != "auto":
+        return x
+    if x.dtype != torch.uint8:
+        raise ValueError(
+            f"{what}: region='auto' finds the imaging area in 8-bit pixels; pass uint8 "
+            "images, PIL images or file paths"
+        )
+    pixels = x[0].cpu().numpy() if x.shape[0] == 1 else x.permute(1, 2, 0).cpu().numpy()
+    cut = torch.from_numpy(np.ascontiguousarray(image_views(pixels, "auto")[0].pixels))
+    return cut[None] if cut.ndim == 2 else cut.permute(2, 0, 1)
 
 
 def _unit_range(x: torch.Tensor, what: str) -> torch.Tensor:
@@ -125,11 +142,19 @@ def _unit_range(x: torch.Tensor, what: str) -> torch.Tensor:
     return x.clamp(-1, 1)
 
 
-def _item_to_tensor(item: Any, index: int, channels: int) -> torch.Tensor:
-    """One list entry (PIL image or numpy [H, W] / [H, W, C] array) -> ``[channels, H,
-    W]``, uint8 for 8-bit sources (so it is fitted as the batch engine fits a file),
-    else float32 in [-1, 1] (validated)."""
+def _item_to_tensor(
+    item: Any, index: int, channels: int, region: str = "center", frame: int = 0
+) -> torch.Tensor:
+    """One list entry (a file path, PIL image or numpy [H, W] / [H, W, C] array) ->
+    its imaging region (see :func:`_cut`) ``[channels, H, W]``, uint8 for 8-bit
+    sources (so it is fitted as the batch engine fits a file), else float32 in
+    [-1, 1] (validated)."""
     what = f"images[{index}]"
+    if isinstance(item, (str, os.PathLike)):
+        # The first view: a DICOM dual view gives its left one (read_views gives all).
+        pixels = read_views(item, channels=channels, mode=region, frame=frame)[0].pixels
+        x = torch.from_numpy(np.ascontiguousarray(pixels))
+        return x[None] if x.ndim == 2 else x.permute(2, 0, 1)
     if not isinstance(item, np.ndarray):
         try:
             from PIL import Image  # optional: only needed for PIL inputs
@@ -137,8 +162,8 @@ def _item_to_tensor(item: Any, index: int, channels: int) -> torch.Tensor:
             Image = None
         if Image is None or not isinstance(item, Image.Image):
             raise ValueError(
-                f"{what} is a {type(item).__name__}; list entries must be PIL images or "
-                "numpy arrays [H, W] / [H, W, C] (or pass one [B, C, H, W] tensor)"
+                f"{what} is a {type(item).__name__}; list entries must be file paths, PIL "
+                "images or numpy arrays [H, W] / [H, W, C] (or pass one [B, C, H, W] tensor)"
             )
         if item.mode.startswith(("I", "F")):
             raise ValueError(
@@ -157,7 +182,7 @@ def _item_to_tensor(item: Any, index: int, channels: int) -> torch.Tensor:
     x = torch.tensor(item).permute(2, 0, 1)
     if x.dtype != torch.uint8:
         x = _unit_range(x, what)
-    return _set_channels(x, channels)
+    return _cut(_set_channels(x, channels), region, what)
 
 
 class LDDMPipeline:
@@ -273,23 +298,32 @@ class LDDMPipeline:
             )
         return frames
 
-    def preprocess(self, images: Any) -> torch.Tensor:
+    def preprocess(self, images: Any, region: str = "center", frame: int = 0) -> torch.Tensor:
         """Images -> x0 ``[B, C, S, S]`` float32 in [-1, 1] on the device.
 
         Args:
             images: a ``[B, C, H, W]`` tensor (uint8 in [0, 255] or float in [-1, 1],
-                C the model's channels), or a list of PIL images / numpy arrays
-                (``[H, W]`` or ``[H, W, C]``, uint8 or float in [-1, 1]), converted to
-                grayscale (ITU-R 601 luma) or RGB as the model needs. Every image is
-                fitted by :func:`lddm_fast.data.transforms.fit_image` (shorter side to
-                S, antialiased bilinear, centre crop; 8-bit images rounded back to 8
-                bits), exactly as ``lddm-fast synthesize`` fits an image file.
+                C the model's channels), or a list of file paths (PNG/JPEG/DICOM, read
+                by :func:`lddm_fast.data.regions.read_views`), PIL images or numpy
+                arrays (``[H, W]`` or ``[H, W, C]``, uint8 or float in [-1, 1]),
+                converted to grayscale (ITU-R 601 luma) or RGB as the model needs.
+                Every image is fitted by :func:`lddm_fast.data.transforms.fit_image`
+                (shorter side to S, antialiased bilinear, centre crop; 8-bit images
+                rounded back to 8 bits), exactly as ``lddm-fast synthesize`` fits an
+                image file.
+            region: the imaging region (:mod:`lddm_fast.data.regions`): ``"center"``
+                (the whole image, centre crop), ``"auto"`` (the DICOM tissue region or
+                the detected imaging area, text around it blacked out; 8-bit images
+                only; a DICOM dual view gives its left view), ``"none"`` (the whole
+                image letterboxed), as ``synthesize --region``.
+            frame: the frame of a multi-frame DICOM path.
 
         Raises:
             ValueError: empty batch, wrong shape or channel count, NaN/Inf, a float
                 image outside [-1, 1], an unsupported dtype or list entry, an image
-                with a side below S.
+                with a side below S, an unreadable file (:class:`BadInputError`).
         """
+        check_mode(region)
         c, size = self.config.channels, self.config.size
         if isinstance(images, torch.Tensor):
             if images.dim() != 4:
@@ -307,15 +341,28 @@ class LDDMPipeline:
                 )
             if min(images.shape[2:]) == 0:
                 raise ValueError(f"images have an empty side: shape {tuple(images.shape)}")
+            if region == "auto":  # each image has its own region, so its own fit
+                frames = [
+                    _unit_range(
+                        _fit(_cut(x, region, f"images[{i}]"), size, "images", region), "images"
+                    )
+                    for i, x in enumerate(images.cpu())
+                ]
+                return torch.stack(frames).to(self.device)
             if images.dtype == torch.uint8:  # fitted in 0..255 and rounded, as files are
-                return _unit_range(_fit(images, size, "images"), "images").to(self.device)
-            x = _unit_range(images, "images")
-            return _fit(x.to(self.device), size, "images").contiguous()
+                fitted = _fit(images, size, "images", region)
+                return _unit_range(fitted, "images").to(self.device)
+            else:
+                x = _unit_range(images, "images")
+                return _fit(x.to(self.device), size, "images", region).contiguous()
         if isinstance(images, (list, tuple)):
             if not images:
                 raise ValueError("images is an empty list")
             frames = [
-                _unit_range(_fit(_item_to_tensor(im, i, c), size, f"images[{i}]"), "images")
+                _unit_range(
+                    _fit(_item_to_tensor(im, i, c, region, frame), size, f"images[{i}]", region),
+                    "images",
+                )
                 for i, im in enumerate(images)
             ]
             return torch.stack(frames).to(self.device)
@@ -455,6 +502,8 @@ class LDDMPipeline:
         output: str = "uint8",
         progress: bool = False,
         return_dict: bool = True,
+        region: str = "center",
+        frame: int = 0,
     ) -> LDDMPipelineOutput | tuple[torch.Tensor, torch.Tensor]:
         """Generate one video per input image.
 
@@ -476,6 +525,7 @@ class LDDMPipeline:
             output: ``"uint8"`` ([0, 255]) or ``"float"`` (float32 in [-1, 1]).
             progress: show a progress bar over the steps (eager loop).
             return_dict: return :class:`LDDMPipelineOutput`, else ``(videos, nonfinite)``.
+            region, frame: the imaging region and DICOM frame, see :meth:`preprocess`.
 
         Returns:
             videos ``[B, C, T+1, H, W]`` on the device (x0 first) and the ``[B]``
@@ -486,7 +536,7 @@ class LDDMPipeline:
         self._check_sampling_args(steps, sampler, guidance, eta, timestep_spacing)
         cfg = self.config
         frames = self.resolve_num_frames(num_frames)
-        x0 = self.preprocess(images)
+        x0 = self.preprocess(images, region, frame)
         batch = x0.shape[0]
         if isinstance(seed, numbers.Integral):
             seeds = [video_seed(seed, i) for i in range(batch)]

@@ -2,7 +2,19 @@
 
 Inputs (--input): a folder (recursive; BUSI's benign/malignant/normal classes are
 kept), a glob such as 'data/**/*.png', a text file with one image path per line,
-or one image. Each image is center-cropped square and resized to the model size.
+or one image. PNG/JPEG and DICOM (.dcm, or the DICM preamble) mix freely; of a
+multi-frame DICOM cine the first frame is used, or --frame N. Each image is
+center-cropped square and resized to the model size.
+
+Imaging region (--region): center (default) keeps the whole frame and crops its
+centre square, as before. auto crops to the imaging region: the DICOM ultrasound
+regions when the file has them (each 2-D tissue region is its own input, so a dual
+view gives <stem>_r0 and <stem>_r1; Doppler and spectral regions are dropped),
+otherwise the sector or rectangle of speckle found in the pixels, with burned-in
+text around it blacked out. none keeps the whole frame, letterboxed. The region's
+box (and pixel spacing, when the DICOM gives it) is recorded per video in
+manifest.jsonl. No DICOM header value (names, IDs, dates, institution) is written
+anywhere: inputs are named by their paths.
 
 Outputs (--out): <out>/<input's folder>/<stem>_k<k>.mp4 (and .gif, .npz, or a
 folder of PNG frames), one per image and k = 0 .. N-1; manifest.jsonl (one line
@@ -39,7 +51,8 @@ import os
 import sys
 from typing import Any
 
-from lddm_fast.argtypes import finite_float, positive_float, positive_int
+from lddm_fast.argtypes import finite_float, int_at_least, positive_float, positive_int
+from lddm_fast.data.regions import REGION_MODES
 from lddm_fast.diffusion.samplers import SAMPLERS
 from lddm_fast.models.config import PRESETS
 
@@ -62,6 +75,8 @@ _FLAGS = {
     "num_frames": "--num-frames",
     "fps": "--fps",
     "dtype": "--dtype",
+    "region": "--region",
+    "frame": "--frame",
 }
 
 
@@ -83,6 +98,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="comma-separated output formats among mp4, gif, npz, png (default mp4)",
     )
     io.add_argument("--fps", type=positive_float, default=10.0, help="frame rate (default 10)")
+    io.add_argument(
+        "--region",
+        choices=REGION_MODES,
+        default="center",
+        help="imaging region: auto (DICOM ultrasound regions, else the speckle area with "
+        "text masked), center (whole frame, centre square; default), none (letterboxed)",
+    )
+    io.add_argument(
+        "--frame",
+        type=int_at_least(0),
+        default=0,
+        metavar="N",
+        help="frame of a multi-frame DICOM cine to animate (default 0, the first)",
+    )
 
     model = parser.add_argument_group("model (default: the bundled checkpoint)")
     which = model.add_mutually_exclusive_group()
@@ -212,6 +241,12 @@ def run(args: argparse.Namespace, *, make_sampler=None) -> int:
             "num_frames": sampler.num_frames,
             "dtype": dtype_name,
         }
+        # Recorded only when not the default, so folders made before these options
+        # existed resume as they are.
+        if args.region != "center":
+            settings["region"] = args.region
+        if args.frame != 0:
+            settings["frame"] = args.frame
         config = {
             **settings,
             "input": os.path.abspath(args.input),
@@ -355,6 +390,8 @@ def _synthesize(args, inputs, sampler, settings, out, info, group) -> int:
         rank=info.rank,
         world_size=info.world_size,
         progress=not args.quiet and info.rank == 0,
+        region=args.region,
+        frame=args.frame,
     )
     # torchrun and batch schedulers stop jobs with SIGTERM: stop like on Ctrl-C, so
     # the threads finish the video in hand and the books are closed.

@@ -10,8 +10,11 @@ Threads and queues (one engine per rank)::
   also refuses inputs whose outputs would collide (same folder and stem).
 * **Decode workers** (``workers`` threads) check which of an input's k videos the
   manifest already holds with intact files (those are skipped), then decode the
-  image, center-crop it square and resize it to the model size (Pillow releases the
-  GIL for both). A bad image goes to ``failed.jsonl`` with the reason.
+  image (or frame ``frame`` of a DICOM cine), cut its imaging region(s) (``region``,
+  see :mod:`lddm_fast.data.regions`), crop square and resize to the model size
+  (Pillow releases the GIL for both). A bad image goes to ``failed.jsonl`` with the
+  reason. A DICOM with two tissue regions (dual view) under ``region="auto"`` gives
+  two inputs, ``<stem>_r0`` and ``<stem>_r1`` (see :meth:`InputItem.view`).
 * The **sampler loop** gathers ``batch_size`` (image, k) pairs (the k videos of one
   image may span two batches), gives each its seed
   (:func:`~lddm_fast.synth.seeds.input_video_seed`) and calls the sampler. It waits only
@@ -50,7 +53,7 @@ import numpy as np
 import torch
 
 from lddm_fast.data.errors import BadInputError
-from lddm_fast.data.images import read_image
+from lddm_fast.data.regions import FIT_MODE, Region, read_views
 from lddm_fast.data.video_io import write_video
 from lddm_fast.synth.distributed import shard_of
 from lddm_fast.synth.inputs import InputItem
@@ -72,6 +75,7 @@ __all__ = [
     "SynthEngine",
     "VideoSampler",
     "load_image",
+    "load_views",
     "output_rel",
     "summary_line",
     "total_summary",
@@ -152,17 +156,40 @@ def output_rel(rel: str, k: int, fmt: str) -> str:
     return f"{os.path.splitext(rel)[0]}_k{k}{FORMATS[fmt]}"
 
 
-def load_image(path: str, size: int, channels: int) -> torch.Tensor:
-    """Decode ``path`` and fit it to the model: uint8 ``[channels, size, size]``, by
-    :func:`lddm_fast.data.transforms.fit_image` (what ``LDDMPipeline`` does to the
-    same image). Images with a side below ``size`` are refused (:class:`BadInputError`).
+def load_views(
+    path: str, size: int, channels: int, *, region: str = "center", frame: int = 0
+) -> list[tuple[torch.Tensor, Region]]:
+    """Decode ``path`` (an image, or frame ``frame`` of a DICOM cine), cut its views
+    for ``region`` (:func:`lddm_fast.data.regions.read_views`) and fit each to the
+    model by :func:`lddm_fast.data.transforms.fit_image`, as ``LDDMPipeline`` fits
+    the same image.
+
+    Returns ``(uint8 [channels, size, size], region)`` per view: one, or one per
+    DICOM tissue region under ``"auto"``. A view that would need upscaling is refused
+    (:class:`BadInputError` naming the file, the region and both sizes).
     """
     from lddm_fast.data.transforms import fit_image
 
-    pixels = read_image(path, channels=channels, min_side=size)
-    image = torch.from_numpy(np.ascontiguousarray(pixels))
-    image = image[None] if channels == 1 else image.permute(2, 0, 1)
-    return fit_image(image, size).contiguous()
+    # "center" refuses a small frame before decoding it, as it always did.
+    min_side = size if region == "center" else 1
+    views = read_views(path, channels=channels, mode=region, frame=frame, min_side=min_side)
+    fitted = []
+    for view in views:
+        image = torch.from_numpy(np.ascontiguousarray(view.pixels))
+        image = image[None] if channels == 1 else image.permute(2, 0, 1)
+        try:
+            image = fit_image(image, size, FIT_MODE[region])
+        except ValueError as e:
+            where = view.region.source, list(view.region.box)
+            raise BadInputError(path, f"region {where[0]} {where[1]}: {e}") from None
+        fitted.append((image.contiguous(), view.region))
+    return fitted
+
+
+def load_image(path: str, size: int, channels: int) -> torch.Tensor:
+    """:func:`load_views` with the default region (the centre square): uint8
+    ``[channels, size, size]``."""
+    return load_views(path, size, channels)[0][0]
 
 
 class _Stopped(Exception):
@@ -193,6 +220,9 @@ class SynthEngine:
         writers: encode/write threads.
         rank, world_size: this process's shard (see :mod:`~lddm_fast.synth.distributed`).
         progress: show a progress bar.
+        region: ``"center"``, ``"auto"`` or ``"none"`` (:mod:`lddm_fast.data.regions`);
+            the region of each video is recorded in its manifest line.
+        frame: the frame of a multi-frame DICOM to animate.
     """
 
     def __init__(
@@ -212,6 +242,8 @@ class SynthEngine:
         rank: int = 0,
         world_size: int = 1,
         progress: bool = True,
+        region: str = "center",
+        frame: int = 0,
     ) -> None:
         self.formats = list(formats)
         unknown = [f for f in self.formats if f not in FORMATS]
@@ -229,6 +261,10 @@ class SynthEngine:
                 raise ValueError(f"{name} must be at least 1, got {value}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} out of range for world_size {world_size}")
+        if region not in FIT_MODE:
+            raise ValueError(f"region must be one of {', '.join(FIT_MODE)}, got {region!r}")
+        if frame < 0:
+            raise ValueError(f"frame must be at least 0, got {frame}")
         self.sampler = sampler
         self.out_dir = os.path.abspath(os.fspath(out_dir))
         self.settings = {**settings, "seed": int(seed), "fps": float(fps)}
@@ -242,6 +278,8 @@ class SynthEngine:
         self.rank = rank
         self.world_size = world_size
         self.progress = progress
+        self.region = region
+        self.frame = int(frame)
 
     # ----------------------------------------------------------------- the run
     def run(self, inputs: Iterable[InputItem]) -> Summary:
@@ -275,6 +313,7 @@ class SynthEngine:
             file=sys.stderr,
             delay=math.inf,
         )
+        # A view's record is sharded like the file it was cut from.
         self._index = ManifestIndex(self.out_dir, keep=self._mine)
         self._manifest = JsonlLog(self._log_path(MANIFEST))
         self._failed = JsonlLog(self._log_path(FAILED))
@@ -455,7 +494,13 @@ class SynthEngine:
             if not todo:
                 continue
             try:
-                image = load_image(item.path, self.sampler.size, self.sampler.channels)
+                views = load_views(
+                    item.path,
+                    self.sampler.size,
+                    self.sampler.channels,
+                    region=self.region,
+                    frame=self.frame,
+                )
             except BadInputError as e:
                 self._fail(item, None, "input", e.reason, videos=len(todo))
                 continue
@@ -463,7 +508,19 @@ class SynthEngine:
                 reason = f"cannot read image ({type(e).__name__}: {e})"
                 self._fail(item, None, "input", reason, videos=len(todo))
                 continue
-            self._put(self._ready, (item, image, todo))
+            if len(views) == 1:
+                self._put(self._ready, (item, *views[0], todo))
+                continue
+            # Several tissue views: each is an input of its own, known only now.
+            more = (len(views) - 1) * self.videos_per_image
+            with self._lock:
+                self._summary.videos += more
+                self._bar.total += more
+            for index, (image, region) in enumerate(views):
+                view = item.view(index)
+                view_todo = self._todo(view)
+                if view_todo:
+                    self._put(self._ready, (view, image, region, view_todo))
 
     def _todo(self, item: InputItem) -> list[int]:
         """The k of ``item`` still to make; counts the others as skipped."""
@@ -508,13 +565,13 @@ class SynthEngine:
                 if entry is _DONE:
                     finished_workers += 1
                     continue
-                item, image, todo = entry
-                pending.extend((item, image, k) for k in todo)
+                item, image, region, todo = entry
+                pending.extend((item, image, region, k) for k in todo)
             if not pending:
                 break
             batch = [pending.popleft() for _ in range(min(self.batch_size, len(pending)))]
-            images = torch.stack([image for _, image, _ in batch])
-            seeds = [input_video_seed(self.seed, item.rel, k) for item, _, k in batch]
+            images = torch.stack([image for _, image, _, _ in batch])
+            seeds = [input_video_seed(self.seed, item.rel, k) for item, _, _, k in batch]
             t0 = time.perf_counter()
             result = self.sampler(images, seeds)
             summary.sample_s += time.perf_counter() - t0
@@ -525,11 +582,11 @@ class SynthEngine:
                     f"{result.nonfinite.shape[0]} flags for {len(batch)} images"
                 )
             nonfinite = result.nonfinite.tolist()
-            for (item, _, k), seed, video, bad in zip(
+            for (item, _, region, k), seed, video, bad in zip(
                 batch, seeds, result.videos, nonfinite, strict=True
             ):
                 t0 = time.perf_counter()
-                self._put(self._written, (item, k, seed, video, bad))
+                self._put(self._written, (item, k, seed, video, bad, region))
                 summary.wait_output_s += time.perf_counter() - t0
 
     def _write(self) -> None:
@@ -537,14 +594,16 @@ class SynthEngine:
             entry = self._get(self._written, hard_only=True)
             if entry is _DONE:
                 return
-            item, k, seed, video, bad = entry
+            item, k, seed, video, bad, region = entry
             if bad:
                 reason = "non-finite values (NaN/Inf) in the sampled video; nothing written"
                 self._fail(item, k, "sample", reason, videos=1)
                 continue
-            self._write_video(item, k, seed, video)
+            self._write_video(item, k, seed, video, region)
 
-    def _write_video(self, item: InputItem, k: int, seed: int, video: torch.Tensor) -> None:
+    def _write_video(
+        self, item: InputItem, k: int, seed: int, video: torch.Tensor, region: Region
+    ) -> None:
         # [C, T+1, H, W] -> [T+1, H, W] (gray) or [T+1, H, W, 3]
         frames = video[0].numpy() if video.shape[0] == 1 else video.permute(1, 2, 3, 0).numpy()
         outputs = []
@@ -557,20 +616,24 @@ class SynthEngine:
                 size, digest = output_digest(path)
                 outputs.append({"format": fmt, "path": rel_out, "size": size, "sha256": digest})
             path = self._manifest.path
-            self._manifest.append(
-                {
-                    "input": item.rel,
-                    "path": item.path,
-                    "class": item.label,
-                    "k": k,
-                    "seed": seed,
-                    "frames": int(frames.shape[0]),
-                    "outputs": outputs,
-                    "settings": self.settings,
-                    "model": self.model,
-                    "finished": time.time(),
-                }
-            )
+            # The input is named by its path only: no header value of a DICOM file
+            # (patient, dates, institution) is ever copied here.
+            record = {
+                "input": item.rel,
+                "path": item.path,
+                "class": item.label,
+                "k": k,
+                "seed": seed,
+                "frames": int(frames.shape[0]),
+                "region": region.to_dict(),
+                "outputs": outputs,
+                "settings": self.settings,
+                "model": self.model,
+                "finished": time.time(),
+            }
+            if item.view_of is not None:
+                record["view_of"] = item.view_of
+            self._manifest.append(record)
         except OSError as e:
             if e.errno == errno.ENAMETOOLONG:
                 self._fail(item, k, "write", f"output name too long: {path}", videos=1)

@@ -4,7 +4,9 @@
 
 * a **folder**: every image file under it, recursively (sorted, numbers by value;
   hidden entries, BUSI ``*_mask*.png`` files and files without an image suffix are
-  left out). A BUSI layout (``benign/``, ``malignant/``, ``normal/``) is a folder like
+  left out). DICOM files count as images: ``.dcm``/``.dicom``, and files without a
+  suffix that start with the DICM preamble (``IM_0001`` exports; ``DICOMDIR``, an
+  index, is left out). A BUSI layout (``benign/``, ``malignant/``, ``normal/``) is a folder like
   any other; its class is kept, see below.
 * a **glob** (``data/**/*.png``; ``**`` spans folders): every matching file.
 * a **text file of paths**, one per line (blank lines and ``#`` comments ignored);
@@ -36,6 +38,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from lddm_fast.data.busi import MASK_NAME
+from lddm_fast.data.dicom import DICOM_SUFFIXES, is_dicom
 from lddm_fast.data.errors import BadInputError
 from lddm_fast.data.images import IMAGE_SUFFIXES
 from lddm_fast.data.labels import CLASSES
@@ -44,6 +47,7 @@ from lddm_fast.data.video_io import natural_key
 __all__ = ["InputItem", "InputSet"]
 
 _GLOB_MAGIC = re.compile(r"[*?[]")
+INPUT_SUFFIXES = IMAGE_SUFFIXES + DICOM_SUFFIXES
 
 
 @dataclass(frozen=True)
@@ -55,11 +59,20 @@ class InputItem:
         rel: POSIX path relative to the input root (see the module docstring).
         label: the class name (``"benign"``, ``"malignant"``, ``"normal"``) when the
             first folder of ``rel`` names one, else None.
+        view_of: for one view of a file with several (a DICOM dual view under
+            ``--region auto``), the ``rel`` of that file; else None.
     """
 
     path: str
     rel: str
     label: str | None
+    view_of: str | None = None
+
+    def view(self, index: int) -> InputItem:
+        """View ``index`` of this file as an input: ``rel`` ``<stem>_r<index><suffix>``,
+        so its seeds and outputs (``<stem>_r<index>_k<k>``) are its own."""
+        stem, suffix = os.path.splitext(self.rel)
+        return InputItem(self.path, f"{stem}_r{index}{suffix}", self.label, view_of=self.rel)
 
     @classmethod
     def make(cls, path: str, rel: str) -> InputItem:
@@ -88,7 +101,7 @@ class InputSet:
         if os.path.isdir(self.spec):
             self.kind, self.root = "folder", os.path.abspath(self.spec)
         elif os.path.isfile(self.spec):
-            is_image = self.spec.lower().endswith(IMAGE_SUFFIXES)
+            is_image = self.spec.lower().endswith(INPUT_SUFFIXES) or is_dicom(self.spec)
             self.kind = "image" if is_image else "list"
             self.root = os.path.dirname(os.path.abspath(self.spec))
         elif _GLOB_MAGIC.search(self.spec):
@@ -126,11 +139,11 @@ class InputSet:
             )
             for name in sorted(filenames, key=natural_key):
                 stem, suffix = os.path.splitext(name)
-                if name.startswith(".") or suffix.lower() not in IMAGE_SUFFIXES:
+                path = os.path.join(dirpath, name)
+                if name.startswith(".") or not _is_input(path, suffix):
                     continue
                 if MASK_NAME.match(stem):  # annotations, not images to animate
                     continue
-                path = os.path.join(dirpath, name)
                 yield InputItem.make(path, os.path.relpath(path, self.root))
 
     def _globbed(self) -> Iterator[InputItem]:
@@ -149,6 +162,13 @@ class InputSet:
                     yield InputItem.make(path, _rel_in(path, self.root))
         except UnicodeDecodeError as e:
             raise BadInputError(self.spec, f"list of paths is not UTF-8 text ({e})") from e
+
+
+def _is_input(path: str, suffix: str) -> bool:
+    if suffix:
+        return suffix.lower() in INPUT_SUFFIXES
+    # Only suffix-less files are opened (132 bytes), so a big folder of PNGs costs nothing.
+    return os.path.basename(path).upper() != "DICOMDIR" and is_dicom(path)
 
 
 def _glob_root(pattern: str) -> str:

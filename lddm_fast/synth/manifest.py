@@ -202,7 +202,8 @@ class ManifestIndex:
 
     Args:
         out_dir: the output folder.
-        keep: ``keep(rel)`` selects the inputs to index (a rank's shard); None: all.
+        keep: ``keep(rel)`` selects the inputs to index (a rank's shard; a view of a
+            dual-view file is kept with its file, ``view_of``); None: all.
     """
 
     def __init__(self, out_dir: str, keep: Callable[[str], bool] | None = None) -> None:
@@ -217,7 +218,7 @@ class ManifestIndex:
                 if key is None:
                     self.unreadable += 1
                     continue
-                if keep is not None and not keep(key[0]):
+                if keep is not None and not keep(_shard_rel(record)):
                     continue
                 finished = float(record.get("finished") or 0.0)
                 old = self._entries.get(key)
@@ -256,6 +257,12 @@ class ManifestIndex:
             if fd >= 0:
                 os.close(fd)
         self._fds = []
+
+
+def _shard_rel(record: dict[str, Any]) -> str:
+    """The input a record is sharded by: a view's file (``view_of``), else its input."""
+    view_of = record.get("view_of")
+    return view_of if isinstance(view_of, str) else record["input"]
 
 
 def _video_key(record: dict[str, Any] | None) -> tuple[str, int] | None:
@@ -377,16 +384,22 @@ def merge_logs(out_dir: str, videos_per_image: int) -> tuple[int, int]:
     Run by rank 0 once every rank has finished appending. The manifest keeps the
     newest record per video, sorted by input and k. A failure is kept (the newest
     per input and k) only while its video, or for a bad input any of its
-    ``videos_per_image`` videos, is still not in the manifest. Each file is replaced
+    ``videos_per_image`` videos, is still not in the manifest (a file cut into views
+    counts as read once a video of a view is there). Each file is replaced
     atomically before its parts are deleted, so a crash in between leaves duplicates
     that the next merge removes, never a gap. Returns ``(videos, failures)`` written.
     """
     index = ManifestIndex(out_dir)
+    viewed = set()  # files whose views (dual view) have videos: their inputs are read
     try:
         keys = sorted(index.keys())
         with atomic_file(os.path.join(out_dir, MANIFEST)) as tmp, open(tmp, "wb") as f:
             for key in keys:
-                f.write(index.line(key))
+                line = index.line(key)
+                view_of = (_parse(line) or {}).get("view_of")
+                if isinstance(view_of, str):
+                    viewed.add(view_of)
+                f.write(line)
             f.flush()
             os.fsync(f.fileno())
     finally:
@@ -405,7 +418,8 @@ def merge_logs(out_dir: str, videos_per_image: int) -> tuple[int, int]:
             k = record.get("k")
             rel = record["input"]
             if (rel, k) in done or (
-                k is None and all((rel, j) in done for j in range(videos_per_image))
+                k is None
+                and (rel in viewed or all((rel, j) in done for j in range(videos_per_image)))
             ):
                 continue
             time_ = float(record.get("time") or 0.0)

@@ -107,7 +107,8 @@ def test_rgb_model_takes_gray_images():
         (torch.zeros(1, 1, 32, 32, dtype=torch.int32), "uint8 in \\[0, 255\\] or float"),
         ([np.zeros((32, 32, 4), np.uint8)], "drop an alpha channel"),
         ([np.full((32, 32), np.inf, np.float32)], r"images\[0\] contains NaN or Inf"),
-        (["x.png"], r"images\[0\] is a str"),
+        ([3], r"images\[0\] is a int; list entries must be file paths"),
+        (["missing.png"], "missing.png: file not found"),  # paths are read, DICOM too
         (np.zeros((1, 1, 32, 32)), "got ndarray"),
     ],
 )

@@ -37,6 +37,8 @@ def test_synthesize_subcommand_help(capsys):
         "--device",
         "--dtype",
         "--force",
+        "--region",
+        "--frame",
     ):
         assert flag in text
     assert "torchrun --nproc-per-node" in text and "Exit status" in text
