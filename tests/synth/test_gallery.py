@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 
+import numpy as np
 import pytest
 from synth_helpers import make_corpus, synth
 from synth_standin import StandInSampler
@@ -148,3 +149,27 @@ def test_the_page_in_headless_chromium(run, tmp_path):
     assert _body(dom)["shown"] == "1" and "NaN" in dom
     dom = _dom(BROWSER, index + "#class=all&status=all&page=4", tmp_path)
     assert (_body(dom)["page"], _body(dom)["shown"]) == ("4", "3")
+
+    # What a user sees (docs/gallery.png is made the same way: make gallery-screenshot).
+    shot = tmp_path / "gallery.png"
+    subprocess.run(
+        [
+            BROWSER,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            f"--user-data-dir={tmp_path / 'shot-profile'}",
+            "--window-size=1000,700",
+            "--virtual-time-budget=3000",
+            f"--screenshot={shot}",
+            index,
+        ],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(shot).convert("L"))
+    assert pixels.shape == (700, 1000) and pixels.std() > 20  # drawn, not a blank page
