@@ -23,9 +23,11 @@ from torch.utils.data import Dataset
 
 from lddm_fast.data.busi import ImageRecord, scan_images
 from lddm_fast.data.busv import VideoRecord, read_clip, scan_videos
+from lddm_fast.data.dicom import read_dicom_header
 from lddm_fast.data.errors import BadInputError, Scan
 from lddm_fast.data.images import MAX_PIXELS, read_image
 from lddm_fast.data.labels import CLASSES
+from lddm_fast.data.regions import check_mode, clip_region, dicom_regions
 from lddm_fast.data.transforms import ClipTransform, clip_indices, clip_span
 
 log = logging.getLogger(__name__)
@@ -43,7 +45,11 @@ class ClipDataset(Dataset):
     frame, as in the LDDM data preparation) and at a random frame with ``train``.
     Videos shorter than the clip's span or smaller than the model size (unless
     ``min_side`` says otherwise) are skipped at the scan. ``labels``, ``classes``
-    and ``verify`` are passed to :func:`scan_videos`.
+    and ``verify`` are passed to :func:`scan_videos`. ``region`` (see
+    :mod:`lddm_fast.data.regions`): ``"center"`` fits whole frames by ``mode``,
+    ``"none"`` letterboxes them, ``"auto"`` first cuts every clip to its imaging
+    region (a DICOM's first tissue region, else the area found on the clip's first
+    frame, text around it blacked out).
     """
 
     def __init__(
@@ -62,13 +68,15 @@ class ClipDataset(Dataset):
         max_pixels: int = MAX_PIXELS,
         verify: bool = False,
         skip_bad: bool = False,
+        region: str = "center",
     ):
         if frames < 1 or stride < 1 or channels not in (1, 3):
             raise ValueError(f"bad frames={frames}, stride={stride} or channels={channels}")
         size = (size, size) if isinstance(size, int) else tuple(size)
         self.frames, self.stride, self.channels = frames, stride, channels
         self.train, self.skip_bad, self.max_pixels = train, skip_bad, max_pixels
-        self.transform = ClipTransform(size, mode, train)
+        self.region = check_mode(region)
+        self.transform = ClipTransform(size, "pad" if region == "none" else mode, train)
         self.scan: Scan[VideoRecord] = scan_videos(
             root,
             labels=labels,
@@ -103,6 +111,11 @@ class ClipDataset(Dataset):
             record.n_frames, self.frames, self.stride, start=start, generator=generator
         )
         pixels = read_clip(record, indices, channels=self.channels, max_pixels=self.max_pixels)
+        if self.region == "auto":
+            regions = None
+            if record.kind == "dicom":
+                regions = dicom_regions(read_dicom_header(record.path), record.path)
+            pixels, _ = clip_region(pixels, "auto", regions)
         return self.transform(pixels, generator=generator), record.label
 
 

@@ -43,6 +43,12 @@ def is_dicom(path: str | os.PathLike) -> bool:
     return len(head) == 132 and head[128:] == b"DICM"
 
 
+def read_dicom_header(path: str | os.PathLike):
+    """The pydicom dataset without its pixel data (for the ultrasound regions, say).
+    Raises :class:`BadInputError` naming the file when it cannot be read."""
+    return _read(path, header_only=True)
+
+
 def probe_dicom(path: str | os.PathLike) -> VideoInfo:
     """Frame count, size and rate from the header, without decoding pixels."""
     ds = _read(path, header_only=True)

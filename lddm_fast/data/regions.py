@@ -209,6 +209,40 @@ def image_views(pixels: np.ndarray, mode: str, regions: list[Region] | None = No
     return [View(cut, Region((x0, y0, x1, y1), "detected"))]
 
 
+def clip_region(
+    frames: np.ndarray, mode: str, regions: list[Region] | None = None
+) -> tuple[np.ndarray, Region]:
+    """A clip's imaging region, for the training and evaluation datasets.
+
+    Args:
+        frames: uint8 ``[N, H, W]`` or ``[N, H, W, 3]``.
+        mode: ``"auto"``, ``"center"`` or ``"none"``; only ``"auto"`` cuts.
+        regions: the file's DICOM tissue regions; a clip keeps the first (leftmost)
+            one, the view a single-view training set is made of.
+
+    Returns:
+        The frames cut to the region (for a detected area, every frame masked with
+        the area found on frame 0: a probe's imaging area does not move within a
+        clip) and the :class:`Region`.
+    """
+    check_mode(mode)
+    height, width = frames.shape[1:3]
+    whole = Region((0, 0, width, height), "frame")
+    if mode != "auto":
+        return frames, whole
+    if regions:
+        x0, y0, x1, y1 = regions[0].box
+        return frames[:, y0:y1, x0:x1], regions[0]
+    first = frames[0] if frames.ndim == 3 else _luma(frames[0])
+    found = find_imaging_area(first)
+    if found is None:
+        return frames, whole
+    (x0, y0, x1, y1), mask = found
+    cut = frames[:, y0:y1, x0:x1].copy()
+    cut[:, ~mask[y0:y1, x0:x1]] = 0
+    return cut, Region((x0, y0, x1, y1), "detected")
+
+
 def read_views(
     path: str | os.PathLike,
     *,

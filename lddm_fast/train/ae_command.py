@@ -62,14 +62,24 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from lddm_fast.train.autoencoder import AutoencoderStage
-    from lddm_fast.train.common_args import resolve_config, run_meta, settings, setup_logging
+    from lddm_fast.train.common_args import (
+        region_fingerprint,
+        resolve_config,
+        run_meta,
+        settings,
+        setup_logging,
+    )
     from lddm_fast.train.data import data_hash, open_splits
     from lddm_fast.train.loop import train
 
     setup_logging()
     config = resolve_config(args)
     splits = open_splits(
-        args.data, frames=config.num_frames + 1, size=config.size, channels=config.channels
+        args.data,
+        frames=config.num_frames + 1,
+        size=config.size,
+        channels=config.channels,
+        region=args.region,
     )
     digest = data_hash(args.data, splits.train, splits.val)
     s = settings(args)
@@ -94,7 +104,12 @@ def run(args: argparse.Namespace) -> int:
         args.out,
         resume=args.resume,
         meta=meta,
-        fingerprint={"data_sha256": digest, "config": config.to_dict(), "losses": meta["losses"]},
+        fingerprint={
+            "data_sha256": digest,
+            "config": config.to_dict(),
+            "losses": meta["losses"],
+            **region_fingerprint(args),
+        },
     )
     print(json.dumps(summary, indent=2))
     return 0

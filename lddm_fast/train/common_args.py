@@ -11,6 +11,7 @@ import sys
 from typing import Any
 
 from lddm_fast.argtypes import positive_int
+from lddm_fast.data.regions import REGION_MODES
 
 DATA_HELP = (
     "training videos: a BUSV root (rawframes/ + train_list.txt, val_list.txt), a phantom "
@@ -119,6 +120,20 @@ def add_common(parser: argparse.ArgumentParser, *, lr: float, ema_decay: float) 
         "--workers", type=int, default=2, help="DataLoader worker processes (default 2)"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--region",
+        choices=REGION_MODES,
+        default="center",
+        help="imaging region of each clip: center (default: whole frames, centre crop), "
+        "auto (a DICOM's first tissue region, else the speckle area found on the clip's "
+        "first frame, text around it blacked out), none (whole frames, letterboxed)",
+    )
+
+
+def region_fingerprint(args: argparse.Namespace) -> dict[str, str]:
+    """What a resume or a latent cache must also match: the region, when not the
+    default (so runs from before regions existed still resume)."""
+    return {} if args.region == "center" else {"region": args.region}
 
 
 def setup_logging() -> None:

@@ -64,6 +64,7 @@ class DataSplits:
         return {
             "path": os.path.abspath(self.root),
             "layout": self.layout,
+            "region": self.train.region,
             "train_videos": len(self.train),
             "val_videos": len(self.val),
             # Videos left out at the scan (too short, too small, unreadable header).
@@ -81,7 +82,13 @@ def _busv_root(path: str) -> str | None:
 
 
 def open_splits(
-    path: str | os.PathLike, *, frames: int, size: int, channels: int, stride: int = 1
+    path: str | os.PathLike,
+    *,
+    frames: int,
+    size: int,
+    channels: int,
+    stride: int = 1,
+    region: str = "center",
 ) -> DataSplits:
     """Find the training and validation videos under ``path``.
 
@@ -89,8 +96,9 @@ def open_splits(
     ``rawframes/``), a phantom root (``lddm-fast phantom`` output, the same under
     ``busv/``) or any folder of videos (frame folders, video files, DICOM), whose
     videos are split by a hash of their path (about 10% val). Clips are ``frames``
-    frames (x0 plus T) at ``size`` x ``size``; videos too short or too small are
-    skipped at the scan and logged with the reason.
+    frames (x0 plus T) at ``size`` x ``size``, cut to their imaging ``region`` first
+    (see :class:`~lddm_fast.data.datasets.ClipDataset`); videos too short or too
+    small are skipped at the scan and logged with the reason.
 
     Raises:
         BadInputError: ``path`` is missing, or a split has no usable video.
@@ -98,7 +106,9 @@ def open_splits(
     path = os.fspath(path)
     if not os.path.isdir(path):
         raise BadInputError(path, "training data folder not found")
-    common = dict(frames=frames, stride=stride, size=size, channels=channels, mode="crop")
+    common = dict(
+        frames=frames, stride=stride, size=size, channels=channels, mode="crop", region=region
+    )
     busv = _busv_root(path)
     if busv is not None:
         videos = os.path.join(busv, "rawframes")

@@ -91,7 +91,13 @@ def run(args: argparse.Namespace) -> int:
 
     from lddm_fast.models.checkpoint import from_pretrained
     from lddm_fast.synth.distributed import dist_info
-    from lddm_fast.train.common_args import resolve_config, run_meta, settings, setup_logging
+    from lddm_fast.train.common_args import (
+        region_fingerprint,
+        resolve_config,
+        run_meta,
+        settings,
+        setup_logging,
+    )
     from lddm_fast.train.data import data_hash, open_splits
     from lddm_fast.train.diffusion import (
         DiffusionStage,
@@ -116,7 +122,11 @@ def run(args: argparse.Namespace) -> int:
             "--preset/--config gives; train-diffusion must use the trained autoencoder's"
         )
     splits = open_splits(
-        args.data, frames=config.num_frames + 1, size=config.size, channels=config.channels
+        args.data,
+        frames=config.num_frames + 1,
+        size=config.size,
+        channels=config.channels,
+        region=args.region,
     )
     digest = data_hash(args.data, splits.train, splits.val)
     autoencoder = loaded.autoencoder.eval().requires_grad_(False)
@@ -128,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     if args.cache_latents:
         key = cache_key(
             ae_sha, digest, args.cache_variants, args.seed, config.num_frames + 1, config.size
-        )
+        ) | region_fingerprint(args)
         root = Path(args.latent_cache) if args.latent_cache else Path(args.out) / "latents"
         cache = LatentCache.build(
             cache_folder(root, key),
@@ -172,7 +182,12 @@ def run(args: argparse.Namespace) -> int:
         args.out,
         resume=args.resume,
         meta=meta,
-        fingerprint={"data_sha256": digest, "config": config.to_dict(), "autoencoder": ae_sha},
+        fingerprint={
+            "data_sha256": digest,
+            "config": config.to_dict(),
+            "autoencoder": ae_sha,
+            **region_fingerprint(args),
+        },
     )
     print(json.dumps(summary, indent=2))
     return 0

@@ -289,12 +289,14 @@ def _train(stage, settings, run, device, info, group, resume, meta, fingerprint)
         )
     if saved is not None:
         tensors, state = load_state(saved)
-        for key, want in fingerprint.items():
-            if state.get("fingerprint", {}).get(key) != want:
+        before = state.get("fingerprint", {})
+        # Both ways: an entry only recorded when set (the region) must not vanish either.
+        for key in sorted(set(fingerprint) | set(before)):
+            if before.get(key) != fingerprint.get(key):
                 raise ValueError(
-                    f"{saved}: cannot resume, {key} differs (saved "
-                    f"{state.get('fingerprint', {}).get(key)!r}, now {want!r}); the data, "
-                    "config, seed, batch size and steps must be those of the saved run"
+                    f"{saved}: cannot resume, {key} differs (saved {before.get(key)!r}, now "
+                    f"{fingerprint.get(key)!r}); the data, config, seed, batch size and steps "
+                    "must be those of the saved run"
                 )
         objective.load_state_dict(
             {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True

@@ -131,3 +131,59 @@ def test_fit_image_pad_letterboxes_and_refuses_upscaling():
         fit_image(image, 96, "pad")
     with pytest.raises(ValueError, match="on both sides"):
         fit_image(image, 64)
+
+
+def test_training_clips_are_cut_to_their_imaging_region(tmp_path):
+    """A frame-folder video with burned-in text and a dual-view DICOM cine: with
+    region="auto" every frame of a clip is cut to the same region, the text is gone,
+    and a DICOM gives its left tissue region."""
+    from lddm_fast.data.datasets import ClipDataset
+    from lddm_fast.data.regions import clip_region
+
+    frame, fan = _sector_frame()
+    video = tmp_path / "videos" / "v1"
+    video.mkdir(parents=True)
+    frames = []
+    for t in range(6):
+        moved = np.roll(frame, t, axis=0)  # tissue and text move; the text stays outside
+        moved[:14] = np.where(frame[:14] == TEXT, TEXT, 0)  # the label row stays put
+        Image.fromarray(moved).save(video / f"{t:06d}.png")
+        frames.append(moved)
+    frames = np.stack(frames)
+    cut, region = clip_region(frames, "auto")
+    assert region.source == "detected"
+    np.testing.assert_allclose(region.box, _bbox(fan), atol=3)
+    x0, y0, x1, y1 = region.box
+    assert cut.shape == (6, y1 - y0, x1 - x0) and not (cut == TEXT).any()
+    same, whole = clip_region(frames, "center")
+    assert same is frames and whole.source == "frame"
+
+    cine = np.stack([_dual_view_frames(seed) for seed in range(6)])
+    ds = dataset(cine)
+    ds.SequenceOfUltrasoundRegions = [
+        us_region((105, 10, 195, 100)),
+        us_region((5, 10, 95, 100)),
+        us_region((5, 100, 195, 118), spatial=3, data_type=3, units=4),
+    ]
+    save(ds, tmp_path / "videos" / "dual.dcm")
+
+    kw = dict(frames=5, size=32, mode="crop", min_side=32)
+    auto = ClipDataset(tmp_path / "videos", region="auto", **kw)
+    center = ClipDataset(tmp_path / "videos", **kw)
+    by_name = {r.path.rsplit("/", 1)[-1]: i for i, r in enumerate(auto.records)}
+    clip, _ = auto[by_name["dual.dcm"]]
+    expected = auto.transform(cine[:5, 10:100, 5:95])  # the left view's first 5 frames
+    torch.testing.assert_close(clip, expected)
+    assert not torch.equal(clip, center[by_name["dual.dcm"]][0])
+    clip, _ = auto[by_name["v1"]]
+    torch.testing.assert_close(clip, auto.transform(cut[:5]))
+    with pytest.raises(ValueError, match="region must be one of"):
+        ClipDataset(tmp_path / "videos", region="sector", **kw)
+
+
+def _dual_view_frames(seed):
+    frame = np.zeros((120, 200), np.uint8)
+    frame[10:100, 5:95] = speckle(90, 90, seed=10 + seed)
+    frame[10:100, 105:195] = speckle(90, 90, seed=20 + seed)
+    frame[100:118, 5:195] = 200
+    return frame

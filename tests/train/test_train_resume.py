@@ -171,3 +171,12 @@ def test_adversarial_run_resumes_exactly_and_exports_only_the_autoencoder(phanto
     assert models.meta["losses"]["adversarial_start"] == 2
     keys = set(models.autoencoder.state_dict())
     assert keys and not any("discriminator" in k for k in keys)
+
+
+def test_region_is_recorded_and_a_resume_must_keep_it(phantom_root, tmp_path):
+    train_ae(phantom_root, tmp_path / "r", "--steps", "4", "--stop-at", "2", "--region", "auto")
+    with pytest.raises(ValueError, match="region differs"):
+        train_ae(phantom_root, tmp_path / "r", "--steps", "4", "--resume")
+    train_ae(phantom_root, tmp_path / "r", "--steps", "4", "--resume", "--region", "auto")
+    meta = from_pretrained(tmp_path / "r" / "checkpoint").meta
+    assert meta["data"]["region"] == "auto" and meta["steps"] == 4
