@@ -2,8 +2,10 @@
 // launcher adds its own device-type and dtype checks.
 #pragma once
 
+#include <algorithm>
 #include <optional>
 #include <utility>
+#include <vector>
 
 #include <ATen/ATen.h>
 
@@ -11,8 +13,18 @@
 
 namespace lddm {
 
+// Whether a scale/shift tensor is a spatial modulation (x's dims, each 1 or x's size,
+// e.g. [N, C, 1, H, W]) rather than per-sample FiLM [N, C].
+inline bool is_spatial_modulation(const at::Tensor& x, const at::Tensor& t) {
+  if (t.dim() != x.dim()) return false;
+  for (int64_t d = 0; d < x.dim(); ++d)
+    if (t.size(d) != 1 && t.size(d) != x.size(d)) return false;
+  return true;
+}
+
 // x is 4-D [N, C, H, W] or 5-D [N, C, T, H, W]; num_groups divides C; weight, bias
-// [C] and scale, shift [N, C] are floating-point tensors on x's device.
+// [C] and scale, shift ([N, C] FiLM, or spatial: x's dims, broadcastable to x) are
+// floating-point tensors on x's device.
 inline void check_group_norm_args(const at::Tensor& x, int64_t num_groups,
                                   const std::optional<at::Tensor>& weight,
                                   const std::optional<at::Tensor>& bias,
@@ -32,10 +44,50 @@ inline void check_group_norm_args(const at::Tensor& x, int64_t num_groups,
     TORCH_CHECK_VALUE(at::isFloatingType(p.scalar_type()), name,
                       " must be a floating-point tensor, got ", p.scalar_type());
     const bool per_sample = t == &scale || t == &shift;
+    if (per_sample && is_spatial_modulation(x, p)) continue;
     const auto expected = per_sample ? std::vector<int64_t>{N, C} : std::vector<int64_t>{C};
     TORCH_CHECK_VALUE(p.sizes() == at::IntArrayRef(expected), name, " must have shape ",
-                      at::IntArrayRef(expected), ", got ", p.sizes());
+                      at::IntArrayRef(expected), per_sample ? " or be broadcastable to x" : "",
+                      ", got ", p.sizes());
   }
+}
+
+// Whether either of scale/shift is a spatial modulation (see is_spatial_modulation).
+inline bool has_spatial_modulation(const at::Tensor& x, const std::optional<at::Tensor>& scale,
+                                   const std::optional<at::Tensor>& shift) {
+  return (scale && is_spatial_modulation(x, *scale)) || (shift && is_spatial_modulation(x, *shift));
+}
+
+// Positions of one period of a spatial modulation: H * W when every spatial scale/shift
+// is broadcast over T (x 5-D, T dim of size 1: the SPADE case), else all of x's
+// positions S. The modulation at position p (flat over T, H, W) is entry p % period.
+inline int64_t modulation_period(const at::Tensor& x, const std::optional<at::Tensor>& scale,
+                                 const std::optional<at::Tensor>& shift) {
+  const int64_t S = x.numel() / std::max<int64_t>(x.size(0) * x.size(1), 1);
+  if (x.dim() != 5) return S;
+  for (const auto* t : {&scale, &shift})
+    if (*t && (*t)->dim() == 5 && (*t)->size(2) != 1) return S;
+  return x.size(3) * x.size(4);
+}
+
+// A scale/shift (FiLM or spatial) as a dense float32 [N, period, C] (nsc: channels
+// innermost, as x's channels-last rows) or [N, C, period] (x contiguous), broadcast
+// values materialised: one period of the modulation per sample, in x's inner order.
+inline at::Tensor spatial_modulation(const at::Tensor& x, const at::Tensor& t, int64_t period,
+                                     bool nsc) {
+  const int64_t N = x.size(0), C = x.size(1);
+  std::vector<int64_t> shape(x.dim(), 1);
+  at::Tensor m = t.to(at::kFloat);
+  if (m.dim() == 2) {  // FiLM next to a spatial partner: constant over positions
+    shape[0] = N;
+    shape[1] = C;
+    m = m.view(shape);
+  }
+  m = m.expand(x.sizes());
+  const int64_t S = x.numel() / std::max<int64_t>(N * C, 1);
+  if (period != S) m = m.select(2, 0);  // [N, C, H, W]: broadcast over T
+  m = m.reshape({N, C, period});
+  return (nsc ? m.transpose(1, 2) : m).contiguous();
 }
 
 // The input a group_norm kernel reads and the output it writes (output_format):

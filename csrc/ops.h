@@ -8,7 +8,8 @@
 namespace lddm {
 
 // x: [N, C, *spatial] (4-D or 5-D), contiguous or channels_last(_3d); weight, bias: [C];
-// scale, shift: [N, C]. Returns act((xhat * weight + bias) * (1 + scale) + shift) in x's
+// scale, shift: [N, C] (FiLM) or x's dims broadcastable to x (spatial, e.g. SPADE's
+// [N, C, 1, H, W]; the CUDA kernels refuse this form). Returns act((xhat * weight + bias) * (1 + scale) + shift) in x's
 // dtype and memory format.
 at::Tensor group_norm_cpu(const at::Tensor& x, int64_t num_groups,
                           const std::optional<at::Tensor>& weight,

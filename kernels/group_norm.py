@@ -1,6 +1,8 @@
 """GroupNorm + affine + FiLM + SiLU for 4-D and 5-D tensors, in two Triton launches.
 
-``y = act(((x - mean_g) * rstd_g * weight + bias) * (1 + scale) + shift)``
+``y = act(((x - mean_g) * rstd_g * weight + bias) * (1 + scale) + shift)`` with scale and
+shift per (sample, channel) (FiLM) or per position too (spatial, e.g. SPADE's
+``[N, C, 1, H, W]`` broadcast over T).
 
 1. ``_gn_stats_kernel``: one program per (sample, split, group) reads one chunk of its
    group once and writes a partial (mean, M2) in float32. When N * G alone cannot fill
@@ -8,7 +10,8 @@
 2. ``_gn_apply_kernel``: one program per (sample, channel block, spatial strip) combines
    its groups' partials in a fixed order (deterministic: no atomics), folds statistics,
    affine and FiLM into one multiply-add per channel, then reads x once more and writes
-   y in x's memory format, with the SiLU on the way out.
+   y in x's memory format, with the spatial scale/shift (a multiply-add per element)
+   and the SiLU on the way out.
 
 Bytes per element: one read for the statistics, one read + one write for the output
 (the floor for a two-pass norm whose input does not fit on chip).
@@ -20,6 +23,8 @@ variance safe even when k is an outlier of its group.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import triton
@@ -126,16 +131,19 @@ def _gn_apply_kernel(
     y_ptr,  # [N, C, S] output, written through strides
     part_ptr,  # [N, G, SPLIT, 2] float32 partials from _gn_stats_kernel
     w_ptr, b_ptr,  # [C] or dummies
-    scale_ptr, shift_ptr,  # [N, C] FiLM or dummies
+    scale_ptr, shift_ptr,  # [N, C, T, Q] modulation (strides may be 0) or dummies
     stride_xn, stride_xc, stride_xs,
     stride_yn, stride_yc, stride_ys,
-    stride_w, stride_b, stride_scale_n, stride_scale_c, stride_shift_n, stride_shift_c,
-    C, S, G, SPLIT, CHUNK, GROUP_SIZE, N_CH_BLOCKS, N_STRIPS, ITERS, eps,
+    stride_w, stride_b,
+    stride_scale_n, stride_scale_c, stride_scale_t, stride_scale_q,
+    stride_shift_n, stride_shift_c, stride_shift_t, stride_shift_q,
+    C, S, Q, G, SPLIT, CHUNK, GROUP_SIZE, N_CH_BLOCKS, N_STRIPS, ITERS, eps,
     SIZE_CLASS,  # autotuning key only
     CG: tl.constexpr,
     CHANNELS_INNER: tl.constexpr,  # autotuning key: the tile shape follows the layout
     HAS_W: tl.constexpr, HAS_B: tl.constexpr,
     HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, SILU: tl.constexpr,
+    SPATIAL: tl.constexpr,  # scale/shift vary over positions (SPADE), not only (n, c)
     BLOCK_CH: tl.constexpr, BLOCK_SP: tl.constexpr, SPLIT_B: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -170,16 +178,15 @@ def _gn_apply_kernel(
     b = -mean * a
     if HAS_B:
         b += tl.load(b_ptr + ch * stride_b, mask=ch_ok, other=0.0).to(tl.float32)
-    if HAS_SCALE:
-        film = 1.0 + tl.load(
-            scale_ptr + n.to(tl.int64) * stride_scale_n + ch * stride_scale_c, mask=ch_ok, other=0.0
-        ).to(tl.float32)
-        a *= film
-        b *= film
-    if HAS_SHIFT:
-        b += tl.load(
-            shift_ptr + n.to(tl.int64) * stride_shift_n + ch * stride_shift_c, mask=ch_ok, other=0.0
-        ).to(tl.float32)
+    scale_rows = scale_ptr + n.to(tl.int64) * stride_scale_n + ch * stride_scale_c
+    shift_rows = shift_ptr + n.to(tl.int64) * stride_shift_n + ch * stride_shift_c
+    if not SPATIAL:
+        if HAS_SCALE:
+            film = 1.0 + tl.load(scale_rows, mask=ch_ok, other=0.0).to(tl.float32)
+            a *= film
+            b *= film
+        if HAS_SHIFT:
+            b += tl.load(shift_rows, mask=ch_ok, other=0.0).to(tl.float32)
 
     y_base = y_ptr + n.to(tl.int64) * stride_yn
     x_rows = x_base + ch[:, None] * stride_xc
@@ -190,6 +197,20 @@ def _gn_apply_kernel(
         # Masked lanes read k: a finite y there keeps the SiLU's exp from overflowing.
         x = tl.load(x_rows + sp[None, :] * stride_xs, mask=mask, other=k[:, None]).to(tl.float32)
         y = (x - k[:, None]) * a[:, None] + b[:, None]
+        if SPATIAL:
+            # Position sp is frame sp // Q, pixel sp % Q of the [N, C, T, Q] modulation.
+            t = sp // Q
+            q = sp - t * Q
+            if HAS_SCALE:
+                off = t.to(tl.int64) * stride_scale_t + q.to(tl.int64) * stride_scale_q
+                y *= 1.0 + tl.load(scale_rows[:, None] + off[None, :], mask=mask, other=0.0).to(
+                    tl.float32
+                )
+            if HAS_SHIFT:
+                off = t.to(tl.int64) * stride_shift_t + q.to(tl.int64) * stride_shift_q
+                y += tl.load(shift_rows[:, None] + off[None, :], mask=mask, other=0.0).to(
+                    tl.float32
+                )
         if SILU:
             y = y / (1.0 + tl.exp(-y))
         tl.store(y_rows + sp[None, :] * stride_ys, cast_to(y, y_ptr.dtype.element_ty), mask=mask)
@@ -204,8 +225,28 @@ def _as_3d(t: torch.Tensor) -> torch.Tensor | None:
         return None
 
 
+def _modulation_4d(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A scale/shift (FiLM ``[N, C]`` or spatial, broadcastable to x) as an ``[N, C, T, Q]``
+    view (Q = H * W; T = 1 for 4-D x) whose broadcast dims have stride 0; copied (one
+    frame at most) only when H and W do not collapse into one stride."""
+    n, c = x.shape[:2]
+    frames = x.shape[2] if x.dim() == 5 else 1
+    if t.dim() == 2:
+        return t.view(n, c, 1, 1).expand(n, c, frames, math.prod(x.shape[2:]) // frames)
+    e = t.expand(x.shape)
+    if e.dim() == 4:
+        e = e.unsqueeze(2)
+    try:
+        return e.view(n, c, frames, -1)
+    except RuntimeError:
+        if e.stride(2) == 0:  # broadcast over T: materialise one frame
+            return e[:, :, :1].contiguous().expand(e.shape).view(n, c, frames, -1)
+        return e.contiguous().view(n, c, frames, -1)
+
+
 def _sample_extent(t3: torch.Tensor) -> int:
-    """Largest element offset inside one sample of a ``[N, C, S]`` view."""
+    """Largest element offset inside one sample of a ``[N, C, S]`` (or ``[N, C, T, Q]``)
+    view."""
     sizes, strides = t3.shape[1:], t3.stride()[1:]
     return sum((size - 1) * abs(stride) for size, stride in zip(sizes, strides, strict=True))
 
@@ -233,7 +274,8 @@ def group_norm(
         num_groups: G, a divisor of C.
         weight, bias: ``[C]`` or None.
         eps: added to the variance.
-        scale, shift: ``[N, C]`` FiLM or None.
+        scale, shift: ``[N, C]`` FiLM, or spatial: x's dims broadcastable to x (such as
+            SPADE's ``[N, C, 1, H, W]``), any strides; or None.
         activation: None or ``"silu"``.
         out: optional ``[N, C, *spatial]`` tensor of x's dtype to write into (must not
             overlap x); default a new tensor in x's memory format.
@@ -301,7 +343,15 @@ def group_norm(
     n_strips = cdiv(n_sp_tiles, iters)
 
     dummy = part  # never read: the HAS_* flags compile the loads out
-    w, b, sc_t, sh_t = (t if t is not None else dummy for t in (weight, bias, scale, shift))
+    w, b = (t if t is not None else dummy for t in (weight, bias))
+    spatial = any(t is not None and t.dim() != 2 for t in (scale, shift))
+    sc_t, sh_t = (
+        _modulation_4d(t, x) if t is not None else dummy.view(1, 1, 1, -1) for t in (scale, shift)
+    )
+    mod_strides = [*sc_t.stride(), *sh_t.stride()]
+    if spatial and max(_sample_extent(sc_t), _sample_extent(sh_t)) > MAX_INT32:
+        raise ValueError("scale/shift: one sample spans more than 2**31 elements")
+    frames = x.shape[2] if x.dim() == 5 else 1
     with device_guard(x):
         _gn_stats_kernel[check_grid_x(n * split * num_groups, "group_norm statistics")](
             x3, part, sn, sc, ss,
@@ -311,13 +361,14 @@ def group_norm(
         _gn_apply_kernel[check_grid_x(n * n_ch_blocks * n_strips, "group_norm apply")](
             x3, y3, part, w, b, sc_t, sh_t,
             sn, sc, ss, *y3.stride(),
-            w.stride(0), b.stride(0), *sc_t.stride()[:2], *sh_t.stride()[:2],
-            c, s, num_groups, split, chunk, group_size, n_ch_blocks, n_strips, iters, float(eps),
+            w.stride(0), b.stride(0), *mod_strides,
+            c, s, s // frames, num_groups, split, chunk, group_size,
+            n_ch_blocks, n_strips, iters, float(eps),
             _size_class(block_ch * block_sp * iters),
             CG=cg, CHANNELS_INNER=channels_inner,
             HAS_W=weight is not None, HAS_B=bias is not None,
             HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None,
-            SILU=activation == "silu",
+            SILU=activation == "silu", SPATIAL=spatial,
             BLOCK_CH=block_ch, BLOCK_SP=block_sp, SPLIT_B=triton.next_power_of_2(split),
         )
     return out

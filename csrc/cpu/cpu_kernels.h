@@ -39,9 +39,15 @@ struct Kernels {
   // (float-rounded) group mean first keeps large-mean inputs exact: x - m is exact
   // when x is near m, where a * x + b' would cancel two large terms.
   void (*affine_row)(const T* x, T* y, int64_t n, float a, float m, float b, bool silu);
-  // y[p, c] = act(a[c] * (x[p, c] - m[c]) + b[c]) for [positions, C], channels innermost.
+  // y[i] = act(a[i] * (x[i] - m) + b[i]): affine_row with a and b per element (a spatial
+  // scale/shift folded in), for a contiguous row of n values.
+  void (*affine_row_varying)(const T* x, T* y, int64_t n, const float* a, float m,
+                             const float* b, bool silu);
+  // y[p, c] = act(a[p * ab_step + c] * (x[p, c] - m[c]) + b[p * ab_step + c]) for
+  // [positions, C], channels innermost: ab_step 0 gives per-channel a and b (FiLM), C
+  // per-position rows (a spatial scale/shift folded in).
   void (*affine_chunk)(const T* x, T* y, int64_t positions, int64_t C, const float* a,
-                       const float* m, const float* b, bool silu);
+                       const float* m, const float* b, int64_t ab_step, bool silu);
   // Softmax attention over T for `count` consecutive positions starting at flat
   // position `first`, ordered (b, y, x, head) when heads_inner (channels innermost in
   // memory: all heads of a pixel are one contiguous read) else (b, head, y, x).

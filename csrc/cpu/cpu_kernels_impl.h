@@ -16,6 +16,7 @@ Kernels<T> make_kernels() {
   k.row_moments = &row_moments<T>;
   k.chunk_moments = &chunk_moments<T>;
   k.affine_row = &affine_row<T>;
+  k.affine_row_varying = &affine_row_varying<T>;
   k.affine_chunk = &affine_chunk<T>;
   k.attention = &attention<T>;
   k.attention_pixels = &attention_pixels<T>;

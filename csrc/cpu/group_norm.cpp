@@ -1,6 +1,10 @@
 // CPU group_norm: statistics and the fused affine/FiLM/SiLU epilogue, parallel over
 // independent work with at::parallel_for, vector loops in cpu_kernels_impl.h.
 //
+// scale/shift are per-sample FiLM [N, C] (folded into per-channel coefficients) or a
+// spatial modulation broadcastable to x, e.g. SPADE's [N, C, 1, H, W] (folded into
+// per-element coefficients of one period: H * W positions reused by every frame).
+//
 // Layouts: NCS (contiguous; a group is Cg rows of S values, processed by one task
 // while it is in cache) and NSC (channels_last; split into chunks of positions whose
 // per-group moments are combined in a fixed order, so results are deterministic).
@@ -70,24 +74,70 @@ struct Coefficients {
   }
 };
 
+// A spatial scale/shift (see spatial_modulation in group_norm_args.h): one period of
+// `period` positions per sample, as float32 [N, C, period] (NCS) or [N, period, C]
+// (NSC); either pointer may be null. Folded into per-element coefficients
+// A = a * (1 + scale), B = b * (1 + scale) + shift, so the output pass stays one
+// multiply-add per element: y = act(A * (x - m) + B).
+struct Spatial {
+  const float* scale;
+  const float* shift;
+  int64_t period;
+
+  bool active() const { return scale != nullptr || shift != nullptr; }
+
+  // A[i] = a[i % width] * (1 + scale[i]) and B likewise, for rows x width values
+  // starting at element `at` of the modulation.
+  void fold(int64_t at, int64_t rows, int64_t width, const float* __restrict__ a,
+            const float* __restrict__ b, float* __restrict__ A, float* __restrict__ B) const {
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t o = at + r * width;
+      float* __restrict__ Ar = A + r * width;
+      float* __restrict__ Br = B + r * width;
+      for (int64_t i = 0; i < width; ++i) {
+        const float s = scale ? 1.0f + scale[o + i] : 1.0f;
+        Ar[i] = a[i] * s;
+        Br[i] = b[i] * s + (shift ? shift[o + i] : 0.0f);
+      }
+    }
+  }
+};
+
 template <typename scalar_t>
-void run_ncs(const at::Tensor& x, at::Tensor& y, int64_t G, const Coefficients& coef, bool silu) {
+void run_ncs(const at::Tensor& x, at::Tensor& y, int64_t G, const Coefficients& coef,
+             const Spatial& spatial, bool silu) {
   using T = typename cpu::StorageOf<scalar_t>::type;
   const auto& k = cpu::select_kernels<T>();
   const int64_t N = x.size(0), C = x.size(1), S = x.numel() / std::max<int64_t>(N * C, 1);
   const int64_t cg = C / G;
   const T* xp = cpu::storage(x.const_data_ptr<scalar_t>());
   T* yp = cpu::storage(y.mutable_data_ptr<scalar_t>());
+  const int64_t P = spatial.period;
   at::parallel_for(0, N * G, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> a(cg), mean(cg), b(cg);
+    std::vector<float> A(spatial.active() ? P : 0), B(A.size());
     std::vector<Moments> rows(cg);
     for (int64_t ng = begin; ng < end; ++ng) {
       const int64_t n = ng / G, c0 = (ng % G) * cg;
       const T* xg = xp + (n * C + c0) * S;
       for (int64_t i = 0; i < cg; ++i) rows[i] = k.row_moments(xg + i * S, S);
       coef.fill(merge(rows.data(), cg, 1), n, c0, cg, a.data(), mean.data(), b.data());
-      for (int64_t i = 0; i < cg; ++i)
-        k.affine_row(xg + i * S, yp + (n * C + c0 + i) * S, S, a[i], mean[i], b[i], silu);
+      for (int64_t i = 0; i < cg; ++i) {
+        const T* xr = xg + i * S;
+        T* yr = yp + (n * C + c0 + i) * S;
+        if (!spatial.active()) {
+          k.affine_row(xr, yr, S, a[i], mean[i], b[i], silu);
+          continue;
+        }
+        // One period of this channel's coefficients, reused by every frame (S / P).
+        for (int64_t p = 0; p < P; ++p) {
+          const float s = spatial.scale ? 1.0f + spatial.scale[(n * C + c0 + i) * P + p] : 1.0f;
+          A[p] = a[i] * s;
+          B[p] = b[i] * s + (spatial.shift ? spatial.shift[(n * C + c0 + i) * P + p] : 0.0f);
+        }
+        for (int64_t t0 = 0; t0 < S; t0 += P)
+          k.affine_row_varying(xr + t0, yr + t0, P, A.data(), mean[i], B.data(), silu);
+      }
     }
   });
 }
@@ -99,7 +149,8 @@ void run_ncs(const at::Tensor& x, at::Tensor& y, int64_t G, const Coefficients& 
 constexpr int64_t kRoundBytesPerThread = 256 << 10;
 
 template <typename scalar_t>
-void run_nsc(const at::Tensor& x, at::Tensor& y, int64_t G, const Coefficients& coef, bool silu) {
+void run_nsc(const at::Tensor& x, at::Tensor& y, int64_t G, const Coefficients& coef,
+             const Spatial& spatial, bool silu) {
   using T = typename cpu::StorageOf<scalar_t>::type;
   const auto& k = cpu::select_kernels<T>();
   const int64_t N = x.size(0), C = x.size(1), S = x.numel() / std::max<int64_t>(N * C, 1);
@@ -116,6 +167,10 @@ void run_nsc(const at::Tensor& x, at::Tensor& y, int64_t G, const Coefficients& 
 
   std::vector<Moments> partial(per_round * chunks * G);  // [sample, chunk, group]
   std::vector<float> a(N * C), mean(N * C), b(N * C);
+  // Spatial form: per-(position, channel) coefficients of one period, per sample of a
+  // round: [per_round, P, C].
+  const int64_t P = spatial.period;
+  std::vector<float> A(spatial.active() ? per_round * P * C : 0), B(A.size());
   for (int64_t n0 = 0; n0 < N; n0 += per_round) {
     const int64_t items = (std::min(N, n0 + per_round) - n0) * chunks;
     at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
@@ -143,13 +198,35 @@ void run_nsc(const at::Tensor& x, at::Tensor& y, int64_t G, const Coefficients& 
         coef.fill(merge(partial.data() + (n - n0) * chunks * G + g, chunks, G), n, g * cg, cg,
                   a.data() + at, mean.data() + at, b.data() + at);
       }
+    if (spatial.active()) {
+      const int64_t samples = std::min(N, n0 + per_round) - n0;
+      at::parallel_for(0, samples * P, 64, [&](int64_t begin, int64_t end) {
+        for (int64_t r = begin; r < end;) {
+          const int64_t n = n0 + r / P, p = r % P, rows = std::min(end - r, P - p);
+          spatial.fold((n * P + p) * C, rows, C, a.data() + n * C, b.data() + n * C,
+                       A.data() + r * C, B.data() + r * C);
+          r += rows;
+        }
+      });
+    }
     at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
       for (int64_t item = begin; item < end; ++item) {
         const int64_t n = n0 + item / chunks, p0 = (item % chunks) * chunk;
         const int64_t len = std::min(chunk, S - p0);
-        const int64_t off = (n * S + p0) * C;
-        k.affine_chunk(xp + off, yp + off, len, C, a.data() + n * C, mean.data() + n * C,
-                       b.data() + n * C, silu);
+        if (!spatial.active()) {
+          const int64_t off = (n * S + p0) * C;
+          k.affine_chunk(xp + off, yp + off, len, C, a.data() + n * C, mean.data() + n * C,
+                         b.data() + n * C, 0, silu);
+          continue;
+        }
+        // Runs of positions that do not wrap around the modulation's period.
+        for (int64_t p = p0; p < p0 + len;) {
+          const int64_t q = p % P, run = std::min(p0 + len - p, P - q);
+          const int64_t off = (n * S + p) * C, at = ((n - n0) * P + q) * C;
+          k.affine_chunk(xp + off, yp + off, run, C, A.data() + at, mean.data() + n * C,
+                         B.data() + at, C, silu);
+          p += run;
+        }
       }
     });
   }
@@ -172,17 +249,31 @@ at::Tensor group_norm_cpu(const at::Tensor& x_in, int64_t num_groups,
   poison_if_requested(y);
   if (x.numel() == 0) return y;
 
-  const auto w = as_float32(weight), bi = as_float32(bias), sc = as_float32(scale),
-             sh = as_float32(shift);
-  const Coefficients coef{w ? w->const_data_ptr<float>() : nullptr,
-                          bi ? bi->const_data_ptr<float>() : nullptr,
-                          sc ? sc->const_data_ptr<float>() : nullptr,
-                          sh ? sh->const_data_ptr<float>() : nullptr, C, eps};
+  auto ptr = [](const std::optional<at::Tensor>& t) -> const float* {
+    return t ? t->const_data_ptr<float>() : nullptr;
+  };
+  const auto w = as_float32(weight), bi = as_float32(bias);
+  // FiLM scale/shift fold into the per-channel coefficients; a spatial one (or both,
+  // when either is spatial) into per-element ones, materialised in x's inner order.
+  const bool is_spatial = has_spatial_modulation(x, scale, shift);
+  const int64_t period = is_spatial ? modulation_period(x, scale, shift) : 0;
+  auto film = [&](const std::optional<at::Tensor>& t) -> std::optional<at::Tensor> {
+    return is_spatial ? std::nullopt : as_float32(t);
+  };
+  auto per_position = [&](const std::optional<at::Tensor>& t) -> std::optional<at::Tensor> {
+    if (!is_spatial || !t) return std::nullopt;
+    return spatial_modulation(x, *t, period, nsc);
+  };
+  const auto sc = film(scale), sh = film(shift), sc_sp = per_position(scale),
+             sh_sp = per_position(shift);
+  const Coefficients coef{ptr(w), ptr(bi), ptr(sc), ptr(sh), C, eps};
+  const Spatial spatial{ptr(sc_sp), ptr(sh_sp), period};
   if (x.scalar_type() == at::kFloat) {
-    nsc ? run_nsc<float>(x, y, num_groups, coef, silu) : run_ncs<float>(x, y, num_groups, coef, silu);
+    nsc ? run_nsc<float>(x, y, num_groups, coef, spatial, silu)
+        : run_ncs<float>(x, y, num_groups, coef, spatial, silu);
   } else {
-    nsc ? run_nsc<c10::BFloat16>(x, y, num_groups, coef, silu)
-        : run_ncs<c10::BFloat16>(x, y, num_groups, coef, silu);
+    nsc ? run_nsc<c10::BFloat16>(x, y, num_groups, coef, spatial, silu)
+        : run_ncs<c10::BFloat16>(x, y, num_groups, coef, spatial, silu);
   }
   return y;
 }

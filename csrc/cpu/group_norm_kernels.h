@@ -1,5 +1,5 @@
 // group_norm's CPU kernels: per-row and per-chunk moments, then the affine (+SiLU)
-// pass. See kernel_common.h for how the instruction-set builds include this.
+// pass, with coefficients per channel (FiLM) or per element (spatial scale/shift). See kernel_common.h for how the instruction-set builds include this.
 #pragma once
 
 #include "cpu/kernel_common.h"
@@ -152,13 +152,56 @@ void affine_row(const T* x, T* y, int64_t n, float a, float m, float b, bool act
     affine_row_impl<T, false>(x, y, n, a, m, b);
 }
 
+// The spatial form of affine_row: a and b per element (a spatial scale/shift folded in).
+template <typename T, bool Silu>
+static void affine_row_varying_impl(const T* __restrict__ x, T* __restrict__ y, int64_t n,
+                                    const float* __restrict__ a, float m,
+                                    const float* __restrict__ b) {
+  int64_t i = 0;
+#if LDDM_AVX2
+  const __m256 vm = _mm256_set1_ps(m);
+  const auto affine8 = [&](int64_t j) {
+    return _mm256_fmadd_ps(_mm256_loadu_ps(a + j), _mm256_sub_ps(load8(x + j), vm),
+                           _mm256_loadu_ps(b + j));
+  };
+  for (; i + 32 <= n; i += 32) {
+    __m256 v[4];
+    for (int u = 0; u < 4; ++u) v[u] = affine8(i + 8 * u);
+    if (Silu) silu<4>(v);
+    for (int u = 0; u < 4; ++u) store8(y + i + 8 * u, v[u]);
+  }
+  for (; i + 8 <= n; i += 8) {
+    __m256 v = affine8(i);
+    if (Silu) silu<1>(&v);
+    store8(y + i, v);
+  }
+#endif
+#pragma omp simd
+  for (int64_t j = i; j < n; ++j) {
+    const float v = a[j] * (load(x[j]) - m) + b[j];
+    store(y + j, Silu ? silu(v) : v);
+  }
+}
+
+template <typename T>
+void affine_row_varying(const T* x, T* y, int64_t n, const float* a, float m, const float* b,
+                        bool act) {
+  if (act)
+    affine_row_varying_impl<T, true>(x, y, n, a, m, b);
+  else
+    affine_row_varying_impl<T, false>(x, y, n, a, m, b);
+}
+
 template <typename T, bool Silu>
 static void affine_chunk_impl(const T* __restrict__ x, T* __restrict__ y, int64_t positions,
-                              int64_t C, const float* __restrict__ a, const float* __restrict__ m,
-                              const float* __restrict__ b) {
+                              int64_t C, const float* __restrict__ a_in,
+                              const float* __restrict__ m, const float* __restrict__ b_in,
+                              int64_t ab_step) {
   for (int64_t p = 0; p < positions; ++p) {
     const T* xr = x + p * C;
     T* yr = y + p * C;
+    const float* __restrict__ a = a_in + p * ab_step;
+    const float* __restrict__ b = b_in + p * ab_step;
     int64_t c0 = 0;
 #if LDDM_AVX2
     const auto affine8 = [&](int64_t c) {
@@ -188,11 +231,11 @@ static void affine_chunk_impl(const T* __restrict__ x, T* __restrict__ y, int64_
 
 template <typename T>
 void affine_chunk(const T* x, T* y, int64_t positions, int64_t C, const float* a, const float* m,
-                  const float* b, bool act) {
+                  const float* b, int64_t ab_step, bool act) {
   if (act)
-    affine_chunk_impl<T, true>(x, y, positions, C, a, m, b);
+    affine_chunk_impl<T, true>(x, y, positions, C, a, m, b, ab_step);
   else
-    affine_chunk_impl<T, false>(x, y, positions, C, a, m, b);
+    affine_chunk_impl<T, false>(x, y, positions, C, a, m, b, ab_step);
 }
 
 }  // namespace LDDM_ISA_NAMESPACE

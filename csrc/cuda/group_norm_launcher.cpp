@@ -19,6 +19,11 @@ at::Tensor group_norm_cuda(const at::Tensor& x_in, int64_t num_groups,
                            const std::optional<at::Tensor>& shift, bool silu) {
   LDDM_CHECK_DEVICE(x_in, at::kCUDA, "x");
   check_group_norm_args(x_in, num_groups, weight, bias, scale, shift);
+  // The kernels fold scale/shift into per-(n, c) coefficients; the dispatcher sends a
+  // spatial modulation to another backend (ops/extension.py: cuda_limits).
+  TORCH_CHECK_VALUE(!has_spatial_modulation(x_in, scale, shift),
+                    "the CUDA group_norm takes FiLM scale/shift [N, C] only, not a spatial "
+                    "modulation; use the triton or reference backend");
   const cuda::DType dtype = cuda_dtype_of(x_in, "x");
   const int64_t N = x_in.size(0), C = x_in.size(1);
 

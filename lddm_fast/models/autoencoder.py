@@ -95,9 +95,9 @@ class SpadeNorm(nn.Module):
     """Parameter-free GroupNorm of a video, modulated per pixel by an x0 feature map
     broadcast over time, then SiLU: ``silu(norm(x) * (1 + gamma) + beta)``.
 
-    gamma and beta come from one 3x3 conv of the x0 features. The op fuses only
-    per-channel FiLM, so the spatial modulation and the SiLU run as two eager ops
-    after :func:`lddm_fast.ops.group_norm`.
+    gamma and beta come from one 3x3 conv of the x0 features, as ``[B, C, 1, H, W]``
+    views of its output; norm, modulation and SiLU are one
+    :func:`lddm_fast.ops.group_norm` call (its spatial scale/shift form).
     """
 
     def __init__(self, channels: int, cond_channels: int, groups: int, eps: float) -> None:
@@ -108,6 +108,15 @@ class SpadeNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:
         """x: ``[B, C, T, H, W]``; feature: ``[B, C_cond, H, W]``. Returns x's shape."""
+        gamma, beta = self.modulation(feature).unsqueeze(2).chunk(2, dim=1)
+        return ops.group_norm(
+            x, self.num_groups, eps=self.eps, scale=gamma, shift=beta, activation="silu"
+        )
+
+    def forward_unfused(self, x: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:
+        """The same output as :meth:`forward` from the unfused formulation (a GroupNorm
+        op, then the modulation and the SiLU as eager ops): the baseline the tests and
+        the benchmarks' model suite compare the fused path against."""
         gamma, beta = self.modulation(feature).unsqueeze(2).chunk(2, dim=1)
         h = ops.group_norm(x, self.num_groups, eps=self.eps)
         return F.silu(torch.addcmul(beta, h, 1.0 + gamma), inplace=True)

@@ -102,6 +102,21 @@ def _check_tensor(name: str, t: torch.Tensor, like: torch.Tensor) -> None:
         raise ValueError(f"{name} must be a floating-point tensor, got {t.dtype}")
 
 
+def _modulation_is_spatial(name: str, t: torch.Tensor, x: torch.Tensor) -> bool:
+    """Whether a group_norm ``scale``/``shift`` is spatial (x's dims, broadcastable to x)
+    rather than per-sample FiLM ``[N, C]``; any other shape is a ValueError."""
+    n, c = x.shape[:2]
+    if t.shape == (n, c):
+        return False
+    if t.dim() == x.dim() and all(s in (1, xs) for s, xs in zip(t.shape, x.shape, strict=True)):
+        return True
+    raise ValueError(
+        f"{name} must have shape ({n}, {c}) = [N, C] (FiLM) or x's {x.dim()} dims "
+        f"broadcastable to {tuple(x.shape)} (spatial, e.g. [N, C, 1, H, W]), "
+        f"got {tuple(t.shape)}"
+    )
+
+
 def group_norm(
     x: torch.Tensor,
     num_groups: int,
@@ -126,7 +141,10 @@ def group_norm(
         num_groups: G, a divisor of C.
         weight, bias: ``[C]`` or None.
         eps: added to the variance.
-        scale, shift: per-sample FiLM ``[N, C]`` or None.
+        scale, shift: per-sample FiLM ``[N, C]``; or a spatial modulation with x's
+            number of dims, broadcastable to x, any strides: ``[N, C, 1, H, W]`` for
+            5-D x (SPADE: one map per sample broadcast over T), ``[N, C, H, W]`` for
+            4-D x; or None. The two may take different forms.
         activation: None or ``"silu"``.
         backend: force one backend for this call (see :func:`available_backends`).
 
@@ -146,16 +164,14 @@ def group_norm(
             _check_tensor(name, t, x)
             if t.shape != (c,):
                 raise ValueError(f"{name} must have shape ({c},), got {tuple(t.shape)}")
+    spatial = False
     for name, t in (("scale", scale), ("shift", shift)):
         if t is not None:
             _check_tensor(name, t, x)
-            if t.shape != (n, c):
-                raise ValueError(
-                    f"{name} must have shape ({n}, {c}) = [N, C], got {tuple(t.shape)}"
-                )
+            spatial |= _modulation_is_spatial(name, t, x)
     if activation not in (None, "silu"):
         raise ValueError(f"activation must be None or 'silu', got {activation!r}")
-    impl = select("group_norm", backend, x, weight, bias, scale, shift)
+    impl = select("group_norm", backend, x, weight, bias, scale, shift, params={"spatial": spatial})
     return impl(x, num_groups, weight, bias, eps, scale=scale, shift=shift, activation=activation)
 
 

@@ -26,8 +26,14 @@ def group_norm(
 ) -> torch.Tensor:
     """GroupNorm + affine + FiLM + optional SiLU, see :func:`lddm_fast.ops.group_norm`.
 
-    x: [N, C, *spatial]; weight, bias: [C]; scale, shift: [N, C].
+    x: [N, C, *spatial]; weight, bias: [C]; scale, shift: [N, C] (FiLM) or x's dims,
+    broadcastable to x (spatial, e.g. [N, C, 1, H, W]).
     """
+
+    def modulation(t: torch.Tensor) -> torch.Tensor:
+        t = t.to(compute)
+        return t.view(*t.shape, *extra) if t.dim() == 2 else t
+
     compute = torch.float64 if x.dtype == torch.float64 else torch.float32
     extra = (1,) * (x.dim() - 2)
     n, c = x.shape[:2]
@@ -42,9 +48,9 @@ def group_norm(
     if bias is not None:
         y = y + bias.to(compute).view(1, -1, *extra)
     if scale is not None:
-        y = y * (1 + scale.to(compute).view(*scale.shape, *extra))
+        y = y * (1 + modulation(scale))
     if shift is not None:
-        y = y + shift.to(compute).view(*shift.shape, *extra)
+        y = y + modulation(shift)
     if activation == "silu":
         y = F.silu(y)
     return y.to(x.dtype).contiguous(memory_format=memory_format_of(x))

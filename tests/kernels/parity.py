@@ -57,3 +57,39 @@ def layout(x: torch.Tensor, fmt: str) -> torch.Tensor:
 
 def d64(t):
     return None if t is None else t.double()
+
+
+# Spatial scale/shift forms of group_norm (SPADE): modulation shapes broadcastable to x.
+SPATIAL_FORMS = ["spade", "spade_views", "full_transposed", "film_and_broadcast"]
+
+
+def spatial_modulation(x: torch.Tensor, form: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A (scale, shift) pair for x in one of SPATIAL_FORMS, float32 on x's device:
+    spade: ``[N, C, 1, H, W]`` (``[N, C, H, W]`` for 4-D x), contiguous; spade_views: the
+    same as the two channel halves of one channels-last conv output (the decoder's
+    SpadeNorm: non-contiguous views); full_transposed: x's full shape with H and W
+    transposed in memory; film_and_broadcast: scale FiLM ``[N, C]``, shift ``[1, C, 1, 1, W]``
+    (broadcast over N, T and H)."""
+    n, c, *spatial = x.shape
+    h, w = spatial[-2:]
+    frame = (1, h, w) if x.dim() == 5 else (h, w)
+
+    def rand(*size):
+        return torch.randn(size, device=x.device)
+
+    if form == "spade":
+        return rand(n, c, *frame) * 0.5, rand(n, c, *frame)
+    if form == "spade_views":
+        both = rand(n, 2 * c, h, w).contiguous(memory_format=torch.channels_last)
+        if x.dim() == 5:
+            both = both.unsqueeze(2)
+        scale, shift = both.chunk(2, dim=1)
+        assert not scale.is_contiguous()
+        return scale, shift
+    if form == "full_transposed":
+        scale, shift = (rand(n, c, *spatial[:-2], w, h).transpose(-1, -2) for _ in range(2))
+        assert not scale.is_contiguous() or h == w == 1
+        return scale, shift
+    if form == "film_and_broadcast":
+        return rand(n, c) * 0.5, rand(1, c, *(1,) * (x.dim() - 3), w)
+    raise ValueError(form)

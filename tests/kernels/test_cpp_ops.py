@@ -5,7 +5,7 @@ AVX2)."""
 
 import pytest
 import torch
-from parity import FP32_TOL, check, layout, rel
+from parity import FP32_TOL, SPATIAL_FORMS, check, d64, layout, rel, spatial_modulation
 
 from lddm_fast import ops
 from lddm_fast.layout import attention_output_format, memory_format_of
@@ -87,6 +87,58 @@ def test_group_norm(shape, groups, fmt, film, silu, dtype, isa):
     assert y.dtype == dtype and y.shape == x.shape
     assert y.is_contiguous(memory_format=memory_format_of(x))
     check(y, eager, ref)
+
+
+@pytest.mark.parametrize("shape,groups", GN_SHAPES)
+@pytest.mark.parametrize("fmt", ["contiguous", "channels_last", "strided"])
+@pytest.mark.parametrize("form", SPATIAL_FORMS)
+@pytest.mark.parametrize("silu", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_group_norm_spatial(shape, groups, fmt, form, silu, dtype, isa):
+    """The spatial (SPADE) scale/shift: per-element coefficients of one period (H * W
+    positions when broadcast over T, else all of them), in both output passes."""
+    c = shape[1]
+    x = layout(torch.randn(shape).to(dtype), fmt)
+    w, b = torch.randn(c), torch.randn(c)
+    scale, shift = spatial_modulation(x, form)
+    act = "silu" if silu else None
+    kw = dict(scale=scale, shift=shift, activation=act)
+    y = ops.group_norm(x, groups, w, b, backend="cpp", **kw)
+    eager = ops.group_norm(x, groups, w, b, backend="reference", **kw)
+    ref = ops.group_norm(
+        x.double(),
+        groups,
+        d64(w),
+        d64(b),
+        scale=d64(scale),
+        shift=d64(shift),
+        activation=act,
+        backend="reference",
+    )
+    assert y.dtype == dtype and y.shape == x.shape
+    assert y.is_contiguous(memory_format=memory_format_of(x))
+    check(y, eager, ref)
+
+
+@pytest.mark.parametrize("fmt", ["contiguous", "channels_last"])
+def test_group_norm_spatial_scale_or_shift_alone_over_rounds(fmt, isa):
+    # channels_last samples of 288 KB (several rounds, chunks of positions that cross
+    # frame boundaries: runs that wrap the modulation's period), scale or shift alone.
+    x = layout(1000 + torch.randn(3, 64, 5, 15, 15), fmt)
+    w, b = torch.randn(64), torch.randn(64)
+    mod = torch.randn(3, 64, 1, 15, 15)
+    for kw in ({"scale": mod}, {"shift": mod}):
+        y = ops.group_norm(x, 16, w, b, activation="silu", backend="cpp", **kw)
+        ref = ops.group_norm(
+            x.double(),
+            16,
+            w.double(),
+            b.double(),
+            activation="silu",
+            backend="reference",
+            **{k: v.double() for k, v in kw.items()},
+        )
+        assert rel(y, ref) <= FP32_TOL
 
 
 @pytest.mark.parametrize("fmt", ["contiguous", "channels_last"])
@@ -217,6 +269,13 @@ def test_op_rejects_bad_film_shape():
     with pytest.raises(ValueError, match="scale must have shape"):
         torch.ops.lddm.group_norm(
             torch.randn(2, 8, 4, 4), 4, None, None, 1e-5, torch.randn(8), None, False
+        )
+
+
+def test_op_rejects_modulation_not_broadcastable():
+    with pytest.raises(ValueError, match="scale must have shape"):
+        torch.ops.lddm.group_norm(
+            torch.randn(2, 8, 3, 4, 4), 4, None, None, 1e-5, torch.randn(2, 8, 1, 4, 3), None, False
         )
 
 

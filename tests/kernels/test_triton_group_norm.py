@@ -3,8 +3,9 @@
 Runs on a CUDA GPU, or on CPU through Triton's interpreter when the test run sets
 ``TRITON_INTERPRET=1`` (small shapes there; full sizes are marked ``gpu``). Fresh random
 inputs every run, outputs filled with NaN before the launch (an unwritten element
-fails), every dtype, both memory formats, odd sizes, FiLM and SiLU on and off, large
-means, strided views and the split reduction forced on small shapes.
+fails), every dtype, both memory formats, odd sizes, FiLM, spatial (SPADE) scale/shift and
+SiLU on and off, large means, strided views and the split reduction forced on small
+shapes.
 
 Tolerances: the rule of every kernel test (``parity.check``): float32 within 1e-5 of
 max|ref|; bfloat16/float16 within the larger of twice the eager reference's error in that
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from parity import check
+from parity import SPATIAL_FORMS, check, spatial_modulation
 
 from lddm_fast import ops
 from lddm_fast.ops import reference
@@ -113,6 +114,25 @@ def run_checked(x, groups, weight, bias, scale, shift, activation, split=None, e
 def test_matches_float64(shape, groups, dtype, layout):
     x, weight, bias, scale, shift = make_inputs(shape, dtype, layout)
     run_checked(x, groups, weight, bias, scale, shift, "silu")
+
+
+@pytest.mark.parametrize("form", SPATIAL_FORMS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape,groups", SHAPES, ids=str)
+def test_spatial_modulation(shape, groups, dtype, layout, form):
+    """SPADE scale/shift applied per element in the apply pass's epilogue."""
+    x, weight, bias, _, _ = make_inputs(shape, dtype, layout, film=False)
+    scale, shift = spatial_modulation(x, form)
+    run_checked(x, groups, weight, bias, scale, shift, "silu")
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_spatial_scale_or_shift_alone_split_large_mean(layout):
+    x, weight, bias, _, _ = make_inputs((1, 40, 7, 5, 5), torch.float32, layout, mean=50.0)
+    mod, _ = spatial_modulation(x, "spade")
+    run_checked(x, 8, weight, bias, mod, None, None, split=3)
+    run_checked(x, 8, weight, bias, None, mod, "silu", split=3)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)

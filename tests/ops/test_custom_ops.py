@@ -22,6 +22,14 @@ def test_group_norm_opcheck(fmt):
     torch.library.opcheck(torch.ops.lddm.group_norm.default, args, test_utils=OPCHECK_TESTS)
 
 
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last_3d])
+def test_group_norm_spatial_opcheck(fmt):
+    x = torch.randn(2, 8, 3, 4, 4).contiguous(memory_format=fmt)
+    scale, shift = torch.randn(2, 16, 1, 4, 4).chunk(2, dim=1)  # SPADE: views of one conv
+    args = (x, 4, torch.randn(8), None, 1e-5, scale, shift, True)
+    torch.library.opcheck(torch.ops.lddm.group_norm.default, args, test_utils=OPCHECK_TESTS)
+
+
 def test_temporal_attention_opcheck():
     qkv = torch.randn(2, 24, 5, 3, 3).contiguous(memory_format=torch.channels_last_3d)
     q, k, v = qkv.chunk(3, dim=1)

@@ -113,6 +113,10 @@ def test_default_falls_back_to_reference_for_float16():
             r"scale must have shape \(2, 6\)",
         ),
         (
+            lambda: ops.group_norm(torch.randn(2, 6, 3, 4, 5), 3, shift=torch.ones(2, 6, 1, 5, 4)),
+            r"shift must have shape \(2, 6\) = \[N, C\] \(FiLM\) or x's 5 dims",
+        ),
+        (
             lambda: ops.group_norm(torch.randn(2, 6, 3, 3), 3, activation="relu"),
             "activation must be None or 'silu'",
         ),
@@ -231,3 +235,31 @@ def test_cuda_default_order_is_per_op_as_measured():
     assert dispatch.default_order("cuda", "temporal_attention") == ["triton", "cuda", "reference"]
     assert dispatch.default_order("cuda", "sampler_step")[-1] == "reference"
     assert set(dispatch.default_order("cuda")) == {"cuda", "triton", "reference"}
+
+
+def test_spatial_modulation_goes_past_the_cuda_kernels():
+    """The CUDA group_norm folds scale/shift per (n, c) only: its limits refuse the spatial
+    (SPADE) form, so a default call on a GPU falls through to triton (or reference), and
+    the FiLM form is still its."""
+    from lddm_fast.ops import extension
+
+    x = torch.randn(2, 8, 3, 4, 4)
+    assert "spatial" in extension.cuda_limits("group_norm", x, {"spatial": True})
+    assert extension.cuda_limits("group_norm", x, {"spatial": False}) is None
+    assert extension.cuda_limits("group_norm", x, {}) is None
+
+
+def test_spatial_modulation_reaches_the_backend_as_a_param(monkeypatch):
+    seen = []
+    real = dispatch.select
+
+    def spy(op, backend, *tensors, params=None):
+        seen.append(params)
+        return real(op, backend, *tensors, params=params)
+
+    monkeypatch.setattr(ops, "select", spy)
+    x = torch.randn(2, 8, 3, 4, 4)
+    ops.group_norm(x, 4, scale=torch.randn(2, 8, 1, 4, 4), backend="reference")
+    ops.group_norm(x, 4, scale=torch.randn(2, 8), shift=torch.randn(1, 8, 1, 1, 4))
+    ops.group_norm(x, 4, scale=torch.randn(2, 8), backend="reference")
+    assert seen == [{"spatial": True}, {"spatial": True}, {"spatial": False}]

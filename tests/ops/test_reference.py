@@ -85,6 +85,36 @@ def test_group_norm_matches_formula(dtype, shape, groups, fmt, film, silu):
     assert rel_err(y, ref) <= TOL[dtype]
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape,groups", [((2, 40, 7, 5, 6), 8), ((3, 6, 4, 5), 3)])
+def test_group_norm_spatial_matches_formula(dtype, shape, groups):
+    """SPADE form: scale/shift [N, C, 1, H, W] ([N, C, H, W] for 4-D x), broadcast over T."""
+    n, c, *spatial = shape
+    frame = [1, *spatial[-2:]] if len(shape) == 5 else spatial
+    x = torch.randn(shape, dtype=torch.float64)
+    w, b = torch.randn(c, dtype=torch.float64), torch.randn(c, dtype=torch.float64)
+    scale, shift = (torch.randn(n, c, *frame, dtype=torch.float64) for _ in range(2))
+    y = ops.group_norm(
+        x.to(dtype),
+        groups,
+        w.to(dtype),
+        b.to(dtype),
+        scale=scale.to(dtype),
+        shift=shift.to(dtype),
+        activation="silu",
+        backend="reference",
+    )
+    f = lambda t: t.to(dtype).double().numpy()  # noqa: E731
+    # The formula indexes [N, C] modulations with trailing None axes; give it the
+    # spatial ones already broadcast to x.
+    xs = f(x)
+    ref = group_norm_formula(xs, groups, f(w), f(b), None, None, False)
+    ref = ref * (1 + np.broadcast_to(f(scale), xs.shape)) + np.broadcast_to(f(shift), xs.shape)
+    ref = ref / (1 + np.exp(-ref))
+    assert y.dtype == dtype and y.shape == x.shape
+    assert rel_err(y, ref) <= TOL[dtype]
+
+
 def test_group_norm_large_mean_is_stable():
     x = (1000 + torch.randn(2, 64, 4, 8, 8)).contiguous(memory_format=torch.channels_last_3d)
     y = ops.group_norm(x, 8, backend="reference")
