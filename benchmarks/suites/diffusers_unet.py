@@ -6,8 +6,8 @@ Models (``UNetSpatioTemporalConditionModel``, the UNet of Stable Video Diffusion
 - CUDA: SVD's own config (the class defaults, 1.5 B parameters) at the latent of a
   576x1024 video, ``[B, 14, 8, 72, 128]`` (SVD's 4 noise channels + 4 image-latent
   channels), batch 2 as SVD's pipeline runs it with classifier-free guidance;
-- CPU: the same architecture at reduced widths and a smaller latent that a 2-core
-  machine runs in seconds; ``--quick`` smaller still.
+- CPU: the same architecture at reduced widths on a smaller latent, for a 2-core
+  machine; ``--quick`` smaller still.
 
 Cases: one denoiser forward, and the sampling loop of SVD's default scheduler
 (``EulerDiscreteScheduler``, v-prediction, Karras sigmas, EDM preconditioning)
@@ -93,7 +93,7 @@ SHAPES: dict[str, list[UNetShape]] = {
             1,
             (8, 16, 16),
             steps=4,
-        ),  # fmt: skip
+        ),
     ],
 }
 
@@ -122,7 +122,8 @@ def euler_loop(unet, noise, image_latents, image_embeds, time_ids, steps: int) -
         c_in, c_skip = (sigma**2 + 1) ** -0.5, 1 / (sigma**2 + 1)
         c_out = -sigma * (sigma**2 + 1) ** -0.5
         model_in = torch.cat([x * c_in, image_latents.to(state)], dim=2).to(dtype)
-        c_noise = torch.tensor(0.25 * math.log(sigma), device=x.device, dtype=dtype)
+        # The timestep in float32 or wider, as SVD's pipeline passes the scheduler's.
+        c_noise = torch.tensor(0.25 * math.log(sigma), device=x.device, dtype=state)
         v = unet(model_in, c_noise, image_embeds, time_ids, return_dict=False)[0]
         denoised = v.to(state) * c_out + x * c_skip
         x = x + (x - denoised) / sigma * (sigma_next - sigma)
@@ -133,9 +134,8 @@ def _forward(unet):
     def run(noise, image_latents, image_embeds, time_ids):
         with torch.no_grad():
             model_in = torch.cat([noise, image_latents], dim=2)
-            c_noise = torch.tensor(
-                0.25 * math.log(SIGMA_MAX), device=noise.device, dtype=noise.dtype
-            )
+            state = torch.promote_types(noise.dtype, torch.float32)
+            c_noise = torch.tensor(0.25 * math.log(SIGMA_MAX), device=noise.device, dtype=state)
             return unet(model_in, c_noise, image_embeds, time_ids, return_dict=False)[0]
 
     return run
