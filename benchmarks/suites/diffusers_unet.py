@@ -71,8 +71,8 @@ _CPU_CONFIG = {
     "projection_class_embeddings_input_dim": 96,
 }
 # --quick: one layer per block, head_dim 32, 8 frames of 16x16, a 4-step loop (each
-# loop provider runs at least 7 times, plus the reference), so the run stays near a
-# minute on 2 cores.
+# loop provider runs at least 7 times, plus the reference), so the run takes minutes,
+# not tens of minutes, on 2 cores.
 _CPU_QUICK_CONFIG = {
     **_CPU_CONFIG,
     "block_out_channels": (32, 64, 64, 64),
