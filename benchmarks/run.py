@@ -25,7 +25,7 @@ import torch  # noqa: E402
 
 import harness  # noqa: E402
 from lddm_fast import envinfo  # noqa: E402
-from suites import kernels, model, sampler, synthesis  # noqa: E402
+from suites import diffusers_unet, kernels, model, sampler, synthesis  # noqa: E402
 
 # suite name -> cases(device, dtype, quick, compile_) -> list[Case]
 SUITES = {
@@ -33,6 +33,7 @@ SUITES = {
     "model": model.cases,
     "sampler": sampler.cases,
     "synthesis": synthesis.cases,
+    "diffusers": diffusers_unet.cases,
 }
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

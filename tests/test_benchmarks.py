@@ -132,3 +132,107 @@ def test_pytest_benchmark_view_of_the_kernels_suite_runs():
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     summary = done.stdout.strip().splitlines()[-1]
     assert " passed" in summary and "failed" not in summary and "skipped" not in summary, summary
+
+
+# --- the diffusers suite (benchmarks/suites/diffusers_unet.py) on a tiny SVD UNet ---
+
+TINY_SVD = {  # two levels, one layer per block: 8 ResnetBlock2D + 8 TemporalResnetBlock
+    "down_block_types": ("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
+    "up_block_types": ("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"),
+    "block_out_channels": (32, 64),
+    "addition_time_embed_dim": 4,
+    "projection_class_embeddings_input_dim": 12,
+    "layers_per_block": 1,
+    "cross_attention_dim": 16,
+    "num_attention_heads": (2, 4),
+}
+# Calls per forward of the tiny UNet: two GroupNorm+SiLU per resnet block (16 blocks),
+# one entry GroupNorm and one self-attention over frames per temporal transformer (4).
+TINY_SVD_CALLS = {"GroupNorm+SiLU": 32, "GroupNorm": 4, "temporal attention": 4}
+
+needs_diffusers = pytest.mark.skipif(
+    importlib.util.find_spec("diffusers") is None, reason="diffusers is not installed"
+)
+
+
+def _tiny_diffusers_suite(monkeypatch, tmp_path, *extra):
+    from suites import diffusers_unet
+
+    tiny = diffusers_unet.UNetShape("tiny SVD UNet", TINY_SVD, 2, (3, 8, 8), steps=2)
+    monkeypatch.setattr(diffusers_unet, "SHAPES", {"cpu-quick": [tiny]})
+    run = _load_run_module()
+    monkeypatch.setattr(run.harness, "measure_ceilings", lambda device, quick: {"copy_gbs": 10.0})
+    out = tmp_path / "bench.json"
+    argv = ["--suite", "diffusers", "--device", "cpu", "--quick", "--out", str(out), *extra]
+    return run.main(argv), out
+
+
+@pytest.mark.slow
+@needs_diffusers
+def test_diffusers_suite_times_and_checks_every_provider(monkeypatch, tmp_path):
+    code, out = _tiny_diffusers_suite(monkeypatch, tmp_path)
+    assert code == 0
+    rows = json.loads(out.read_text())["results"]
+    for op in ("diffusers UNet forward", "diffusers sampling loop"):
+        by = {r["provider"]: r for r in rows if r["op"] == op}
+        assert list(by) == ["original", "accelerated", "compile", "accelerated+compile"]
+        for name in ("original", "accelerated"):
+            assert by[name]["median_ms"] > 0 and by[name]["parity_ok"], by[name]
+            assert by[name]["speedup"] > 0
+        assert "--quick on CPU" in by["compile"]["skipped"]
+    assert {r["steps"] for r in rows if r["op"] == "diffusers sampling loop"} == {2}
+    # Every replaced call of one forward is a site row, counted once.
+    calls: dict[str, int] = {}
+    for r in rows:
+        if r["op"].startswith("site: ") and r["provider"] == "accelerated":
+            assert r["parity_ok"], r
+            kind = r["op"].removeprefix("site: ")
+            calls[kind] = calls.get(kind, 0) + r["calls_per_forward"]
+    assert calls == TINY_SVD_CALLS
+
+
+@pytest.mark.slow
+@needs_diffusers
+def test_diffusers_suite_exits_nonzero_when_accelerated_output_is_wrong(
+    monkeypatch, tmp_path, capsys
+):
+    from lddm_fast.integrations.diffusers import modules
+
+    real = modules.ops.group_norm
+    monkeypatch.setattr(modules.ops, "group_norm", lambda *a, **k: real(*a, **k) * 1.01)
+    code, _ = _tiny_diffusers_suite(monkeypatch, tmp_path, "--filter", "UNet forward")
+    assert code == 1
+    assert "PARITY FAILURE: diffusers UNet forward" in capsys.readouterr().err
+
+
+@needs_diffusers
+def test_euler_loop_is_svd_scheduler():
+    """The suite's loop steps as diffusers' EulerDiscreteScheduler with SVD's config."""
+    from diffusers import EulerDiscreteScheduler
+
+    from suites import diffusers_unet
+
+    class Fake(torch.nn.Module):  # a v-prediction that depends on input and timestep
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.tensor(0.3, dtype=torch.float64))
+
+        def forward(self, x, t, emb, ids, return_dict=False):
+            return (torch.tanh(x[:, :, :4] * self.w + t + x[:, :, 4:]),)
+
+    gen = torch.Generator().manual_seed(0)
+    noise, image = torch.randn(2, 3, 4, 4, 4, generator=gen), torch.randn(2, 3, 4, 4, 4)
+    unet = Fake()
+    with torch.no_grad():
+        ours = diffusers_unet.euler_loop(unet, noise.double(), image.double(), None, None, 5)
+        sched = EulerDiscreteScheduler(
+            prediction_type="v_prediction", use_karras_sigmas=True, sigma_min=0.002,
+            sigma_max=700.0, timestep_type="continuous", timestep_spacing="leading",
+            beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1,
+        )  # fmt: skip
+        sched.set_timesteps(5)
+        x = noise.double() * sched.init_noise_sigma
+        for t in sched.timesteps:
+            model_in = torch.cat([sched.scale_model_input(x, t), image.double()], dim=2)
+            x = sched.step(unet(model_in, t.double(), None, None)[0], t, x).prev_sample
+    torch.testing.assert_close(ours, x, rtol=1e-5, atol=1e-5)

@@ -75,6 +75,12 @@ _DEFAULT_ORDER: dict[str, list[str]] = {"cpu": [], "cuda": []}
 # Per-op exceptions to it, where measurement ranked the backends differently per op.
 _OP_ORDER: dict[tuple[str, str], list[str]] = {}
 _forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("lddm_backend", default=None)
+# use_backend() blocks open now, in any context. TorchDynamo cannot trace
+# ContextVar.get (a graph break at every op call, then the recompile limit), but it
+# can read this global and guard on it: while it is 0 no context holds a forced
+# backend, so a traced call skips the ContextVar, and the guard recompiles the graph
+# (reading the ContextVar, with a graph break) if it is called inside a block.
+_open_blocks = 0
 
 
 def register(backend: Backend, default_for: dict[str, int] | None = None) -> None:
@@ -113,13 +119,21 @@ def use_backend(name: str | None) -> Iterator[None]:
 
     >>> with lddm_fast.ops.use_backend("reference"):
     ...     y = lddm_fast.ops.group_norm(x, 32)
+
+    Under torch.compile, a graph traced outside any block makes its choice while
+    tracing and is traced again when called inside one; code traced inside a block has
+    a graph break at each op (TorchDynamo cannot read the block's ContextVar). For a
+    compiled model, force a backend with ``backend=`` or ``LDDM_BACKEND`` instead.
     """
+    global _open_blocks
     if name is not None:
         _lookup(name)
     token = _forced.set(name)
+    _open_blocks += 1
     try:
         yield
     finally:
+        _open_blocks -= 1
         _forced.reset(token)
 
 
@@ -133,7 +147,9 @@ def _lookup(name: str) -> Backend:
 
 def requested_backend() -> tuple[str | None, str]:
     """The backend forced by use_backend() or LDDM_BACKEND, and where it came from."""
-    forced = _forced.get()
+    # Eager calls always read the ContextVar: a context copied inside a block (a
+    # thread, an asyncio task) may outlive the block and still hold its backend.
+    forced = None if torch.compiler.is_compiling() and _open_blocks == 0 else _forced.get()
     if forced is not None:
         return forced, "use_backend()"
     env = os.environ.get(ENV_VAR, "").strip()

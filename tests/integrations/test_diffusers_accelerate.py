@@ -263,6 +263,23 @@ def test_pipeline_and_compiled_wrappers_reach_the_unet():
         lddm_fast.accelerate(object())
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(MODELS))
+def test_compiled_accelerated_model_is_one_graph(name):
+    """torch.compile(fullgraph=True) traces the accelerated model whole: the default
+    backend choice, the fused modules on 4-D and 5-D inputs and the attention processor
+    add no graph break. aot_eager runs the traced graph (our fake kernels included)
+    without Inductor's code generation, which takes minutes on a 2-core CPU."""
+    import lddm_fast
+
+    torch._dynamo.reset()
+    model, batch = _build(name)
+    lddm_fast.accelerate(model)
+    eager = _run(model, batch)
+    compiled = _run(torch.compile(model, fullgraph=True, backend="aot_eager"), batch)
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+
+
 def test_hooked_modules_are_skipped_not_bypassed():
     """A hook that wrapped a block's forward (CPU offload) calls the forward it saw, so
     swapping the block's class would silently not run; accelerate must skip it."""

@@ -75,6 +75,7 @@ CUDA_STATUS = ops.available_backends()["cuda"]
     "device,backend",
     [
         ("cpu", "cpp"),
+        ("cpu", None),  # the default choice, made while tracing
         # The dispatch (argument checks, the CUDA size limits) is traced too.
         pytest.param(
             "cuda",
@@ -95,3 +96,25 @@ def test_compile_fullgraph_matches_eager(device, backend):
         eager = block(x, scale, shift)
         compiled = torch.compile(block, fullgraph=True)(x, scale, shift)
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_compiled_default_dispatch_follows_use_backend():
+    """A graph traced with the default choice is guarded on use_backend(): called inside
+    a block it is traced again (there, with a graph break at the ContextVar read)."""
+    import torch._dynamo.testing
+
+    torch._dynamo.reset()
+    counter = torch._dynamo.testing.CompileCounter()
+    block = Block(None).eval()
+    x = torch.randn(2, 16, 5, 4, 4)
+    scale, shift = torch.randn(2, 16), torch.randn(2, 16)
+    compiled = torch.compile(block, backend=counter)
+    with torch.no_grad():
+        compiled(x, scale, shift)
+        assert counter.frame_count == 1
+        with ops.use_backend("reference"):
+            inside = compiled(x, scale, shift)
+            expected = block(x, scale, shift)
+        assert counter.frame_count > 1
+    torch.testing.assert_close(inside, expected, rtol=1e-5, atol=1e-5)
