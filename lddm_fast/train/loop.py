@@ -192,6 +192,14 @@ def training_backends(device: torch.device, dtype: torch.dtype) -> dict[str, str
     return out
 
 
+def _ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader workers leave SIGTERM/SIGINT to the main process. Ctrl-C, `timeout`,
+    `kill -- -PGID` and batch schedulers signal the whole process group; a worker that
+    died of it made the main process raise before it could save."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class _StopRequest:
     """SIGTERM/SIGINT during training: finish the step, save, exit cleanly."""
 
@@ -338,6 +346,7 @@ def _train(stage, settings, run, device, info, group, resume, meta, fingerprint)
         # Worker seeds come from this generator, not the global one, so loading leaves
         # the global RNG state (saved for resume) as the model code alone moved it.
         generator=torch.Generator().manual_seed(settings.seed),
+        worker_init_fn=_ignore_stop_signals,
     )
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16)

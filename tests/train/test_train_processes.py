@@ -77,6 +77,30 @@ def test_sigkill_at_random_moments_then_resume_leaves_no_corrupt_file(phantom_ro
     assert leftovers == []
 
 
+def test_sigterm_to_the_whole_process_group_saves_then_stops(phantom_root, tmp_path):
+    """As Ctrl-C, `timeout` or a scheduler do: the signal reaches the loader workers
+    too, and the run still finishes its step, saves and exits cleanly."""
+    import signal
+
+    run = tmp_path / "run"
+    argv = command(phantom_root, run, "--steps", "400", "--checkpoint-every", "400")
+    argv[argv.index("--workers") + 1] = "2"
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
+    log = run / "log.jsonl"
+    deadline = time.monotonic() + 120
+    while not (log.is_file() and log.read_text().count('"loss"') >= 3):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-2000:]
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    tensors, info = load_state(latest_state(run))
+    assert 3 <= info["step"] < 400
+    assert from_pretrained(run / "checkpoint").meta["steps"] == info["step"]
+
+
 def test_a_bad_clip_is_named_in_the_log_and_training_goes_on(phantom_root, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(phantom_root, data)
