@@ -33,14 +33,13 @@ from lddm_fast.data.labels import (
     read_mmaction_list,
 )
 from lddm_fast.data.video_io import (
-    VIDEO_SUFFIXES,
+    VIDEO_FILE_SUFFIXES,
     frame_files,
     natural_key,
     probe_video,
     read_video,
 )
 
-_FILE_SUFFIXES = (*VIDEO_SUFFIXES, ".gif", ".npz")
 # Files that sit beside the videos in real datasets and are not videos.
 _SIDE_FILES = (".txt", ".csv", ".json", ".xml", ".md", ".lst", ".yaml", ".yml")
 
@@ -185,7 +184,8 @@ def _discover(folder: str, scan: Scan) -> list[str]:
         videos = [
             os.path.join(dirpath, f)
             for f in sorted(filenames, key=natural_key)
-            if not f.startswith(".") and (f.lower().endswith(_FILE_SUFFIXES) or _dicom(dirpath, f))
+            if not f.startswith(".")
+            and (f.lower().endswith(VIDEO_FILE_SUFFIXES) or _dicom(dirpath, f))
         ]
         found += videos
         if not videos and not dirnames:
@@ -219,7 +219,7 @@ def _inspect(entry: LabeledPath, min_frames, min_side, max_pixels, verify) -> Vi
         check_size(path, ImageInfo(width, height, ""), min_side, max_pixels)
         if verify:
             n_frames = len(read_dicom(path, max_pixels=max_pixels).frames)
-    elif path.lower().endswith(_FILE_SUFFIXES):
+    elif path.lower().endswith(VIDEO_FILE_SUFFIXES):
         info = probe_video(path)
         kind, n_frames, width, height = "file", info.frames, info.width, info.height
         check_size(path, ImageInfo(width, height, ""), min_side, max_pixels)

@@ -76,6 +76,7 @@ class ClipDataset(Dataset):
         self.frames, self.stride, self.channels = frames, stride, channels
         self.train, self.skip_bad, self.max_pixels = train, skip_bad, max_pixels
         self.region = check_mode(region)
+        self._dicom_regions: dict[str, list | None] = {}
         self.transform = ClipTransform(size, "pad" if region == "none" else mode, train)
         self.scan: Scan[VideoRecord] = scan_videos(
             root,
@@ -114,7 +115,11 @@ class ClipDataset(Dataset):
         if self.region == "auto":
             regions = None
             if record.kind == "dicom":
-                regions = dicom_regions(read_dicom_header(record.path), record.path)
+                # A file's regions do not change: read its header once per process.
+                if record.path not in self._dicom_regions:
+                    header = read_dicom_header(record.path)
+                    self._dicom_regions[record.path] = dicom_regions(header, record.path)
+                regions = self._dicom_regions[record.path]
             pixels, _ = clip_region(pixels, "auto", regions)
         return self.transform(pixels, generator=generator), record.label
 

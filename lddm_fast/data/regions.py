@@ -193,20 +193,10 @@ def image_views(pixels: np.ndarray, mode: str, regions: list[Region] | None = No
         One view per region (``"auto"`` with several DICOM regions), else one.
     """
     check_mode(mode)
-    height, width = pixels.shape[:2]
-    whole = View(pixels, Region((0, 0, width, height), "frame"))
-    if mode != "auto":
-        return [whole]
-    if regions:
+    if mode == "auto" and regions:
         return [View(pixels[r.box[1] : r.box[3], r.box[0] : r.box[2]], r) for r in regions]
-    gray = pixels if pixels.ndim == 2 else _luma(pixels)
-    found = find_imaging_area(gray)
-    if found is None:
-        return [whole]
-    (x0, y0, x1, y1), mask = found
-    cut = pixels[y0:y1, x0:x1].copy()
-    cut[~mask[y0:y1, x0:x1]] = 0
-    return [View(cut, Region((x0, y0, x1, y1), "detected"))]
+    cut, region = clip_region(pixels[None], mode)
+    return [View(cut[0], region)]
 
 
 def clip_region(

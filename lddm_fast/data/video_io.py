@@ -29,6 +29,8 @@ from lddm_fast.data.images import IMAGE_SUFFIXES, MAX_PIXELS
 
 #: Container suffixes read through PyAV.
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".m4v", ".webm")
+#: Every video file read_video opens by its suffix (DICOM aside: by suffix or preamble).
+VIDEO_FILE_SUFFIXES = (*VIDEO_SUFFIXES, ".gif", ".npz")
 #: ITU-R 601 luma weights (R, G, B), the ones Pillow and PyAV use for gray.
 LUMA = (0.299, 0.587, 0.114)
 _H264_SUFFIXES = (".mp4", ".mov", ".mkv")

@@ -20,12 +20,13 @@ import json
 import os
 from dataclasses import dataclass, field
 
+from lddm_fast.data.dicom import DICOM_SUFFIXES
 from lddm_fast.data.labels import CLASSES, read_mmaction_list
-from lddm_fast.data.video_io import VIDEO_SUFFIXES, natural_key
+from lddm_fast.data.video_io import VIDEO_FILE_SUFFIXES, natural_key
 
 __all__ = ["VideoEntry", "VideoSet", "open_video_set", "pair_entries"]
 
-_SUFFIXES = (*VIDEO_SUFFIXES, ".gif", ".npz", ".dcm")
+_SUFFIXES = (*VIDEO_FILE_SUFFIXES, *DICOM_SUFFIXES)
 # The file a synthesize record is read from, best first (mp4 is what users watch and
 # keeps every frame; a gif's palette changes the pixels).
 _FORMAT_ORDER = ("npz", "mp4", "webm", "gif")

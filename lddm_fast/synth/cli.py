@@ -260,7 +260,11 @@ def run(args: argparse.Namespace, *, make_sampler=None) -> int:
             return code
         code = _synthesize(args, inputs, sampler, settings, out, info, group)
         if code == 0 and args.contact_sheet and info.rank == 0:
+            from lddm_fast.synth.gallery import write_contact_sheet
+
             rows = write_contact_sheet(out, args.contact_sheet)
+            if not rows:
+                raise ValueError(f"{out}: no finished videos for a contact sheet")
             print(f"contact sheet of {rows} videos: {args.contact_sheet}")
         if code == 0 and args.gallery and info.rank == 0:
             from lddm_fast.synth.gallery import write_gallery
@@ -268,34 +272,6 @@ def run(args: argparse.Namespace, *, make_sampler=None) -> int:
             gallery = write_gallery(out)
             print(f"gallery of {gallery.videos} videos: {gallery.index}")
         return code
-
-
-def write_contact_sheet(out: str, path: str, *, rows: int = 16, columns: int = 9) -> int:
-    """A contact sheet of the first ``rows`` finished videos of ``out`` (by input
-    name and k, from manifest.jsonl); returns how many rows it has."""
-    import json
-
-    from lddm_fast.data.contact_sheet import contact_sheet
-    from lddm_fast.data.video_io import read_video
-    from lddm_fast.synth.manifest import MANIFEST
-
-    records = {}
-    with open(os.path.join(out, MANIFEST), encoding="utf-8") as f:
-        for line in f:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a torn last line of a killed run
-            if isinstance(record, dict) and record.get("outputs"):
-                records[(record["input"], record["k"])] = record
-    videos = []
-    for key in sorted(records)[:rows]:
-        output = records[key]["outputs"][0]
-        videos.append(read_video(os.path.join(out, output["path"])).frames)
-    if not videos:
-        raise ValueError(f"{out}: no finished videos for a contact sheet")
-    contact_sheet(videos, path, columns=columns)
-    return len(videos)
 
 
 def _device(name: str, local_rank: int, world_size: int):

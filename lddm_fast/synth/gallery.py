@@ -30,7 +30,7 @@ from urllib.parse import quote
 from lddm_fast.data.atomic import atomic_file
 from lddm_fast.synth.manifest import FAILED, MANIFEST, ManifestIndex
 
-__all__ = ["GalleryInfo", "gallery_cards", "write_gallery"]
+__all__ = ["GalleryInfo", "gallery_cards", "write_contact_sheet", "write_gallery"]
 
 # Inputs the browser shows as they are; others (DICOM, TIFF) get no picture.
 _BROWSER_IMAGES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp")
@@ -134,43 +134,59 @@ def gallery_cards(out_dir: str) -> list[dict]:
     return cards
 
 
-def _contact_sheets(out_dir: str, cards: list[dict], rows: int) -> dict[str, str]:
-    """``gallery/contact_<class>.png`` of the first ``rows`` finished videos per class."""
+def write_contact_sheet(
+    out_dir: str,
+    path: str,
+    *,
+    rows: int = 16,
+    columns: int = 9,
+    label: str | None = None,
+) -> int:
+    """A contact sheet (x0 then evenly spaced frames, one row per video) of the first
+    ``rows`` finished videos of ``out_dir``, in manifest order (input, k); with
+    ``label``, only that class's (``""`` for videos without one). Each video is read
+    from its first written format; one that has gone missing since is left out.
+    Returns the number of rows, 0 (and nothing written) when none is readable."""
     from lddm_fast.data.contact_sheet import contact_sheet
     from lddm_fast.data.errors import BadInputError
     from lddm_fast.data.video_io import read_video
 
-    by_class: dict[str, list[dict]] = {}
-    for card in cards:
-        if card["status"] == "finished" and card["files"]:
-            by_class.setdefault(card["class"] or "unlabeled", []).append(card)
-    sheets = {}
-    for label, members in sorted(by_class.items()):
-        videos = []
-        for card in members[:rows]:
-            # The npz keeps exact pixels; any written format will do otherwise.
-            files = sorted(card["files"], key=lambda u: not u.endswith(".npz"))
-            path = os.path.join(out_dir, *_unquote_parts(files[0]))
+    videos = []
+    index = ManifestIndex(out_dir)
+    try:
+        for key in sorted(index.keys()):
+            line = index.line(key)
+            record = json.loads(line) if line else {}
+            outputs = record.get("outputs") or []
+            if not outputs or (label is not None and (record.get("class") or "") != label):
+                continue
             try:
-                videos.append(read_video(path).frames)
+                videos.append(read_video(os.path.join(out_dir, outputs[0]["path"])).frames)
             except BadInputError:
-                continue  # deleted or damaged since: the card says what it can
-        if videos:
-            rel = f"gallery/contact_{label}.png"
-            contact_sheet(videos, os.path.join(out_dir, rel), columns=9)
-            sheets[label] = rel
+                continue
+            if len(videos) == rows:
+                break
+    finally:
+        index.close()
+    if videos:
+        contact_sheet(videos, path, columns=columns)
+    return len(videos)
+
+
+def _contact_sheets(out_dir: str, cards: list[dict], rows: int) -> dict[str, str]:
+    """``gallery/contact_<class>.png`` for each class with finished videos."""
+    labels = {c["class"] for c in cards if c["status"] == "finished"}
+    sheets = {}
+    for label in sorted(labels):
+        rel = f"gallery/contact_{label or 'unlabeled'}.png"
+        if write_contact_sheet(out_dir, os.path.join(out_dir, rel), rows=rows, label=label):
+            sheets[label or "unlabeled"] = rel
     return sheets
 
 
 def _write_text(path: str, text: str) -> None:
     with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
-
-
-def _unquote_parts(url: str) -> list[str]:
-    from urllib.parse import unquote
-
-    return [unquote(p) for p in url.split("/")]
 
 
 def write_gallery(out_dir: str, *, page_size: int = 48, sheet_rows: int = 12) -> GalleryInfo:

@@ -101,11 +101,11 @@ def test_latent_cache_is_the_same_whatever_the_loader_workers(phantom_root, tmp_
     splits = open_splits(phantom_root, frames=config.num_frames + 1, size=config.size, channels=1)
     torch.manual_seed(0)
     autoencoder = VideoAutoencoder(config.autoencoder).eval()
-    key = {"test": 1}
-    caches = [
-        LatentCache.build(
-            tmp_path / f"w{workers}",
-            key,
+
+    def build(folder, workers=0):
+        return LatentCache.build(
+            tmp_path / folder,
+            {"test": 1},
             autoencoder,
             splits.train,
             variants=2,
@@ -115,8 +115,8 @@ def test_latent_cache_is_the_same_whatever_the_loader_workers(phantom_root, tmp_
             workers=workers,
             progress=False,
         )
-        for workers in (0, 2)
-    ]
+
+    caches = [build(f"w{workers}", workers) for workers in (0, 2)]
     assert len(caches[0]) == 2 * len(splits.train)
     for name, tensor in caches[0].tensors.items():
         assert torch.equal(tensor, caches[1].tensors[name]), name
@@ -124,16 +124,6 @@ def test_latent_cache_is_the_same_whatever_the_loader_workers(phantom_root, tmp_
     n = len(splits.train)
     assert not torch.equal(caches[0].tensors["x0"][0], caches[0].tensors["x0"][n])
     monkeypatch.setattr(LatentCache, "SHARD", 4)
-    small = LatentCache.build(
-        tmp_path / "sharded",
-        key,
-        autoencoder,
-        splits.train,
-        variants=2,
-        seed=3,
-        device=torch.device("cpu"),
-        batch_size=3,
-        progress=False,
-    )
+    small = build("sharded")
     assert len(list((tmp_path / "sharded").glob("shard-*.safetensors"))) > 1
     assert torch.equal(small.tensors["mean"], caches[0].tensors["mean"])
