@@ -11,7 +11,8 @@
 //    partials in a fixed order in fp64, then writes per-(n, c) coefficients of
 //    y = a * (x - m) + b.
 // 3. apply: elementwise, 16-byte vectors when aligned and a vector stays within one
-//    channel row (kNCS) or one channel vector (kNSC).
+//    channel row (kNCS) or one channel vector (kNSC). A spatial modulation is applied
+//    here, per element, after the per-(n, c) affine: (a (x - m) + b) (1 + s) + h.
 //
 // Pivots (kNCS: the group's first value; kNSC: the channel's value at position 0) keep
 // the fp32 accumulators small for large-mean inputs: moments of x - pivot lose nothing
@@ -321,12 +322,14 @@ __global__ void __launch_bounds__(kFinalizeThreads)
 
 // x, y: [N, C, S] (kNCS) or [N, S, C] (kNSC), `total` values, as vectors of W values
 // (kVec: a vector lies in one channel row, S % W == 0, or one channel vector, C % W ==
-// 0; x and y 16-byte aligned); a, m, b: [N, C].
-template <typename T, GroupNormLayout kLayout, bool kVec>
+// 0; x and y 16-byte aligned); a, m, b: [N, C]. kSpatial: sp.scale / sp.shift in x's
+// inner order, one period per sample (kVec then also needs period % W == 0 for kNCS, so
+// a vector does not wrap around the period).
+template <typename T, GroupNormLayout kLayout, bool kVec, bool kSpatial>
 __global__ void __launch_bounds__(kThreads)
     apply_kernel(const T* __restrict__ x, T* __restrict__ y, const float* __restrict__ a,
                  const float* __restrict__ m, const float* __restrict__ b, int64_t C,
-                 int64_t S, int64_t total, bool silu) {
+                 int64_t S, int64_t total, bool silu, SpatialModulation sp) {
   constexpr int W = kVec ? Vec<T>::kWidth : 1;
   constexpr bool kNCS = kLayout == GroupNormLayout::kNCS;
   const int64_t units = total / W;
@@ -335,6 +338,13 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t e = u * W;
     // Coefficient index of the vector's first value; kNSC vectors step through channels.
     const int64_t k0 = kNCS ? e / S : e / (S * C) * C + e % C;
+    // Modulation index of the vector's first value: kNCS [N*C, period] rows, kNSC
+    // [N, period, C]; consecutive values of a vector are consecutive entries.
+    int64_t q0 = 0;
+    if constexpr (kSpatial) {
+      const int64_t P = sp.period;
+      q0 = kNCS ? k0 * P + e % S % P : (k0 / C * P + e / C % S % P) * C + e % C;
+    }
     Vec<T> v;
     if constexpr (kVec)
       v = reinterpret_cast<const Vec<T>*>(x)[u];
@@ -344,6 +354,10 @@ __global__ void __launch_bounds__(kThreads)
     for (int i = 0; i < W; ++i) {
       const int64_t k = kNCS ? k0 : k0 + i;
       float r = a[k] * (to_float(v.v[i]) - m[k]) + b[k];
+      if constexpr (kSpatial) {
+        if (sp.scale) r *= 1.0f + sp.scale[q0 + i];
+        if (sp.shift) r += sp.shift[q0 + i];
+      }
       if (silu) r = r / (1.0f + __expf(-r));
       v.v[i] = from_float<T>(r);
     }
@@ -354,11 +368,22 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+template <typename T, GroupNormLayout kLayout, bool kVec>
+void launch_apply(const T* x, T* y, const float* a, const float* m, const float* b, int64_t C,
+                  int64_t S, int64_t total, bool silu, SpatialModulation sp, cudaStream_t stream) {
+  constexpr int W = kVec ? Vec<T>::kWidth : 1;
+  const int grid = grid_for(ceil_div(total / W, kThreads));
+  if (sp.active())
+    apply_kernel<T, kLayout, kVec, true><<<grid, kThreads, 0, stream>>>(x, y, a, m, b, C, S, total, silu, sp);
+  else
+    apply_kernel<T, kLayout, kVec, false><<<grid, kThreads, 0, stream>>>(x, y, a, m, b, C, S, total, silu, sp);
+}
+
 template <typename T>
 cudaError_t launch(GroupNormLayout layout, const void* x_raw, void* y_raw, const float* weight,
-                   const float* bias, const float* scale, const float* shift, int64_t N,
-                   int64_t C, int64_t S, int64_t G, double eps, bool silu, void* workspace,
-                   cudaStream_t stream) {
+                   const float* bias, const float* scale, const float* shift,
+                   SpatialModulation sp, int64_t N, int64_t C, int64_t S, int64_t G, double eps,
+                   bool silu, void* workspace, cudaStream_t stream) {
   constexpr int W = Vec<T>::kWidth;
   const Plan plan = make_plan(layout, N, C, S, G);
   // Workspace: [plan.partials] Partial records, then (16-byte aligned) a, m, b.
@@ -390,16 +415,16 @@ cudaError_t launch(GroupNormLayout layout, const void* x_raw, void* y_raw, const
 
   const int64_t total = N * C * S;
   const bool ncs = layout == GroupNormLayout::kNCS;
-  const bool vec = (ncs ? S % W == 0 : C % W == 0) && aligned16(x) && aligned16(y);
-  const int grid = grid_for(ceil_div(vec ? total / W : total, kThreads));
+  const bool vec = (ncs ? S % W == 0 && (!sp.active() || sp.period % W == 0) : C % W == 0) &&
+                   aligned16(x) && aligned16(y);
   if (ncs && vec)
-    apply_kernel<T, GroupNormLayout::kNCS, true><<<grid, kThreads, 0, stream>>>(x, y, a, m, b, C, S, total, silu);
+    launch_apply<T, GroupNormLayout::kNCS, true>(x, y, a, m, b, C, S, total, silu, sp, stream);
   else if (ncs)
-    apply_kernel<T, GroupNormLayout::kNCS, false><<<grid, kThreads, 0, stream>>>(x, y, a, m, b, C, S, total, silu);
+    launch_apply<T, GroupNormLayout::kNCS, false>(x, y, a, m, b, C, S, total, silu, sp, stream);
   else if (vec)
-    apply_kernel<T, GroupNormLayout::kNSC, true><<<grid, kThreads, 0, stream>>>(x, y, a, m, b, C, S, total, silu);
+    launch_apply<T, GroupNormLayout::kNSC, true>(x, y, a, m, b, C, S, total, silu, sp, stream);
   else
-    apply_kernel<T, GroupNormLayout::kNSC, false><<<grid, kThreads, 0, stream>>>(x, y, a, m, b, C, S, total, silu);
+    launch_apply<T, GroupNormLayout::kNSC, false>(x, y, a, m, b, C, S, total, silu, sp, stream);
   // Reports a failed launch of any of the three: a launch that succeeds does not
   // clear the error state, which holds the most recent error until it is read.
   return cudaGetLastError();
@@ -416,17 +441,23 @@ size_t group_norm_workspace_bytes(GroupNormLayout layout, int64_t N, int64_t C, 
 
 cudaError_t group_norm(DType dtype, GroupNormLayout layout, const void* x, void* y,
                        const float* weight, const float* bias, const float* scale,
-                       const float* shift, int64_t N, int64_t C, int64_t S, int64_t G,
-                       double eps, bool silu, void* workspace, cudaStream_t stream) {
+                       const float* shift, SpatialModulation spatial, int64_t N, int64_t C,
+                       int64_t S, int64_t G, double eps, bool silu, void* workspace,
+                       cudaStream_t stream) {
   if (N * C * S == 0) return cudaSuccess;
   if (G <= 0 || C % G != 0) return cudaErrorInvalidValue;
+  if (spatial.active() && (scale || shift || spatial.period <= 0 || S % spatial.period != 0))
+    return cudaErrorInvalidValue;
   switch (dtype) {
     case DType::kFloat32:
-      return launch<float>(layout, x, y, weight, bias, scale, shift, N, C, S, G, eps, silu, workspace, stream);
+      return launch<float>(layout, x, y, weight, bias, scale, shift, spatial, N, C, S, G, eps, silu,
+                         workspace, stream);
     case DType::kBFloat16:
-      return launch<__nv_bfloat16>(layout, x, y, weight, bias, scale, shift, N, C, S, G, eps, silu, workspace, stream);
+      return launch<__nv_bfloat16>(layout, x, y, weight, bias, scale, shift, spatial, N, C, S, G, eps, silu,
+                         workspace, stream);
     case DType::kFloat16:
-      return launch<__half>(layout, x, y, weight, bias, scale, shift, N, C, S, G, eps, silu, workspace, stream);
+      return launch<__half>(layout, x, y, weight, bias, scale, shift, spatial, N, C, S, G, eps, silu,
+                         workspace, stream);
   }
   return cudaErrorInvalidValue;
 }

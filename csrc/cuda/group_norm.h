@@ -22,15 +22,29 @@ enum class GroupNormLayout { kNCS, kNSC };
 size_t group_norm_workspace_bytes(GroupNormLayout layout, int64_t N, int64_t C, int64_t S,
                                   int64_t G);
 
+// A spatial (SPADE) modulation: float32 scale and shift (either may be null) of one
+// period of `period` positions per sample, dense in x's inner order: [N, C, period] for
+// kNCS, [N, period, C] for kNSC. Position s of x (flat over its spatial dims) takes
+// entry s % period, so a [N, C, 1, H, W] modulation of a 5-D x is stored once (period
+// H * W) and reused by every frame.
+struct SpatialModulation {
+  const float* scale = nullptr;
+  const float* shift = nullptr;
+  int64_t period = 0;
+  bool active() const { return scale != nullptr || shift != nullptr; }
+};
+
 // y = act((xhat * weight + bias) * (1 + scale) + shift), xhat normalised over the
 // (C / G) * S values of each (n, group). x, y: [N, C, S] in `layout`, distinct buffers;
-// weight, bias: [C] float32 or null; scale, shift: [N, C] float32 or null; act is SiLU
-// when `silu`. Statistics in fp32 with a Chan combine in a fixed order (deterministic),
-// coefficients in fp64. workspace: group_norm_workspace_bytes(...) bytes on the device.
+// weight, bias: [C] float32 or null; scale, shift: [N, C] float32 (FiLM) or null, or
+// instead `spatial` (then scale and shift must be null); act is SiLU when `silu`.
+// Statistics in fp32 with a Chan combine in a fixed order (deterministic), coefficients
+// in fp64. workspace: group_norm_workspace_bytes(...) bytes on the device.
 cudaError_t group_norm(DType dtype, GroupNormLayout layout, const void* x, void* y,
                        const float* weight, const float* bias, const float* scale,
-                       const float* shift, int64_t N, int64_t C, int64_t S, int64_t G,
-                       double eps, bool silu, void* workspace, cudaStream_t stream);
+                       const float* shift, SpatialModulation spatial, int64_t N, int64_t C,
+                       int64_t S, int64_t G, double eps, bool silu, void* workspace,
+                       cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace lddm

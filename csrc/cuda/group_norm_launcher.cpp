@@ -19,11 +19,6 @@ at::Tensor group_norm_cuda(const at::Tensor& x_in, int64_t num_groups,
                            const std::optional<at::Tensor>& shift, bool silu) {
   LDDM_CHECK_DEVICE(x_in, at::kCUDA, "x");
   check_group_norm_args(x_in, num_groups, weight, bias, scale, shift);
-  // The kernels fold scale/shift into per-(n, c) coefficients; the dispatcher sends a
-  // spatial modulation to another backend (ops/extension.py: cuda_limits).
-  TORCH_CHECK_VALUE(!has_spatial_modulation(x_in, scale, shift),
-                    "the CUDA group_norm takes FiLM scale/shift [N, C] only, not a spatial "
-                    "modulation; use the triton or reference backend");
   const cuda::DType dtype = cuda_dtype_of(x_in, "x");
   const int64_t N = x_in.size(0), C = x_in.size(1);
 
@@ -34,19 +29,31 @@ at::Tensor group_norm_cuda(const at::Tensor& x_in, int64_t num_groups,
 
   const int64_t S = x.numel() / (N * C);
   const auto layout = nsc ? cuda::GroupNormLayout::kNSC : cuda::GroupNormLayout::kNCS;
-  // Coefficients as fp32 on the device; the kernels fold them into per-(n, c) a and b.
-  const auto w = as_float32(weight), b = as_float32(bias), sc = as_float32(scale),
-             sh = as_float32(shift);
+  // Coefficients as fp32 on the device. FiLM scale/shift fold into per-(n, c) a and b;
+  // a spatial one (or both, when either is spatial) is materialised as one period in
+  // x's inner order and applied per element.
+  const bool is_spatial = has_spatial_modulation(x, scale, shift);
+  const int64_t period = is_spatial ? modulation_period(x, scale, shift) : 0;
+  auto film = [&](const std::optional<at::Tensor>& t) {
+    return is_spatial ? std::nullopt : as_float32(t);
+  };
+  auto dense = [&](const std::optional<at::Tensor>& t) -> std::optional<at::Tensor> {
+    if (!is_spatial || !t) return std::nullopt;
+    return spatial_modulation(x, *t, period, nsc);
+  };
+  const auto w = as_float32(weight), b = as_float32(bias), sc = film(scale), sh = film(shift);
+  const auto sc_sp = dense(scale), sh_sp = dense(shift);
   auto ptr = [](const std::optional<at::Tensor>& t) -> const float* {
     return t ? t->const_data_ptr<float>() : nullptr;
   };
+  const cuda::SpatialModulation spatial{ptr(sc_sp), ptr(sh_sp), period};
   // From the caching allocator: no cudaMalloc per call, and safe under graph capture.
   const at::Tensor workspace = at::empty(
       {int64_t(cuda::group_norm_workspace_bytes(layout, N, C, S, num_groups))},
       x.options().dtype(at::kByte));
   const cudaError_t err = cuda::group_norm(
       dtype, layout, x.const_data_ptr(), y.mutable_data_ptr(), ptr(w), ptr(b), ptr(sc), ptr(sh),
-      N, C, S, num_groups, eps, silu, workspace.mutable_data_ptr(),
+      spatial, N, C, S, num_groups, eps, silu, workspace.mutable_data_ptr(),
       c10::cuda::getCurrentCUDAStream(x.device().index()).stream());
   TORCH_CHECK(err == cudaSuccess, "lddm::group_norm CUDA launch failed: ", cudaGetErrorString(err));
   return y;

@@ -102,14 +102,14 @@ def _check_tensor(name: str, t: torch.Tensor, like: torch.Tensor) -> None:
         raise ValueError(f"{name} must be a floating-point tensor, got {t.dtype}")
 
 
-def _modulation_is_spatial(name: str, t: torch.Tensor, x: torch.Tensor) -> bool:
-    """Whether a group_norm ``scale``/``shift`` is spatial (x's dims, broadcastable to x)
-    rather than per-sample FiLM ``[N, C]``; any other shape is a ValueError."""
+def _check_modulation(name: str, t: torch.Tensor, x: torch.Tensor) -> None:
+    """A group_norm ``scale``/``shift`` is per-sample FiLM ``[N, C]`` or spatial (x's
+    dims, broadcastable to x); any other shape is a ValueError."""
     n, c = x.shape[:2]
     if t.shape == (n, c):
-        return False
+        return
     if t.dim() == x.dim() and all(s in (1, xs) for s, xs in zip(t.shape, x.shape, strict=True)):
-        return True
+        return
     raise ValueError(
         f"{name} must have shape ({n}, {c}) = [N, C] (FiLM) or x's {x.dim()} dims "
         f"broadcastable to {tuple(x.shape)} (spatial, e.g. [N, C, 1, H, W]), "
@@ -164,14 +164,13 @@ def group_norm(
             _check_tensor(name, t, x)
             if t.shape != (c,):
                 raise ValueError(f"{name} must have shape ({c},), got {tuple(t.shape)}")
-    spatial = False
     for name, t in (("scale", scale), ("shift", shift)):
         if t is not None:
             _check_tensor(name, t, x)
-            spatial |= _modulation_is_spatial(name, t, x)
+            _check_modulation(name, t, x)
     if activation not in (None, "silu"):
         raise ValueError(f"activation must be None or 'silu', got {activation!r}")
-    impl = select("group_norm", backend, x, weight, bias, scale, shift, params={"spatial": spatial})
+    impl = select("group_norm", backend, x, weight, bias, scale, shift)
     return impl(x, num_groups, weight, bias, eps, scale=scale, shift=shift, activation=activation)
 
 

@@ -53,10 +53,6 @@ def device_smem_optin(device: torch.device) -> int:
 
 def cuda_limits(op: str, main: torch.Tensor, params: dict) -> str | None:
     """Why the CUDA kernels cannot take this shape, or None."""
-    if op == "group_norm" and params.get("spatial"):
-        # csrc/cuda/group_norm.cu folds scale/shift into per-(n, c) coefficients only;
-        # the spatial (SPADE) form runs on triton, else reference, on a GPU.
-        return "its group_norm takes FiLM scale/shift [N, C] only, not a spatial modulation"
     if op != "temporal_attention":
         return None
     frames, head_dim = main.shape[2], main.shape[1] // params.get("num_heads", 1)

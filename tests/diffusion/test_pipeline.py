@@ -258,8 +258,9 @@ def test_from_pretrained_loads_checkpoint_and_bundled_dir(pipe, monkeypatch, tmp
 
 
 @pytest.mark.parametrize("damage", ["missing", "corrupt"])
-def test_a_damaged_bundled_file_is_named_with_its_expected_sha256(pipe, monkeypatch, tmp_path,
-                                                                  damage):
+def test_a_damaged_bundled_file_is_named_with_its_expected_sha256(
+    pipe, monkeypatch, tmp_path, damage
+):
     from lddm_fast.models import CheckpointError
 
     save_pretrained(tmp_path / "phantom64", pipe.models)

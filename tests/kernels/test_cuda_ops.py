@@ -1,8 +1,8 @@
 """The cuda backend (lddm_fast._C's CUDA kernels) against the float64 reference: fresh
 random inputs each run, outputs poisoned with NaN before every launch, odd and strided
-shapes, both memory formats, misaligned views (the scalar paths), split reductions,
-large-mean inputs, more than 65,535 attention positions, every storage dtype, and bad
-calls rejected with an error naming the argument.
+shapes, both memory formats, misaligned views (the scalar paths), FiLM and spatial
+(SPADE) scale/shift, split reductions, large-mean inputs, more than 65,535 attention
+positions, every storage dtype, and bad calls rejected with an error naming the argument.
 
 Tolerances: float32 max|y - ref| / max|ref| <= 1e-5; bfloat16 / float16 no worse than
 twice the error of the eager reference backend in that dtype (FlashAttention's rule),
@@ -11,7 +11,7 @@ with a floor of one rounding step (2^-8 / 2^-10).
 
 import pytest
 import torch
-from parity import FP32_TOL, check, d64, layout, rel
+from parity import FP32_TOL, SPATIAL_FORMS, check, d64, layout, rel, spatial_modulation
 
 from lddm_fast import ops
 from lddm_fast.layout import attention_output_format, memory_format_of
@@ -78,6 +78,43 @@ def run_group_norm(x, groups, film=True, silu=True):
     assert y.dtype == x.dtype and y.shape == x.shape and y.device == x.device
     assert y.is_contiguous(memory_format=memory_format_of(x))
     check(y, eager, ref)
+
+
+# The spatial (SPADE) scale/shift, applied per element after the per-(n, c) affine; the
+# launcher stores one period of it (H * W positions when broadcast over T) in x's
+# inner order. Odd periods (5x5, 1x1 frames) take the scalar path of kNCS.
+@pytest.mark.parametrize("shape,groups", GN_SHAPES, ids=str)
+@pytest.mark.parametrize("fmt", ["contiguous", "channels_last", "strided", "misaligned"])
+@pytest.mark.parametrize("form", SPATIAL_FORMS)
+@pytest.mark.parametrize("silu", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_group_norm_spatial(shape, groups, fmt, form, silu, dtype):
+    x = layout(torch.randn(shape, device=DEV).to(dtype), fmt)
+    c = x.shape[1]
+    w, b = torch.randn(c, device=DEV), torch.randn(c, device=DEV)
+    scale, shift = spatial_modulation(x, form)
+    kw = dict(scale=scale, shift=shift, activation="silu" if silu else None)
+    y = ops.group_norm(x, groups, w, b, backend="cuda", **kw)
+    eager = ops.group_norm(x, groups, w, b, backend="reference", **kw)
+    kw64 = dict(kw, scale=d64(scale), shift=d64(shift))
+    ref = ops.group_norm(x.double(), groups, d64(w), d64(b), backend="reference", **kw64)
+    assert y.dtype == x.dtype and y.shape == x.shape
+    assert y.is_contiguous(memory_format=memory_format_of(x))
+    check(y, eager, ref)
+
+
+@pytest.mark.parametrize("fmt", ["contiguous", "channels_last"])
+def test_group_norm_spatial_scale_or_shift_alone(fmt):
+    x = layout(1000 + torch.randn(3, 64, 5, 15, 15, device=DEV), fmt)
+    w, b = torch.randn(64, device=DEV), torch.randn(64, device=DEV)
+    mod = torch.randn(3, 64, 1, 15, 15, device=DEV)
+    for kw in ({"scale": mod}, {"shift": mod}):
+        y = ops.group_norm(x, 16, w, b, activation="silu", backend="cuda", **kw)
+        kw64 = {k: v.double() for k, v in kw.items()}
+        ref = ops.group_norm(
+            x.double(), 16, w.double(), b.double(), activation="silu", backend="reference", **kw64
+        )
+        assert rel(y, ref) <= FP32_TOL
 
 
 # Each launch caps its grid at 65,535 blocks and grid-strides past it: N * G statistics
@@ -242,6 +279,14 @@ def test_group_norm_opcheck(fmt):
         torch.randn(2, 8, device=DEV),
         True,
     )
+    torch.library.opcheck(torch.ops.lddm.group_norm.default, args, test_utils=OPCHECK_TESTS)
+
+
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last_3d])
+def test_group_norm_spatial_opcheck(fmt):
+    x = torch.randn(2, 8, 3, 4, 4, device=DEV).contiguous(memory_format=fmt)
+    mod = torch.randn(2, 16, 1, 4, 4, device=DEV).chunk(2, dim=1)
+    args = (x, 4, None, None, 1e-5, mod[0], mod[1], True)
     torch.library.opcheck(torch.ops.lddm.group_norm.default, args, test_utils=OPCHECK_TESTS)
 
 

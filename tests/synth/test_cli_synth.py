@@ -124,5 +124,3 @@ def test_pipeline_nan_videos_go_to_failed_jsonl(tmp_path, monkeypatch):
         ("b.png", 0, "sample"),
     ]
     assert not list(out.glob("*.npz"))
-
-
