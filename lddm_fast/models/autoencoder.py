@@ -27,6 +27,7 @@ from lddm_fast.models.layers import (
     check_divisible,
     check_tensor,
     spatial_conv,
+    zero_init,
 )
 
 __all__ = [
@@ -78,9 +79,16 @@ class EncoderOutput:
 
 @dataclass
 class DecoderOutput:
-    """sample: rebuilt frames 1..T, ``[B, C, T, H, W]`` channels_last_3d."""
+    """sample: rebuilt frames 1..T, ``[B, C, T, H, W]`` channels_last_3d.
+
+    With ``AutoencoderConfig.warp``, also ``warped``: x0 moved by the predicted
+    displacement field, ``[B, C, T, H, W]``, and ``flow``: that field in pixels,
+    ``[B, 2, T, H, W]`` (x then y); None otherwise.
+    """
 
     sample: torch.Tensor
+    warped: torch.Tensor | None = None
+    flow: torch.Tensor | None = None
 
 
 @dataclass
@@ -180,10 +188,42 @@ class VideoEncoder(nn.Module):
         return self.conv_out(self.norm_out(self.mid(h)))
 
 
+def warp_image(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """Move one image into every frame of a displacement field.
+
+    Args:
+        image: ``[B, C, H, W]``.
+        flow: ``[B, 2, T, H, W]``, in pixels: output pixel (y, x) of frame t samples
+            ``image`` at (y + flow[:, 1], x + flow[:, 0]), bilinearly, edges clamped.
+
+    Returns:
+        ``[B, C, T, H, W]`` channels_last_3d.
+    """
+    b, c, h, w = image.shape
+    t = flow.shape[2]
+    ys = (torch.arange(h, device=flow.device, dtype=flow.dtype) + 0.5) * (2.0 / h) - 1.0
+    xs = (torch.arange(w, device=flow.device, dtype=flow.dtype) + 0.5) * (2.0 / w) - 1.0
+    scale = torch.tensor([2.0 / w, 2.0 / h], device=flow.device, dtype=flow.dtype)
+    base = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)  # [H, W, 2]
+    grid = base + flow.permute(0, 2, 3, 4, 1) * scale  # [B, T, H, W, 2]
+    frames = image.to(flow.dtype)[:, None].expand(b, t, c, h, w).reshape(b * t, c, h, w)
+    out = F.grid_sample(
+        frames, grid.reshape(b * t, h, w, 2), padding_mode="border", align_corners=False
+    )
+    return channels_last(out.reshape(b, t, c, h, w).transpose(1, 2))
+
+
 class VideoDecoder(nn.Module):
     """Upsampling 3-D conv ResNet ``D(z, x0)``: ``[B, c_z, T, h, w]`` and x0 features ->
     ``[B, C, T, h f, w f]``. Every block is SPADE-modulated by the x0 feature map of
-    its resolution."""
+    its resolution.
+
+    With ``config.warp``, a head one level finer than z predicts a displacement field
+    (upsampled bilinearly, so it is smooth), and the last conv a per-pixel gate that
+    blends x0 warped by it with the decoder's own frames: speckle that moves with the
+    tissue comes from x0, what x0 cannot explain (decorrelation, new tissue) from the
+    network. The head starts at zero displacement.
+    """
 
     def __init__(self, config: AutoencoderConfig) -> None:
         super().__init__()
@@ -204,21 +244,42 @@ class VideoDecoder(nn.Module):
             if level > 0:
                 self.upsamples.append(spatial_conv(prev, prev))
         self.norm_out = GroupNorm(prev, g, eps, activation="silu")
-        self.conv_out = Conv3d(prev, config.in_channels, 3, padding=1)
+        self.warp = config.warp
+        self.flow_level = max(top - 1, 0)
+        self.conv_out = Conv3d(prev, config.in_channels + int(self.warp), 3, padding=1)
+        if self.warp:
+            width = widths[self.flow_level]
+            self.flow_head = nn.Sequential(
+                GroupNorm(width, g, eps, activation="silu"),
+                zero_init(Conv3d(width, 2, 3, padding=1)),
+            )
 
-    def forward(self, z: torch.Tensor, features: list[torch.Tensor]) -> torch.Tensor:
+    def forward(
+        self, z: torch.Tensor, features: list[torch.Tensor], x0: torch.Tensor | None = None
+    ) -> DecoderOutput:
         """z: ``[B, c_z, T, h, w]``; features: x0 pyramid, finest first (level l at
-        ``h f / 2**l``) -> frames ``[B, C, T, h f, w f]``."""
+        ``h f / 2**l``); x0 ``[B, C, h f, w f]`` (needed with ``warp``) -> frames
+        ``[B, C, T, h f, w f]`` (and the warp's parts, see :class:`DecoderOutput`)."""
         top = len(features) - 1
         h = self.mid(self.conv_in(z), features[top])
+        flow = None
         for i, blocks in enumerate(self.levels):
             level = top - i
             for block in blocks:
                 h = block(h, features[level])
+            if self.warp and level == self.flow_level:
+                flow = self.flow_head(h).float()
             if level > 0:
                 h = F.interpolate(h, scale_factor=(1.0, 2.0, 2.0), mode="nearest")
                 h = self.upsamples[i](h)
-        return self.conv_out(self.norm_out(h))
+        out = self.conv_out(self.norm_out(h))
+        if not self.warp:
+            return DecoderOutput(out)
+        size = out.shape[-2:]
+        flow = F.interpolate(flow, size=(out.shape[2], *size), mode="trilinear")
+        warped = warp_image(x0, flow).to(out.dtype)
+        content, gate = out[:, :-1], torch.sigmoid(out[:, -1:])
+        return DecoderOutput(channels_last(torch.lerp(content, warped, gate)), warped, flow)
 
 
 class VideoAutoencoder(nn.Module):
@@ -280,8 +341,7 @@ class VideoAutoencoder(nn.Module):
                 f"[B, C, h*{f}, w*{f}]"
             )
         features = self.cond_encoder(channels_last(x0))
-        frames = self.decoder(channels_last(z), features)
-        return DecoderOutput(frames)
+        return self.decoder(channels_last(z), features, x0)
 
     def forward(
         self,

@@ -92,6 +92,9 @@ class AutoencoderConfig:
         layers_per_block: ResBlocks per level in the encoder and in the decoder.
         norm_groups: GroupNorm groups, a divisor of every width.
         norm_eps: GroupNorm epsilon.
+        warp: the decoder also predicts a smooth displacement field per frame and
+            blends x0 warped by it with its own output, so speckle moves with the
+            tissue instead of being redrawn as its local mean.
     """
 
     in_channels: int = 1
@@ -101,9 +104,12 @@ class AutoencoderConfig:
     layers_per_block: int = 1
     norm_groups: int = 8
     norm_eps: float = 1e-5
+    warp: bool = False
 
     def __post_init__(self) -> None:
         owner = "AutoencoderConfig"
+        if not isinstance(self.warp, bool):
+            raise ValueError(f"{owner}.warp must be a bool, got {self.warp!r}")
         if self.in_channels not in (1, 3):
             raise ValueError(f"{owner}.in_channels must be 1 or 3, got {self.in_channels!r}")
         _positive_int(owner, "latent_channels", self.latent_channels)

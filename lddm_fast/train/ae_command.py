@@ -1,10 +1,11 @@
 """Train stage 1, the video autoencoder, on ultrasound videos.
 
 Clips are the config's num_frames + 1 frames (x0, then T), randomly cropped in time
-and space and flipped; the loss is L1 + KL (+ 1 - SSIM with --ssim-weight, + a 3-D patch
-discriminator's hinge term with --adv-weight). At every
-checkpoint the val split is scored (reconstruction PSNR/SSIM next to the "x0
-repeated" baseline) and RUN/checkpoint is rewritten; its denoiser is untrained until
+and space and flipped; the loss is L1 + KL (+ 1 - SSIM with --ssim-weight, + a 3-D
+patch discriminator's hinge term with --adv-weight, + the coarse L1 of x0 warped
+alone for a warping decoder, --warp-weight). At every checkpoint the val split is
+scored (reconstruction PSNR/SSIM next to the "x0 repeated" baseline) and
+RUN/checkpoint is rewritten; its denoiser is untrained until
 train-diffusion. Ctrl-C or SIGTERM saves and stops; --resume continues exactly.
 Under torchrun each process takes an equal share of the global batch (DDP).
 
@@ -54,6 +55,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="step from which the decoder follows the discriminator; the discriminator "
         "itself learns from step 0 (default 0)",
     )
+    parser.add_argument(
+        "--warp-weight",
+        type=float,
+        default=1.0,
+        help="weight of the coarse (4x, 8x pooled) L1 of x0 warped alone, which steers "
+        "the displacement field of a warping decoder (config autoencoder.warp; ignored "
+        "otherwise; default 1.0)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -92,10 +101,13 @@ def run(args: argparse.Namespace) -> int:
         ssim_weight=args.ssim_weight,
         adv_weight=args.adv_weight,
         adv_start=args.adv_start,
+        warp_weight=args.warp_weight,
         eval_clips=args.eval_clips,
     )
     meta = run_meta(args, splits, digest)
     meta["losses"] = {"l1": 1.0, "kl": args.kl_weight, "ssim": args.ssim_weight}
+    if config.autoencoder.warp:
+        meta["losses"]["warp_coarse_l1"] = args.warp_weight
     if args.adv_weight > 0:
         meta["losses"].update(adversarial=args.adv_weight, adversarial_start=args.adv_start)
     summary = train(

@@ -7,6 +7,10 @@ Loss per clip (frames 1..T rebuilt from z and x0):
   bounded so the stage-2 latent scale factor is meaningful;
 - ``ssim_weight`` x (1 - SSIM), a structure term that needs no downloaded weights
   (speckle and edges: L1 alone prefers the blurry local mean);
+- with a warping decoder (``AutoencoderConfig.warp``), ``warp_weight`` x the L1 of x0
+  warped alone against the frames, on 4x and 8x average-pooled copies: speckle gives
+  the displacement field a gradient only within a speckle size of the truth, the
+  coarse anatomy (layers, lesion edges) over the whole motion range;
 - from step ``adv_start`` on, ``adv_weight`` x an adaptive balance x the hinge loss of
   a 3-D patch discriminator (:mod:`~lddm_fast.train.discriminator`), which is trained
   in the same step; it is what makes the decoder draw speckle instead of its mean.
@@ -18,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -61,10 +66,12 @@ class AutoencoderObjective(nn.Module):
         ssim_weight: float,
         adv_weight: float = 0.0,
         adv_start: int = 0,
+        warp_weight: float = 1.0,
     ):
         super().__init__()
         self.autoencoder = autoencoder
         self.kl_weight, self.ssim_weight = kl_weight, ssim_weight
+        self.warp_weight = warp_weight if autoencoder.config.warp else 0.0
         self.adv_weight, self.adv_start = adv_weight, adv_start
         self.discriminator = None
         if adv_weight > 0:
@@ -75,11 +82,16 @@ class AutoencoderObjective(nn.Module):
         x0, frames = clip[:, :, 0], clip[:, :, 1:]
         posterior = self.autoencoder.encode(frames).latent_dist
         z = posterior.mean + posterior.std * eps.to(posterior.mean.dtype)
-        rebuilt = self.autoencoder.decode(z, x0).sample.float()
+        decoded = self.autoencoder.decode(z, x0)
+        rebuilt = decoded.sample.float()
         l1 = (rebuilt - frames).abs().mean()
         kl = posterior.kl().mean() / frames[0].numel()
         reconstruction = l1
         parts = {"l1": l1.detach(), "kl": kl.detach()}
+        if self.warp_weight > 0:
+            coarse = coarse_l1(decoded.warped.float(), frames)
+            reconstruction = reconstruction + self.warp_weight * coarse
+            parts["warp_l1"] = coarse.detach()
         if self.ssim_weight > 0:
             h, w = frames.shape[-2:]
             ssim = ssim_images(
@@ -106,6 +118,16 @@ class AutoencoderObjective(nn.Module):
         balance = adaptive_weight(reconstruction, g_loss, self.autoencoder.decoder.conv_out.weight)
         parts.update(adv_g=g_loss.detach(), adv_balance=balance)
         return self.adv_weight * balance * g_loss + d_loss
+
+
+def coarse_l1(video: torch.Tensor, target: torch.Tensor, factors=(4, 8)) -> torch.Tensor:
+    """Mean over ``factors`` of the L1 between spatially average-pooled copies of
+    ``video`` and ``target`` (both ``[B, C, T, H, W]``): a scalar."""
+    losses = []
+    for f in factors:
+        pool = (1, f, f)
+        losses.append((F.avg_pool3d(video, pool) - F.avg_pool3d(target, pool)).abs().mean())
+    return torch.stack(losses).mean()
 
 
 @torch.no_grad()
@@ -163,7 +185,8 @@ class AutoencoderStage:
         config: the whole model config (its autoencoder is trained; the denoiser is
             exported freshly initialised so the checkpoint is complete).
         train_clips, val_clips: the splits (:func:`lddm_fast.train.data.open_splits`).
-        kl_weight, ssim_weight, adv_weight: loss weights (see the module docstring).
+        kl_weight, ssim_weight, adv_weight, warp_weight: loss weights (see the module
+            docstring; ``warp_weight`` only counts for a warping decoder).
         adv_start: step from which the decoder follows the discriminator.
         eval_clips: at most this many val clips are scored at each checkpoint.
         device: where evaluation runs.
@@ -181,13 +204,14 @@ class AutoencoderStage:
         ssim_weight: float = 0.0,
         adv_weight: float = 0.0,
         adv_start: int = 0,
+        warp_weight: float = 1.0,
         eval_clips: int = 64,
         device: torch.device | str = "cpu",
     ) -> None:
         self.config = config
         self.network = VideoAutoencoder(config.autoencoder)
         self.objective = AutoencoderObjective(
-            self.network, kl_weight, ssim_weight, adv_weight, adv_start
+            self.network, kl_weight, ssim_weight, adv_weight, adv_start, warp_weight
         )
         self.dataset = SeededClips(train_clips)
         self.collate = collate
