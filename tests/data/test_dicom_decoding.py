@@ -4,7 +4,8 @@ decoder can read are refused naming the file and what is missing."""
 
 import numpy as np
 import pytest
-from dicom_helpers import dataset, jpeg_baseline, pydicom, save
+from dicom_helpers import dataset, encapsulated, jpeg_baseline, pydicom, save
+from lossless_jpeg import jpeg_lossless, jpeg_ls
 
 from lddm_fast.data.errors import BadInputError
 from lddm_fast.data.images import read_image
@@ -98,6 +99,55 @@ def test_lossless_compressed_syntaxes_decode_exactly(tmp_path, syntax):
     np.testing.assert_array_equal(read_image(path, frame=1), frames[1])
 
 
+def _ultrasound_like(frames: int, bits: int) -> np.ndarray:
+    """uint16 ``[T, 40, 48]``: speckle of ``bits`` bits inside a sector-like area,
+    black around it (long runs, which JPEG-LS codes in its run mode)."""
+    rng = np.random.default_rng(bits)
+    y, x = np.mgrid[0:40, 0:48]
+    inside = np.abs(x - 24) < 4 + y * 0.5
+    speckle = rng.integers(1 << (bits - 3), 1 << bits, (frames, 40, 48))
+    return np.where(inside, speckle, 0).astype(np.uint16)
+
+
+@pytest.mark.parametrize(
+    ("syntax", "predictor", "bits"),
+    [("JPEGLosslessSV1", 1, 8), ("JPEGLossless", 1, 12), ("JPEGLossless", 6, 8)],
+)
+def test_jpeg_lossless_process_14_decodes_exactly(tmp_path, syntax, predictor, bits):
+    """.70 (first-order prediction) and .57 (any predictor); fixtures from the small
+    encoder in tests/lossless_jpeg.py, as nothing installed encodes process 14."""
+    pydicom()
+    from pydicom import uid
+
+    frames = _ultrasound_like(2, bits)
+    streams = [jpeg_lossless(f, bits, predictor) for f in frames]
+    ds = encapsulated(dataset(frames, bits=bits), streams, getattr(uid, syntax))
+    path = save(ds, tmp_path / "lossless.dcm")
+    expected = np.rint(frames * (255 / ((1 << bits) - 1)))  # 12 bits: scaled to 0..255
+    np.testing.assert_array_equal(read_video(path).frames, expected)
+    np.testing.assert_array_equal(read_image(path, frame=1), expected[1])
+
+
+@pytest.mark.parametrize(
+    ("syntax", "bits"),
+    [("JPEGLSLossless", 8), ("JPEGLSLossless", 12), ("JPEGLSNearLossless", 8)],
+)
+def test_jpeg_ls_decodes_exactly(tmp_path, syntax, bits):
+    """.80, and .81 carrying NEAR = 0 (near-lossless at its lossless setting); fixtures
+    from tests/lossless_jpeg.py, as pydicom's JPEG-LS encoder needs pyjpegls, which
+    would also take over decoding from the ``dicom`` extra's pylibjpeg-libjpeg."""
+    pydicom()
+    from pydicom import uid
+
+    frames = _ultrasound_like(2, bits)
+    streams = [jpeg_ls(f, bits) for f in frames]
+    ds = encapsulated(dataset(frames, bits=bits), streams, getattr(uid, syntax))
+    path = save(ds, tmp_path / "jpegls.dcm")
+    expected = np.rint(frames * (255 / ((1 << bits) - 1)))
+    np.testing.assert_array_equal(read_video(path).frames, expected)
+    np.testing.assert_array_equal(read_image(path, frame=1), expected[1])
+
+
 def test_jpeg_baseline_cine_decodes_like_pillow(tmp_path):
     from PIL import Image
 
@@ -115,8 +165,9 @@ def test_jpeg_baseline_cine_decodes_like_pillow(tmp_path):
 
 
 def test_decoders_for_ultrasound_syntaxes_are_installed():
-    """The ``dicom`` extra covers the syntaxes ultrasound archives use (JPEG lossless
-    process 14 and JPEG-LS have no encoder here to make a fixture with)."""
+    """The ``dicom`` extra covers the syntaxes ultrasound archives use (the lossless
+    ones are also decoded from fixtures above; the lossy ones, bar baseline, only
+    checked for a decoder)."""
     pydicom()
     from pydicom import uid
     from pydicom.pixels import get_decoder
