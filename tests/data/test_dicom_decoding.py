@@ -48,6 +48,40 @@ def test_palette_16_bit_indices_and_entries_are_scaled_to_8_bits(tmp_path):
     assert np.abs(gray.astype(int) - indices % 256).max() > 50  # not the indices
 
 
+def _segmented(*segments):
+    """Segmented LUT data (PS3.3 C.7.9.2) of 16-bit words: ``("discrete", values)``
+    or ``("linear", count, end)``, a ramp of ``count`` entries from the previous entry
+    to ``end``."""
+    words = []
+    for kind, *args in segments:
+        if kind == "discrete":
+            words += [0, len(args[0]), *args[0]]
+        else:
+            words += [1, args[0], args[1]]
+    return np.array(words, "<u2").tobytes()
+
+
+def test_segmented_palette_gives_its_colours(tmp_path):
+    """Segmented tables (as ALOKA scanners write them), 16-bit entries whose ramps
+    fall on whole steps of 257, so every colour is exact in 8 bits."""
+    indices = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    ds = dataset(indices, "PALETTE COLOR")
+    tables = {
+        "Red": _segmented(("discrete", [0]), ("linear", 255, 65535)),  # 257 i
+        "Green": _segmented(("discrete", [65535]), ("linear", 255, 0)),  # 65535 - 257 i
+        # 0x4040 (64 in 8 bits) up to index 127, then one step of 257 per index
+        "Blue": _segmented(("discrete", [0x4040] * 128), ("linear", 128, 0xC0C0)),
+    }
+    for name, data in tables.items():
+        ds.add_new(f"{name}PaletteColorLookupTableDescriptor", "US", [256, 0, 16])
+        ds.add_new(f"Segmented{name}PaletteColorLookupTableData", "OW", data)
+    path = save(ds, tmp_path / "segmented.dcm")
+    i = indices.astype(np.int64)
+    rgb = np.stack([i, 255 - i, np.where(i < 128, 64, i - 63)], axis=-1)
+    np.testing.assert_array_equal(read_image(path, channels=3), rgb)
+    np.testing.assert_allclose(read_image(path), _luma(rgb), atol=1)
+
+
 def test_rgb_and_ybr_give_the_luma_of_their_colours(tmp_path):
     from pydicom.pixels import convert_color_space
 
