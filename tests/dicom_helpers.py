@@ -67,7 +67,6 @@ def jpeg_baseline(ds, frames: np.ndarray, quality: int = 95):
     """Replace ``ds``'s pixels by ``frames`` (uint8 ``[T, H, W]``) as JPEG baseline,
     encoded by Pillow and encapsulated as a DICOM would carry them."""
     from PIL import Image
-    from pydicom.encaps import encapsulate
     from pydicom.uid import JPEGBaseline8Bit
 
     streams = []
@@ -75,9 +74,17 @@ def jpeg_baseline(ds, frames: np.ndarray, quality: int = 95):
         buffer = io.BytesIO()
         Image.fromarray(frame).save(buffer, format="JPEG", quality=quality)
         streams.append(buffer.getvalue())
+    return encapsulated(ds, streams, JPEGBaseline8Bit)
+
+
+def encapsulated(ds, streams: list[bytes], syntax: str):
+    """Replace ``ds``'s pixels by one compressed ``stream`` per frame in transfer
+    syntax ``syntax`` (a UID), encapsulated as a DICOM would carry them."""
+    from pydicom.encaps import encapsulate
+
     ds.PixelData = encapsulate(streams)
     ds["PixelData"].VR = "OB"
-    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.file_meta.TransferSyntaxUID = syntax
     return ds
 
 

@@ -4,6 +4,7 @@
     out = pipe(images, num_frames=16, steps=25, sampler="ddim", guidance=1.0, seed=0)
     out.videos      # [B, C, T+1, H, W] uint8, x0 first
     out.nonfinite   # [B] bool, True where a video came out with NaN/Inf
+    out.sources     # B pairs (i, v): video b is of view v of images[i]
 
 Stages of a call: images -> x0 ``[B, C, S, S]`` in [-1, 1] -> condition encoding (once
 per video) -> per-video initial noise -> the sampling loop over the latent
@@ -18,7 +19,7 @@ import numbers
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -64,10 +65,15 @@ class LDDMPipelineOutput:
         nonfinite: ``[B]`` bool on the CPU, True where sampling produced NaN/Inf in that
             video. Such a video is not a valid sample (a warning lists them): as float
             it keeps its NaNs (Inf is clamped to +-1), as uint8 it is all zeros.
+        sources: B pairs ``(i, v)``: video b was made from view v of input image i.
+            v is 0, and B the number of images, except for a DICOM path with several
+            tissue regions (a dual view) under ``region="auto"``: each of its views is
+            a video of its own, in the file's left-to-right order.
     """
 
     videos: torch.Tensor
     nonfinite: torch.Tensor
+    sources: list[tuple[int, int]] = field(default_factory=list)
 
 
 def _default_device(device: torch.device | str | None) -> torch.device:
@@ -142,19 +148,31 @@ def _unit_range(x: torch.Tensor, what: str) -> torch.Tensor:
     return x.clamp(-1, 1)
 
 
-def _item_to_tensor(
+def _item_views(
     item: Any, index: int, channels: int, region: str = "center", frame: int = 0
-) -> torch.Tensor:
+) -> list[torch.Tensor]:
     """One list entry (a file path, PIL image or numpy [H, W] / [H, W, C] array) ->
-    its imaging region (see :func:`_cut`) ``[channels, H, W]``, uint8 for 8-bit
-    sources (so it is fitted as the batch engine fits a file), else float32 in
+    its views ``[channels, H, W]``, uint8 for 8-bit sources (so each is fitted as the
+    batch engine fits a file), else float32 in [-1, 1] (validated).
+
+    One view, but for a file path whose :func:`~lddm_fast.data.regions.read_views`
+    gives several (a DICOM dual view under ``region="auto"``): all of them, in order,
+    as ``synthesize`` makes each its own input.
+    """
+    if not isinstance(item, (str, os.PathLike)):
+        return [_item_to_tensor(item, index, channels, region)]
+    views = []
+    for view in read_views(item, channels=channels, mode=region, frame=frame):
+        x = torch.from_numpy(np.ascontiguousarray(view.pixels))
+        views.append(x[None] if x.ndim == 2 else x.permute(2, 0, 1))
+    return views
+
+
+def _item_to_tensor(item: Any, index: int, channels: int, region: str = "center") -> torch.Tensor:
+    """One PIL image or numpy [H, W] / [H, W, C] array -> its imaging region (see
+    :func:`_cut`) ``[channels, H, W]``, uint8 for 8-bit sources, else float32 in
     [-1, 1] (validated)."""
     what = f"images[{index}]"
-    if isinstance(item, (str, os.PathLike)):
-        # The first view: a DICOM dual view gives its left one (read_views gives all).
-        pixels = read_views(item, channels=channels, mode=region, frame=frame)[0].pixels
-        x = torch.from_numpy(np.ascontiguousarray(pixels))
-        return x[None] if x.ndim == 2 else x.permute(2, 0, 1)
     if not isinstance(item, np.ndarray):
         try:
             from PIL import Image  # optional: only needed for PIL inputs
@@ -299,7 +317,8 @@ class LDDMPipeline:
         return frames
 
     def preprocess(self, images: Any, region: str = "center", frame: int = 0) -> torch.Tensor:
-        """Images -> x0 ``[B, C, S, S]`` float32 in [-1, 1] on the device.
+        """Images -> x0 ``[B, C, S, S]`` float32 in [-1, 1] on the device: one row per
+        image, or per view of a dual-view DICOM path (see ``region``).
 
         Args:
             images: a ``[B, C, H, W]`` tensor (uint8 in [0, 255] or float in [-1, 1],
@@ -314,8 +333,10 @@ class LDDMPipeline:
             region: the imaging region (:mod:`lddm_fast.data.regions`): ``"center"``
                 (the whole image, centre crop), ``"auto"`` (the DICOM tissue region or
                 the detected imaging area, text around it blacked out; 8-bit images
-                only; a DICOM dual view gives its left view), ``"none"`` (the whole
-                image letterboxed), as ``synthesize --region``.
+                only; a DICOM path with several tissue regions, a dual view, gives
+                each as a row of its own, left to right, so B exceeds the number of
+                images; ``LDDMPipelineOutput.sources`` maps them back), ``"none"``
+                (the whole image letterboxed), as ``synthesize --region``.
             frame: the frame of a multi-frame DICOM path.
 
         Raises:
@@ -323,6 +344,12 @@ class LDDMPipeline:
                 image outside [-1, 1], an unsupported dtype or list entry, an image
                 with a side below S, an unreadable file (:class:`BadInputError`).
         """
+        return self._preprocess(images, region, frame)[0]
+
+    def _preprocess(
+        self, images: Any, region: str, frame: int
+    ) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """:meth:`preprocess`, and per row of x0 its ``(image index, view index)``."""
         check_mode(region)
         c, size = self.config.channels, self.config.size
         if isinstance(images, torch.Tensor):
@@ -341,6 +368,7 @@ class LDDMPipeline:
                 )
             if min(images.shape[2:]) == 0:
                 raise ValueError(f"images have an empty side: shape {tuple(images.shape)}")
+            sources = [(i, 0) for i in range(images.shape[0])]
             if region == "auto":  # each image has its own region, so its own fit
                 frames = [
                     _unit_range(
@@ -348,24 +376,22 @@ class LDDMPipeline:
                     )
                     for i, x in enumerate(images.cpu())
                 ]
-                return torch.stack(frames).to(self.device)
+                return torch.stack(frames).to(self.device), sources
             if images.dtype == torch.uint8:  # fitted in 0..255 and rounded, as files are
                 fitted = _fit(images, size, "images", region)
-                return _unit_range(fitted, "images").to(self.device)
+                return _unit_range(fitted, "images").to(self.device), sources
             else:
                 x = _unit_range(images, "images")
-                return _fit(x.to(self.device), size, "images", region).contiguous()
+                return _fit(x.to(self.device), size, "images", region).contiguous(), sources
         if isinstance(images, (list, tuple)):
             if not images:
                 raise ValueError("images is an empty list")
-            frames = [
-                _unit_range(
-                    _fit(_item_to_tensor(im, i, c, region, frame), size, f"images[{i}]", region),
-                    "images",
-                )
-                for i, im in enumerate(images)
-            ]
-            return torch.stack(frames).to(self.device)
+            frames, sources = [], []
+            for i, im in enumerate(images):
+                for v, x in enumerate(_item_views(im, i, c, region, frame)):
+                    frames.append(_unit_range(_fit(x, size, f"images[{i}]", region), "images"))
+                    sources.append((i, v))
+            return torch.stack(frames).to(self.device), sources
         raise ValueError(
             f"images must be a [B, C, H, W] tensor or a list of PIL images / numpy arrays, "
             f"got {type(images).__name__}"
@@ -505,7 +531,8 @@ class LDDMPipeline:
         region: str = "center",
         frame: int = 0,
     ) -> LDDMPipelineOutput | tuple[torch.Tensor, torch.Tensor]:
-        """Generate one video per input image.
+        """Generate one video per input image (per view of a dual-view DICOM path under
+        ``region="auto"``: see :meth:`preprocess`).
 
         Args:
             images: see :meth:`preprocess` (``[B, C, H, W]`` tensor or list of images).
@@ -514,10 +541,11 @@ class LDDMPipeline:
             sampler: ``"ddim"``, ``"dpmpp_2m"`` (DPM-Solver++(2M)) or ``"ddpm"``.
             guidance: classifier-free guidance scale; 1.0 is off (no doubled batch).
             seed: an int: video i draws from a generator seeded with
-                ``video_seed(seed, i)``; or B ints, used as the videos' generator seeds
-                directly. Either way a video depends only on its own generator seed, not
-                on the batch it is in: ``pipe(images[i:i+1], seed=[video_seed(s, i)])``
-                reproduces video i of ``pipe(images, seed=s)``.
+                ``video_seed(seed, i)``; or B ints (one per video, so per view of a
+                dual view), used as the videos' generator seeds directly. Either way a
+                video depends only on its own generator seed, not on the batch it is
+                in: ``pipe(images[i:i+1], seed=[video_seed(s, i)])`` reproduces video i
+                of ``pipe(images, seed=s)`` (when no image before i is a dual view).
             eta: DDIM stochasticity (0: deterministic; 1: DDPM's variance).
             timestep_spacing: ``"trailing"`` (starts at t = N-1) or ``"leading"``.
             cuda_graph: replay the whole loop as one CUDA graph (CUDA only; a failed
@@ -528,22 +556,27 @@ class LDDMPipeline:
             region, frame: the imaging region and DICOM frame, see :meth:`preprocess`.
 
         Returns:
-            videos ``[B, C, T+1, H, W]`` on the device (x0 first) and the ``[B]``
-            nonfinite mask; videos with NaN/Inf are also named in a RuntimeWarning.
+            videos ``[B, C, T+1, H, W]`` on the device (x0 first), the ``[B]``
+            nonfinite mask (videos with NaN/Inf are also named in a RuntimeWarning)
+            and, in :class:`LDDMPipelineOutput` only, each video's source image and
+            view.
         """
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
         self._check_sampling_args(steps, sampler, guidance, eta, timestep_spacing)
         cfg = self.config
         frames = self.resolve_num_frames(num_frames)
-        x0 = self.preprocess(images, region, frame)
+        x0, sources = self._preprocess(images, region, frame)
         batch = x0.shape[0]
         if isinstance(seed, numbers.Integral):
             seeds = [video_seed(seed, i) for i in range(batch)]
         else:
             seeds = [int(s) for s in seed]
             if len(seeds) != batch:
-                raise ValueError(f"seed has {len(seeds)} entries for {batch} images")
+                what = f"{batch} images"
+                if batch != len(images):  # dual views: one video per view
+                    what = f"{batch} videos (the views of {len(images)} images)"
+                raise ValueError(f"seed has {len(seeds)} entries for {what}")
         generators = video_generators(seeds, self.device)
 
         c_z, _, h, w = cfg.latent_shape
@@ -592,5 +625,5 @@ class LDDMPipeline:
             video = torch.where(mask, 0.0, (video + 1) * 127.5)
             video = video.round().clamp(0, 255).to(torch.uint8)
         if return_dict:
-            return LDDMPipelineOutput(video, nonfinite)
+            return LDDMPipelineOutput(video, nonfinite, sources)
         return video, nonfinite

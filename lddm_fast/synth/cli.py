@@ -9,12 +9,14 @@ center-cropped square and resized to the model size.
 Imaging region (--region): center (default) keeps the whole frame and crops its
 centre square, as before. auto crops to the imaging region: the DICOM ultrasound
 regions when the file has them (each 2-D tissue region is its own input, so a dual
-view gives <stem>_r0 and <stem>_r1; Doppler and spectral regions are dropped),
-otherwise the sector or rectangle of speckle found in the pixels, with burned-in
-text around it blacked out. none keeps the whole frame, letterboxed. The region's
-box (and pixel spacing, when the DICOM gives it) is recorded per video in
-manifest.jsonl. No DICOM header value (names, IDs, dates, institution) is written
-anywhere: inputs are named by their paths.
+view gives <stem>_r0 and <stem>_r1, or <stem>_r0-1 if an input named <stem>_r0 is
+also there; Doppler and spectral regions are dropped), otherwise the sector or
+rectangle of speckle found in the pixels, with burned-in text around it blacked out.
+none keeps the whole frame, letterboxed. The region's box (and pixel spacing, when
+the DICOM gives it) is recorded per video in manifest.jsonl, and for a view the
+file it comes from (view_of) and its index there (view). No DICOM header value
+(names, IDs, dates, institution) is written anywhere: inputs are named by their
+paths.
 
 Outputs (--out): <out>/<input's folder>/<stem>_k<k>.mp4 (and .gif, .npz, or a
 folder of PNG frames), one per image and k = 0 .. N-1; manifest.jsonl (one line

@@ -14,7 +14,9 @@ Threads and queues (one engine per rank)::
   see :mod:`lddm_fast.data.regions`), crop square and resize to the model size
   (Pillow releases the GIL for both). A bad image goes to ``failed.jsonl`` with the
   reason. A DICOM with two tissue regions (dual view) under ``region="auto"`` gives
-  two inputs, ``<stem>_r0`` and ``<stem>_r1`` (see :meth:`InputItem.view`).
+  two inputs, ``<stem>_r0`` and ``<stem>_r1`` (``<stem>_r0-1`` when another input
+  has the stem ``<stem>_r0``; see :meth:`InputItem.view`), recorded with the file
+  they come from (``view_of``) and their index in it (``view``).
 * The **sampler loop** gathers ``batch_size`` (image, k) pairs (the k videos of one
   image may span two batches), gives each its seed
   (:func:`~lddm_fast.synth.seeds.input_video_seed`) and calls the sampler. It waits only
@@ -300,6 +302,7 @@ class SynthEngine:
         self._stop = threading.Event()  # everything stops (an output error)
         self._drain = threading.Event()  # no more sampling; writers finish the queue
         self._printed = 0
+        self._stems: set[str] = set()  # every input's output stem, filled by _feed
         self._work: queue.Queue = queue.Queue(maxsize=2 * self.workers)
         self._ready: queue.Queue = queue.Queue(maxsize=2 * self.batch_size)
         self._written: queue.Queue = queue.Queue(maxsize=2 * self.batch_size)
@@ -451,7 +454,14 @@ class SynthEngine:
     # ------------------------------------------------------------------- stages
     def _feed(self, inputs: Iterable[InputItem]) -> None:
         n = self.videos_per_image
-        mine = sum(1 for item in inputs if self._mine(item.rel))
+        # Every input's output stem, known before any file is decoded: a dual view's
+        # views are named clear of them (InputItem.view), the same way on every rank.
+        stems: set[str] = set()
+        mine = 0
+        for item in inputs:
+            stems.add(os.path.splitext(item.rel)[0])
+            mine += self._mine(item.rel)
+        self._stems = stems
         with self._lock:
             self._summary.videos = mine * n
             self._bar.total = mine * n
@@ -517,7 +527,7 @@ class SynthEngine:
                 self._summary.videos += more
                 self._bar.total += more
             for index, (image, region) in enumerate(views):
-                view = item.view(index)
+                view = item.view(index, self._stems)
                 view_todo = self._todo(view)
                 if view_todo:
                     self._put(self._ready, (view, image, region, view_todo))
@@ -631,8 +641,8 @@ class SynthEngine:
                 "model": self.model,
                 "finished": time.time(),
             }
-            if item.view_of is not None:
-                record["view_of"] = item.view_of
+            if item.view_of is not None:  # which file, and which of its views
+                record["view_of"], record["view"] = item.view_of, item.view_index
             self._manifest.append(record)
         except OSError as e:
             if e.errno == errno.ENAMETOOLONG:

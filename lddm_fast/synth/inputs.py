@@ -34,7 +34,7 @@ from __future__ import annotations
 import glob
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from dataclasses import dataclass
 
 from lddm_fast.data.busi import MASK_NAME
@@ -61,18 +61,32 @@ class InputItem:
             first folder of ``rel`` names one, else None.
         view_of: for one view of a file with several (a DICOM dual view under
             ``--region auto``), the ``rel`` of that file; else None.
+        view_index: that view's index in the file (left to right), with ``view_of``.
     """
 
     path: str
     rel: str
     label: str | None
     view_of: str | None = None
+    view_index: int | None = None
 
-    def view(self, index: int) -> InputItem:
-        """View ``index`` of this file as an input: ``rel`` ``<stem>_r<index><suffix>``,
-        so its seeds and outputs (``<stem>_r<index>_k<k>``) are its own."""
+    def view(self, index: int, taken: Container[str] = ()) -> InputItem:
+        """View ``index`` of this file as an input of its own, with its own seeds and
+        outputs: ``rel`` ``<stem>_r<index><suffix>``, outputs ``<stem>_r<index>_k<k>``.
+
+        ``taken`` holds the stems (``rel`` without suffix) of every input of the run.
+        When another input already has the view's stem (``x_r0.png`` next to a dual
+        view ``x.dcm``), the view becomes ``<stem>_r<index>-<n>``, n >= 1 the least
+        free. A view's stem never equals another view's (``_r<index>``, then
+        ``-<n>``, parse back from the end uniquely), so names are unique and depend
+        only on the run's inputs, not on the order their files are decoded in.
+        """
         stem, suffix = os.path.splitext(self.rel)
-        return InputItem(self.path, f"{stem}_r{index}{suffix}", self.label, view_of=self.rel)
+        name, n = f"{stem}_r{index}", 0
+        while name in taken:
+            n += 1
+            name = f"{stem}_r{index}-{n}"
+        return InputItem(self.path, name + suffix, self.label, view_of=self.rel, view_index=index)
 
     @classmethod
     def make(cls, path: str, rel: str) -> InputItem:

@@ -4,7 +4,8 @@ decoder can read are refused naming the file and what is missing."""
 
 import numpy as np
 import pytest
-from dicom_helpers import dataset, jpeg_baseline, pydicom, save
+from dicom_helpers import dataset, encapsulated, jpeg_baseline, pydicom, save
+from lossless_jpeg import jpeg_lossless, jpeg_ls
 
 from lddm_fast.data.errors import BadInputError
 from lddm_fast.data.images import read_image
@@ -45,6 +46,40 @@ def test_palette_16_bit_indices_and_entries_are_scaled_to_8_bits(tmp_path):
     gray = read_image(path)
     np.testing.assert_allclose(gray, _luma(rgb), atol=1)
     assert np.abs(gray.astype(int) - indices % 256).max() > 50  # not the indices
+
+
+def _segmented(*segments):
+    """Segmented LUT data (PS3.3 C.7.9.2) of 16-bit words: ``("discrete", values)``
+    or ``("linear", count, end)``, a ramp of ``count`` entries from the previous entry
+    to ``end``."""
+    words = []
+    for kind, *args in segments:
+        if kind == "discrete":
+            words += [0, len(args[0]), *args[0]]
+        else:
+            words += [1, args[0], args[1]]
+    return np.array(words, "<u2").tobytes()
+
+
+def test_segmented_palette_gives_its_colours(tmp_path):
+    """Segmented tables (as ALOKA scanners write them), 16-bit entries whose ramps
+    fall on whole steps of 257, so every colour is exact in 8 bits."""
+    indices = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    ds = dataset(indices, "PALETTE COLOR")
+    tables = {
+        "Red": _segmented(("discrete", [0]), ("linear", 255, 65535)),  # 257 i
+        "Green": _segmented(("discrete", [65535]), ("linear", 255, 0)),  # 65535 - 257 i
+        # 0x4040 (64 in 8 bits) up to index 127, then one step of 257 per index
+        "Blue": _segmented(("discrete", [0x4040] * 128), ("linear", 128, 0xC0C0)),
+    }
+    for name, data in tables.items():
+        ds.add_new(f"{name}PaletteColorLookupTableDescriptor", "US", [256, 0, 16])
+        ds.add_new(f"Segmented{name}PaletteColorLookupTableData", "OW", data)
+    path = save(ds, tmp_path / "segmented.dcm")
+    i = indices.astype(np.int64)
+    rgb = np.stack([i, 255 - i, np.where(i < 128, 64, i - 63)], axis=-1)
+    np.testing.assert_array_equal(read_image(path, channels=3), rgb)
+    np.testing.assert_allclose(read_image(path), _luma(rgb), atol=1)
 
 
 def test_rgb_and_ybr_give_the_luma_of_their_colours(tmp_path):
@@ -98,6 +133,55 @@ def test_lossless_compressed_syntaxes_decode_exactly(tmp_path, syntax):
     np.testing.assert_array_equal(read_image(path, frame=1), frames[1])
 
 
+def _ultrasound_like(frames: int, bits: int) -> np.ndarray:
+    """uint16 ``[T, 40, 48]``: speckle of ``bits`` bits inside a sector-like area,
+    black around it (long runs, which JPEG-LS codes in its run mode)."""
+    rng = np.random.default_rng(bits)
+    y, x = np.mgrid[0:40, 0:48]
+    inside = np.abs(x - 24) < 4 + y * 0.5
+    speckle = rng.integers(1 << (bits - 3), 1 << bits, (frames, 40, 48))
+    return np.where(inside, speckle, 0).astype(np.uint16)
+
+
+@pytest.mark.parametrize(
+    ("syntax", "predictor", "bits"),
+    [("JPEGLosslessSV1", 1, 8), ("JPEGLossless", 1, 12), ("JPEGLossless", 6, 8)],
+)
+def test_jpeg_lossless_process_14_decodes_exactly(tmp_path, syntax, predictor, bits):
+    """.70 (first-order prediction) and .57 (any predictor); fixtures from the small
+    encoder in tests/lossless_jpeg.py, as nothing installed encodes process 14."""
+    pydicom()
+    from pydicom import uid
+
+    frames = _ultrasound_like(2, bits)
+    streams = [jpeg_lossless(f, bits, predictor) for f in frames]
+    ds = encapsulated(dataset(frames, bits=bits), streams, getattr(uid, syntax))
+    path = save(ds, tmp_path / "lossless.dcm")
+    expected = np.rint(frames * (255 / ((1 << bits) - 1)))  # 12 bits: scaled to 0..255
+    np.testing.assert_array_equal(read_video(path).frames, expected)
+    np.testing.assert_array_equal(read_image(path, frame=1), expected[1])
+
+
+@pytest.mark.parametrize(
+    ("syntax", "bits"),
+    [("JPEGLSLossless", 8), ("JPEGLSLossless", 12), ("JPEGLSNearLossless", 8)],
+)
+def test_jpeg_ls_decodes_exactly(tmp_path, syntax, bits):
+    """.80, and .81 carrying NEAR = 0 (near-lossless at its lossless setting); fixtures
+    from tests/lossless_jpeg.py, as pydicom's JPEG-LS encoder needs pyjpegls, which
+    would also take over decoding from the ``dicom`` extra's pylibjpeg-libjpeg."""
+    pydicom()
+    from pydicom import uid
+
+    frames = _ultrasound_like(2, bits)
+    streams = [jpeg_ls(f, bits) for f in frames]
+    ds = encapsulated(dataset(frames, bits=bits), streams, getattr(uid, syntax))
+    path = save(ds, tmp_path / "jpegls.dcm")
+    expected = np.rint(frames * (255 / ((1 << bits) - 1)))
+    np.testing.assert_array_equal(read_video(path).frames, expected)
+    np.testing.assert_array_equal(read_image(path, frame=1), expected[1])
+
+
 def test_jpeg_baseline_cine_decodes_like_pillow(tmp_path):
     from PIL import Image
 
@@ -115,8 +199,9 @@ def test_jpeg_baseline_cine_decodes_like_pillow(tmp_path):
 
 
 def test_decoders_for_ultrasound_syntaxes_are_installed():
-    """The ``dicom`` extra covers the syntaxes ultrasound archives use (JPEG lossless
-    process 14 and JPEG-LS have no encoder here to make a fixture with)."""
+    """The ``dicom`` extra covers the syntaxes ultrasound archives use (the lossless
+    ones are also decoded from fixtures above; the lossy ones, bar baseline, only
+    checked for a decoder)."""
     pydicom()
     from pydicom import uid
     from pydicom.pixels import get_decoder

@@ -7,6 +7,7 @@ import torch
 from dicom_helpers import dataset, save, speckle, us_region
 
 from lddm_fast import LDDMPipeline
+from lddm_fast.diffusion.noise import video_seed
 from lddm_fast.synth.engine import load_views
 
 
@@ -27,10 +28,38 @@ def _dual(tmp_path):
 def test_a_dicom_path_is_fitted_like_synthesize_fits_it(pipe, tmp_path, region):
     path = _dual(tmp_path)
     x0 = pipe.preprocess([path], region=region, frame=1)
-    (image, box), *_ = load_views(path, 32, 1, region=region, frame=1)
-    torch.testing.assert_close(x0[0], image.float() / 127.5 - 1)
-    if region == "auto":  # the left tissue view of the dual view
-        assert list(box.box) == [5, 5, 45, 45]
+    views = load_views(path, 32, 1, region=region, frame=1)
+    assert x0.shape == (len(views), 1, 32, 32)
+    for row, (image, _) in zip(x0, views, strict=True):
+        torch.testing.assert_close(row, image.float() / 127.5 - 1)
+    if region == "auto":  # both tissue views of the dual view, left to right
+        assert [list(box.box) for _, box in views] == [[5, 5, 45, 45], [55, 5, 95, 45]]
+    else:
+        assert len(views) == 1
+
+
+def test_each_view_of_a_dual_view_is_a_video_of_its_own(pipe, tmp_path):
+    """[image, dual view, image] under auto: four videos, in order, each x0 the view
+    synthesize would animate, and ``sources`` saying which image and view."""
+    dual = _dual(tmp_path)
+    single = speckle(40, 48, seed=5)
+    images = [single, dual, single[:, ::-1].copy()]
+    out = pipe(images, num_frames=2, steps=1, region="auto", seed=3)
+    assert out.videos.shape == (4, 1, 3, 32, 32)
+    assert out.sources == [(0, 0), (1, 0), (1, 1), (2, 0)]
+    views = [view for view, _ in load_views(dual, 32, 1, region="auto")]
+    torch.testing.assert_close(out.videos[1:3, :, 0], torch.stack(views))
+    # The views' videos are those of the file alone, given the same seeds.
+    seeds = [video_seed(3, 1), video_seed(3, 2)]
+    alone = pipe([dual], num_frames=2, steps=1, region="auto", seed=seeds)
+    assert alone.sources == [(0, 0), (0, 1)]
+    torch.testing.assert_close(alone.videos, out.videos[1:3])
+    with pytest.raises(
+        ValueError, match=r"seed has 3 entries for 4 videos \(the views of 3 images\)"
+    ):
+        pipe(images, num_frames=2, steps=1, region="auto", seed=[1, 2, 3])
+    center = pipe(images, num_frames=2, steps=1, seed=3)  # center: one video per image
+    assert center.videos.shape[0] == 3 and center.sources == [(0, 0), (1, 0), (2, 0)]
 
 
 def test_region_auto_on_arrays_and_tensors(pipe):

@@ -10,10 +10,13 @@ import numpy as np
 import torch
 from dicom_helpers import INSTITUTION, PATIENT, dataset, save, speckle, us_region
 from synth_helpers import failed, manifest, summary, synth, write_png
+from synth_standin import StandInSampler
 
 from lddm_fast.data.video_io import read_video
 from lddm_fast.synth import cli
-from lddm_fast.synth.engine import load_views
+from lddm_fast.synth.engine import SynthEngine, load_views
+from lddm_fast.synth.inputs import InputItem, InputSet
+from lddm_fast.synth.manifest import merge_logs
 
 
 def _clinical_folder(root):
@@ -80,6 +83,78 @@ def test_mixed_folder_with_regions_frames_and_a_corrupt_file(tmp_path):
     status, _ = synth(images, out, "--region", "auto", "--frame", "2")  # resume
     assert status == 0
     assert (summary(out)["done"], summary(out)["skipped"]) == (0, 7)
+
+
+def _dual_view(path, seed=8):
+    """A 60x100 DICOM with two tissue regions side by side."""
+    frame = np.zeros((60, 100), np.uint8)
+    frame[5:45, 5:45] = speckle(40, 40, seed=seed)
+    frame[5:45, 55:95] = speckle(40, 40, seed=seed + 1)
+    dual = dataset(frame)
+    dual.SequenceOfUltrasoundRegions = [us_region((5, 5, 45, 45)), us_region((55, 5, 95, 45))]
+    return save(dual, path)
+
+
+def test_view_names_step_around_the_stems_of_other_inputs():
+    item = InputItem.make("/in/x.dcm", "x.dcm")
+    assert item.view(0).rel == "x_r0.dcm" and item.view(1, {"x_r0"}).rel == "x_r1.dcm"
+    view = item.view(0, {"x", "x_r0", "x_r0-1"})
+    assert (view.rel, view.view_of, view.view_index, view.path) == (
+        "x_r0-2.dcm",
+        "x.dcm",
+        0,
+        "/in/x.dcm",
+    )
+    # A view can never take another view's name, whatever that file is called.
+    names = {
+        InputItem.make("", rel).view(i, {"x_r0"}).rel
+        for rel in ("x.dcm", "x_r0.dcm")
+        for i in (0, 1)
+    }
+    assert names == {"x_r0-1.dcm", "x_r1.dcm", "x_r0_r0.dcm", "x_r0_r1.dcm"}
+
+
+def test_a_dual_view_next_to_a_file_named_like_its_view_gets_its_own_names(tmp_path):
+    """x.dcm (two views) beside x_r0.png: three inputs, three sets of outputs, and the
+    same names on a rerun and on every rank."""
+    images = tmp_path / "in"
+    write_png(images / "x_r0.png", seed=1)
+    _dual_view(images / "x.dcm")
+    out = tmp_path / "out"
+    status, _ = synth(images, out, "--region", "auto", "--workers", "1")
+    assert status == 0
+    records = {r["input"]: r for r in manifest(out)}
+    assert sorted(records) == ["x_r0-1.dcm", "x_r0.png", "x_r1.dcm"]
+    assert "view_of" not in records["x_r0.png"]
+    assert records["x_r0.png"]["path"] == str(images / "x_r0.png")
+    for rel, index, box in (("x_r0-1.dcm", 0, [5, 5, 45, 45]), ("x_r1.dcm", 1, [55, 5, 95, 45])):
+        assert (records[rel]["view_of"], records[rel]["view"]) == ("x.dcm", index)
+        assert records[rel]["path"] == str(images / "x.dcm")
+        assert records[rel]["region"]["box"] == box
+    outputs = [r["outputs"][0]["path"] for r in records.values()]
+    assert sorted(outputs) == ["x_r0-1_k0.npz", "x_r0_k0.npz", "x_r1_k0.npz"]
+    assert all((out / name).is_file() for name in outputs)
+    assert summary(out)["done"] == 3 and not failed(out)
+    status, _ = synth(images, out, "--region", "auto")  # resume: the same names
+    assert (summary(out)["done"], summary(out)["skipped"]) == (0, 3)
+    shards = tmp_path / "shards"
+    settings = {
+        k: v for k, v in records["x_r0.png"]["settings"].items() if k not in ("seed", "fps")
+    }
+    for rank in (0, 1):  # what two torchrun ranks do: each sees every name
+        engine = SynthEngine(
+            StandInSampler(),
+            shards,
+            settings=settings,
+            formats=["npz"],
+            region="auto",
+            rank=rank,
+            world_size=2,
+            progress=False,
+        )
+        engine.run(InputSet(images))
+    merge_logs(str(shards), 1)
+    assert sorted(r["input"] for r in manifest(shards)) == sorted(records)
 
 
 def test_center_is_the_default_and_a_short_cine_is_reported(tmp_path):
