@@ -12,13 +12,26 @@ TORCH_LIBRARY(lddm, m) {
   m.def(
       "group_norm(Tensor x, int num_groups, Tensor? weight, Tensor? bias, float eps, "
       "Tensor? scale, Tensor? shift, bool silu) -> Tensor");
+  m.def(
+      "group_norm_backward(Tensor grad_y, Tensor x, int num_groups, Tensor? weight, "
+      "Tensor? bias, float eps, Tensor? scale, Tensor? shift, bool silu) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("temporal_attention(Tensor q, Tensor k, Tensor v, int num_heads, float scale) -> Tensor");
+  m.def(
+      "temporal_attention_lse(Tensor q, Tensor k, Tensor v, int num_heads, float scale) "
+      "-> (Tensor, Tensor)");
+  m.def(
+      "temporal_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor lse, "
+      "int num_heads, float scale) -> (Tensor, Tensor, Tensor)");
   m.def("sampler_step(Tensor x, Tensor eps, Tensor a, Tensor b, Tensor? noise, Tensor? c) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(lddm, CPU, m) {
   m.impl("group_norm", &lddm::group_norm_cpu);
+  m.impl("group_norm_backward", &lddm::group_norm_backward_cpu);
   m.impl("temporal_attention", &lddm::temporal_attention_cpu);
+  m.impl("temporal_attention_lse", &lddm::temporal_attention_lse_cpu);
+  m.impl("temporal_attention_backward", &lddm::temporal_attention_backward_cpu);
   m.impl("sampler_step", &lddm::sampler_step_cpu);
 }
 

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <optional>
+#include <tuple>
 
 #include <ATen/core/Tensor.h>
 
@@ -17,11 +18,35 @@ at::Tensor group_norm_cpu(const at::Tensor& x, int64_t num_groups,
                           const std::optional<at::Tensor>& scale,
                           const std::optional<at::Tensor>& shift, bool silu);
 
+// Backward of group_norm_cpu for the same arguments and grad_y (x's shape): returns
+// (grad_x in x's memory format, grad_weight [C], grad_bias [C], grad_scale, grad_shift),
+// each parameter grad in that argument's shape and dtype; an absent weight or bias gets
+// a float32 [C] grad, an absent scale or shift a float32 [N, C] one (unused).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> group_norm_backward_cpu(
+    const at::Tensor& grad_y, const at::Tensor& x, int64_t num_groups,
+    const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias, double eps,
+    const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& shift, bool silu);
+
 // q, k, v: [B, C, T, H, W], any strides, C = num_heads * head_dim. Softmax attention over
 // T at every (b, head, y, x); returns [B, C, T, H, W] (channels_last_3d when q.stride(1)
 // is 1, else contiguous).
 at::Tensor temporal_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                   int64_t num_heads, double scale);
+
+// temporal_attention_cpu that also returns each query's logsumexp over the keys,
+// log sum_j exp(scale q.k_j): float32 [B, num_heads, T, H, W] contiguous (the backward's
+// saved state, FlashAttention-style).
+std::tuple<at::Tensor, at::Tensor> temporal_attention_lse_cpu(const at::Tensor& q,
+                                                              const at::Tensor& k,
+                                                              const at::Tensor& v,
+                                                              int64_t num_heads, double scale);
+
+// Backward of temporal_attention_lse_cpu: grad_out any strides (q's shape), lse from
+// the forward (the probabilities are recomputed from it). Returns (dq, dk, dv), each in its input's output-format rule
+// (channels_last_3d when its channel stride is 1, else contiguous).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> temporal_attention_backward_cpu(
+    const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const at::Tensor& lse, int64_t num_heads, double scale);
 
 // x, eps, noise: [B, ...]; a, b, c: [B] float32. Returns a*x + b*eps (+ c*noise).
 at::Tensor sampler_step_cpu(const at::Tensor& x, const at::Tensor& eps, const at::Tensor& a,

@@ -29,9 +29,87 @@ def _register_fakes() -> None:
             memory_format=attention_output_format(q)
         )
 
+    def attention_like(t):
+        return torch.empty(t.shape, dtype=t.dtype, device=t.device).contiguous(
+            memory_format=attention_output_format(t)
+        )
+
+    @torch.library.register_fake("lddm::temporal_attention_lse")
+    def _temporal_attention_lse(q, k, v, num_heads, scale):
+        b, _, t, h, w = q.shape
+        return attention_like(q), q.new_empty((b, num_heads, t, h, w), dtype=torch.float32)
+
+    @torch.library.register_fake("lddm::temporal_attention_backward")
+    def _temporal_attention_backward(grad_out, q, k, v, lse, num_heads, scale):
+        return attention_like(q), attention_like(k), attention_like(v)
+
     @torch.library.register_fake("lddm::sampler_step")
     def _sampler_step(x, eps, a, b, noise, c):
         return torch.empty_like(x, memory_format=memory_format_of(x))
+
+    @torch.library.register_fake("lddm::group_norm_backward")
+    def _group_norm_backward(grad_y, x, num_groups, weight, bias, eps, scale, shift, silu):
+        n, c = x.shape[:2]
+
+        def param_grad(t, shape):
+            # The argument's shape and dtype; an absent one gets an unused float32 grad.
+            if t is None:
+                return x.new_empty(shape, dtype=torch.float32)
+            return x.new_empty(t.shape, dtype=t.dtype)
+
+        return (
+            torch.empty_like(x, memory_format=memory_format_of(x)),
+            param_grad(weight, (c,)),
+            param_grad(bias, (c,)),
+            param_grad(scale, (n, c)),
+            param_grad(shift, (n, c)),
+        )
+
+
+def _register_autograd() -> None:
+    """Backward formulas of the differentiable ``lddm::`` ops, each one call of its
+    backward op (the kernels in csrc/cpu/*_backward.cpp)."""
+
+    def group_norm_setup(ctx, inputs, output):
+        x, num_groups, weight, bias, eps, scale, shift, silu = inputs
+        ctx.save_for_backward(x, weight, bias, scale, shift)
+        ctx.args = (num_groups, eps, silu)
+
+    def group_norm_backward(ctx, grad):
+        x, weight, bias, scale, shift = ctx.saved_tensors
+        num_groups, eps, silu = ctx.args
+        grads = torch.ops.lddm.group_norm_backward(
+            grad, x, num_groups, weight, bias, eps, scale, shift, silu
+        )
+        need = ctx.needs_input_grad
+        wanted = (need[0], need[2], need[3], need[5], need[6])  # x, weight, bias, scale, shift
+        gx, gw, gb, gs, gh = (g if w else None for g, w in zip(grads, wanted, strict=True))
+        return gx, None, gw, gb, None, gs, gh, None
+
+    torch.library.register_autograd(
+        "lddm::group_norm", group_norm_backward, setup_context=group_norm_setup
+    )
+
+    # FlashAttention-style: the forward saves the logsumexp [B, heads, T, H, W] (not the
+    # attention matrix); the backward recomputes the probabilities from it.
+    def attention_setup(ctx, inputs, output):
+        q, k, v, num_heads, scale = inputs
+        _, lse = output
+        ctx.mark_non_differentiable(lse)
+        ctx.save_for_backward(q, k, v, lse)
+        ctx.args = (num_heads, scale)
+
+    def attention_backward(ctx, grad_out, _grad_lse):
+        q, k, v, lse = ctx.saved_tensors
+        grads = torch.ops.lddm.temporal_attention_backward(grad_out, q, k, v, lse, *ctx.args)
+        dq, dk, dv = (
+            g if need else None for g, need in zip(grads, ctx.needs_input_grad[:3], strict=True)
+        )
+        return dq, dk, dv, None, None
+
+    torch.library.register_autograd(
+        "lddm::temporal_attention_lse", attention_backward, setup_context=attention_setup
+    )
 
 
 def _load() -> tuple[ModuleType | None, str]:
@@ -40,6 +118,7 @@ def _load() -> tuple[ModuleType | None, str]:
     except ImportError as exc:
         return None, f"extension not built: {exc}"
     _register_fakes()
+    _register_autograd()
     return _C, "ok"
 
 

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from harness import Case
 from lddm_fast import ops
+from lddm_fast.layout import attention_output_format
 from lddm_fast.ops import dispatch
 from shapes import GROUP_NORM, TEMPORAL_ATTENTION
 
@@ -49,14 +50,17 @@ def _sdpa_attention(q, k, v, heads):
     return _from_sequences(F.scaled_dot_product_attention(qs, ks, vs), q.shape, heads)
 
 
-def _backend_providers(op: str, device: str, dtype: torch.dtype, fn_for) -> tuple[dict, dict]:
+def _backend_providers(
+    op: str, device: str, dtype: torch.dtype, fn_for, needs_grad: bool = False
+) -> tuple[dict, dict]:
     """A provider per registered backend that can run ``op`` here (interpreted Triton
-    is for tests, not timing); notes say why the others are absent."""
+    is for tests, not timing; with ``needs_grad`` only backends with its backward);
+    notes say why the others are absent."""
     providers, notes = {}, {}
     for name, backend in dispatch.backends().items():
         if name == "reference":
             continue
-        why = backend.refusal(op, device, dtype, needs_grad=False)
+        why = backend.refusal(op, device, dtype, needs_grad=needs_grad)
         if why is None and "interpreter" in backend.status():
             why = "Triton interpreter: correctness only, not timed"
         if why is None:
@@ -221,7 +225,162 @@ def attention_cases(device: str, dtype: torch.dtype, quick: bool, compile_: bool
     return cases
 
 
+def _forward_backward(fn):
+    """A training call: fn(*inputs[:-1]) then the grads of every input for the output
+    gradient inputs[-1], flattened into one tensor (what parity compares)."""
+
+    def run(*inputs):
+        *args, grad_out = inputs
+        grads = torch.autograd.grad(fn(*args), args, grad_out)
+        return torch.cat([g.reshape(-1) for g in grads])
+
+    return run
+
+
+def _expected_grads(fn, inputs):
+    """The float64 reference of _forward_backward(fn)."""
+    leaves = [t.detach().double().requires_grad_() for t in inputs[:-1]]
+    return _forward_backward(fn)(*leaves, inputs[-1].double())
+
+
+def group_norm_training_cases(
+    device: str, dtype: torch.dtype, quick: bool, compile_: bool
+) -> list[Case]:
+    """Forward + backward of GroupNorm+FiLM+SiLU (grads of x, weight, bias, scale and
+    shift): eager autograd, its torch.compile, and each backend with a backward."""
+    cases = []
+    shapes = GROUP_NORM[device][: 1 if quick else None]
+    for (layout, fmt), s in itertools.product(GN_LAYOUTS.items(), shapes):
+
+        def make(s=s, fmt=fmt):
+            x = torch.randn(s.shape, device=device).to(dtype).contiguous(memory_format=fmt)
+            params = [torch.randn(s.c, device=device).to(dtype) for _ in range(2)]
+            params += [(0.1 * torch.randn(s.n, s.c, device=device)).to(dtype) for _ in range(2)]
+            dy = torch.randn(s.shape, device=device).to(dtype).contiguous(memory_format=fmt)
+            return (*(t.requires_grad_() for t in (x, *params)), dy)
+
+        g = s.groups
+        eager = functools.partial(_eager_group_norm, groups=g)
+        providers = {"eager": _forward_backward(eager)}
+        notes: dict[str, str] = {}
+        compiled = _compiled(
+            functools.partial(_eager_group_norm, groups=g), "compile", notes, compile_
+        )
+        if compiled is not None:
+            providers["compile"] = _forward_backward(compiled)
+
+        def fused(name, g=g):
+            return _forward_backward(
+                lambda x, w, b, sc, sh: ops.group_norm(
+                    x, g, w, b, scale=sc, shift=sh, activation="silu", backend=name
+                )
+            )
+
+        fast, fast_notes = _backend_providers("group_norm", device, dtype, fused, needs_grad=True)
+        providers.update(fast)
+        notes.update(fast_notes)
+
+        def expected(*inputs, g=g):
+            return _expected_grads(
+                lambda x, w, b, sc, sh: ops.group_norm(
+                    x, g, w, b, scale=sc, shift=sh, activation="silu", backend="reference"
+                ),
+                inputs,
+            )
+
+        numel = s.n * s.c * s.t * s.h * s.w
+        cases.append(
+            Case(
+                suite="kernels",
+                op="group_norm fwd+bwd",
+                label=f"{s.label} {list(s.shape)} G={g} {layout}",
+                dtype=dtype,
+                params={"shape": list(s.shape), "groups": g, "layout": layout},
+                make_inputs=make,
+                providers=providers,
+                expected=expected,
+                # forward: x read, y written; backward: x and dy read, dx written
+                bytes_moved=5 * numel * torch.finfo(dtype).bits // 8,
+                notes=notes,
+            )
+        )
+    return cases
+
+
+def attention_training_cases(
+    device: str, dtype: torch.dtype, quick: bool, compile_: bool
+) -> list[Case]:
+    """Forward + backward of temporal attention (grads of q, k, v): eager autograd,
+    its torch.compile, permutes + SDPA autograd, and each backend with a backward."""
+    cases = []
+    shapes = TEMPORAL_ATTENTION[device][: 1 if quick else None]
+    for layout, s in itertools.product(ATTENTION_LAYOUTS, shapes):
+
+        def make(s=s, layout=layout):
+            if layout == "contiguous":
+                q, k, v = (torch.randn(s.shape, device=device).to(dtype) for _ in range(3))
+                q, k, v = (t.requires_grad_() for t in (q, k, v))
+            else:
+                qkv = torch.randn(s.b, 3 * s.c, s.t, s.h, s.w, device=device).to(dtype)
+                if layout.endswith("channels_last_3d"):
+                    qkv = qkv.contiguous(memory_format=torch.channels_last_3d)
+                q, k, v = qkv.requires_grad_().chunk(3, dim=1)
+            dy = torch.randn(s.shape, device=device).to(dtype)
+            return q, k, v, dy.contiguous(memory_format=attention_output_format(q))
+
+        heads = s.heads
+        providers = {"eager": _forward_backward(functools.partial(_eager_attention, heads=heads))}
+        notes: dict[str, str] = {}
+        compiled = _compiled(
+            functools.partial(_eager_attention, heads=heads), "compile", notes, compile_
+        )
+        if compiled is not None:
+            providers["compile"] = _forward_backward(compiled)
+        providers["sdpa"] = _forward_backward(functools.partial(_sdpa_attention, heads=heads))
+
+        def fused(name, h=heads):
+            return _forward_backward(
+                lambda q, k, v: ops.temporal_attention(q, k, v, num_heads=h, backend=name)
+            )
+
+        fast, fast_notes = _backend_providers(
+            "temporal_attention", device, dtype, fused, needs_grad=True
+        )
+        providers.update(fast)
+        notes.update(fast_notes)
+
+        def expected(*inputs, h=heads):
+            return _expected_grads(
+                lambda q, k, v: ops.temporal_attention(q, k, v, num_heads=h, backend="reference"),
+                inputs,
+            )
+
+        numel = s.b * s.c * s.t * s.h * s.w
+        d = s.c // heads
+        cases.append(
+            Case(
+                suite="kernels",
+                op="temporal_attention fwd+bwd",
+                label=f"{s.label} {list(s.shape)} heads={heads} {layout}",
+                dtype=dtype,
+                params={"shape": list(s.shape), "heads": heads, "head_dim": d, "layout": layout},
+                make_inputs=make,
+                providers=providers,
+                expected=expected,
+                # forward: q, k, v read, o written; backward: q, k, v, do read, 3 grads written
+                bytes_moved=11 * numel * torch.finfo(dtype).bits // 8,
+                # forward 2 matmuls, backward 5 (recomputed logits, dP, dV, dQ, dK)
+                flops=14 * s.b * heads * s.h * s.w * s.t * s.t * d,
+                notes=notes,
+            )
+        )
+    return cases
+
+
 def cases(device: str, dtype: torch.dtype, quick: bool, compile_: bool = True) -> list[Case]:
-    return group_norm_cases(device, dtype, quick, compile_) + attention_cases(
-        device, dtype, quick, compile_
+    return (
+        group_norm_cases(device, dtype, quick, compile_)
+        + attention_cases(device, dtype, quick, compile_)
+        + group_norm_training_cases(device, dtype, quick, compile_)
+        + attention_training_cases(device, dtype, quick, compile_)
     )

@@ -33,12 +33,12 @@ static inline void logits(const float* __restrict__ q, const float* __restrict__
 
 // Softmax attention of T query rows against one head's keys (transposed, [D, T]) and
 // values: q, v and out rows are D floats apart by their row strides; p is [T, T]
-// scratch.
+// scratch. lse (when not null) receives each row's logsumexp, lse_stride apart.
 template <int kT>
 static inline void attend(const float* __restrict__ q, int64_t q_stride,
                           const float* __restrict__ kt, const float* __restrict__ v,
                           int64_t v_stride, float* __restrict__ out, int64_t out_stride, int64_t D,
-                          int64_t T_len, float* __restrict__ p) {
+                          int64_t T_len, float* __restrict__ p, float* lse, int64_t lse_stride) {
   for (int64_t i = 0; i < T_len; ++i) {
     float* __restrict__ pi = p + i * T_len;
     logits<kT>(q + i * q_stride, kt, D, T_len, pi);
@@ -52,6 +52,7 @@ static inline void attend(const float* __restrict__ q, int64_t q_stride,
       denom += pi[j];
     }
     const float inv = 1.0f / denom;
+    if (lse != nullptr) lse[i * lse_stride] = mx + std::log(denom);
     float* __restrict__ oi = out + i * out_stride;
     for (int64_t d = 0; d < D; ++d) oi[d] = 0.0f;
     for (int64_t j = 0; j < T_len; ++j) {
@@ -76,7 +77,7 @@ static inline void attend(const float* __restrict__ q, int64_t q_stride,
 // kT > 0 fixes T at compile time (the denoiser's T=16), so the loops over keys
 // unroll into whole vector registers; kT == 0 takes T_len at run time.
 template <typename T, int kT>
-void attention_impl(const T* q, const T* k, const T* v, T* o, Strides5 sq, Strides5 sk,
+void attention_impl(const T* q, const T* k, const T* v, T* o, float* lse, Strides5 sq, Strides5 sk,
                     Strides5 sv, Strides5 so, int64_t heads, int64_t D, int64_t T_run, int64_t H,
                     int64_t W, int64_t first, int64_t count, float scale, bool heads_inner,
                     float* work) {
@@ -132,13 +133,16 @@ void attention_impl(const T* q, const T* k, const T* v, T* o, Strides5 sq, Strid
         }
       }
     }
+    // Logsumexp rows [B, heads, T, H, W]: the run's pixels are neighbours along x.
+    float* lse_b = lse ? lse + (b * heads + h) * T_len * H * W + y * W + x : nullptr;
     for (int64_t r = 0; r < run; ++r) {
+      float* lse_r = lse_b ? lse_b + r : nullptr;
 #if LDDM_AVX2
       if (vector_heads)
-        attend_head(qf(r), kt(r), D, vf(r), D, of(r), D, D, T_len, scale, pp(r));
+        attend_head(qf(r), kt(r), D, vf(r), D, of(r), D, D, T_len, scale, pp(r), lse_r, H * W);
       else
 #endif
-        attend<kT>(qf(r), D, kt(r), vf(r), D, of(r), D, D, T_len, pp(r));
+        attend<kT>(qf(r), D, kt(r), vf(r), D, of(r), D, D, T_len, pp(r), lse_r, H * W);
     }
     for (int64_t t = 0; t < T_len; ++t)
       for (int64_t d = 0; d < D; ++d) {
@@ -157,7 +161,8 @@ void attention_impl(const T* q, const T* k, const T* v, T* o, Strides5 sq, Strid
 // With AVX2 and D % 8 == 0, q is copied transposed for attend_head and float outputs
 // are written in place.
 template <typename T, int kT>
-void attention_pixels_impl(const T* q, const T* k, const T* v, T* o, Strides5 sq, Strides5 sk,
+void attention_pixels_impl(const T* q, const T* k, const T* v, T* o, float* lse, Strides5 sq,
+                           Strides5 sk,
                            Strides5 sv, Strides5 so, int64_t heads, int64_t D, int64_t T_run,
                            int64_t H, int64_t W, int64_t first, int64_t count, float scale,
                            float* work) {
@@ -194,6 +199,9 @@ void attention_pixels_impl(const T* q, const T* k, const T* v, T* o, Strides5 sq
     };
     const T* qb = q + b * sq.b + y * sq.h + x * sq.w;
     T* ob = o + b * so.b + y * so.h + x * so.w;
+    const auto lse_at = [&](int64_t h) -> float* {  // head h's rows of [B, heads, T, H, W]
+      return lse ? lse + (b * heads + h) * T_len * H * W + y * W + x : nullptr;
+    };
     for (int64_t t = 0; t < T_len; ++t) {
       const T* kr = k + b * sk.b + t * sk.t + y * sk.h + x * sk.w;
       const T* vr = v + b * sv.b + t * sv.t + y * sv.h + x * sv.w;
@@ -212,10 +220,13 @@ void attention_pixels_impl(const T* q, const T* k, const T* v, T* o, Strides5 sq
       for (int64_t h = 0; h < heads; ++h) {
         const int64_t c0 = h * D;
         prefetch_next(h * T_len / heads, (h + 1) * T_len / heads);
+        float* lse_h = lse_at(h);
         if constexpr (std::is_same_v<T, float>)
-          attend_head(qp + c0 * TP, kp + c0, C, vp + c0, C, ob + c0, so.t, D, T_len, scale, p);
+          attend_head(qp + c0 * TP, kp + c0, C, vp + c0, C, ob + c0, so.t, D, T_len, scale, p,
+                      lse_h, H * W);
         else
-          attend_head(qp + c0 * TP, kp + c0, C, vp + c0, C, op + c0, C, D, T_len, scale, p);
+          attend_head(qp + c0 * TP, kp + c0, C, vp + c0, C, op + c0, C, D, T_len, scale, p,
+                      lse_h, H * W);
       }
       if constexpr (std::is_same_v<T, float>) continue;
     }
@@ -226,7 +237,7 @@ void attention_pixels_impl(const T* q, const T* k, const T* v, T* o, Strides5 sq
         prefetch_next(h * T_len / heads, (h + 1) * T_len / heads);
         for (int64_t t = 0; t < T_len; ++t)
           for (int64_t d = 0; d < D; ++d) kt[d * T_len + t] = kp[t * C + c0 + d];
-        attend<kT>(qp + c0, C, kt, vp + c0, C, op + c0, C, D, T_len, p);
+        attend<kT>(qp + c0, C, kt, vp + c0, C, op + c0, C, D, T_len, p, lse_at(h), H * W);
       }
     for (int64_t t = 0; t < T_len; ++t) {
 #pragma omp simd
@@ -236,28 +247,29 @@ void attention_pixels_impl(const T* q, const T* k, const T* v, T* o, Strides5 sq
 }
 
 template <typename T>
-void attention_pixels(const T* q, const T* k, const T* v, T* o, Strides5 sq, Strides5 sk,
-                      Strides5 sv, Strides5 so, int64_t heads, int64_t D, int64_t T_len,
-                      int64_t H, int64_t W, int64_t first, int64_t count, float scale,
-                      float* work) {
+void attention_pixels(const T* q, const T* k, const T* v, T* o, float* lse, Strides5 sq,
+                      Strides5 sk, Strides5 sv, Strides5 so, int64_t heads, int64_t D,
+                      int64_t T_len, int64_t H, int64_t W, int64_t first, int64_t count,
+                      float scale, float* work) {
   if (T_len == 16)
-    attention_pixels_impl<T, 16>(q, k, v, o, sq, sk, sv, so, heads, D, T_len, H, W, first, count,
-                                 scale, work);
+    attention_pixels_impl<T, 16>(q, k, v, o, lse, sq, sk, sv, so, heads, D, T_len, H, W, first,
+                                 count, scale, work);
   else
-    attention_pixels_impl<T, 0>(q, k, v, o, sq, sk, sv, so, heads, D, T_len, H, W, first, count,
-                                scale, work);
+    attention_pixels_impl<T, 0>(q, k, v, o, lse, sq, sk, sv, so, heads, D, T_len, H, W, first,
+                                count, scale, work);
 }
 
 template <typename T>
-void attention(const T* q, const T* k, const T* v, T* o, Strides5 sq, Strides5 sk, Strides5 sv,
-               Strides5 so, int64_t heads, int64_t D, int64_t T_len, int64_t H, int64_t W,
-               int64_t first, int64_t count, float scale, bool heads_inner, float* work) {
+void attention(const T* q, const T* k, const T* v, T* o, float* lse, Strides5 sq, Strides5 sk,
+               Strides5 sv, Strides5 so, int64_t heads, int64_t D, int64_t T_len, int64_t H,
+               int64_t W, int64_t first, int64_t count, float scale, bool heads_inner,
+               float* work) {
   if (T_len == 16)
-    attention_impl<T, 16>(q, k, v, o, sq, sk, sv, so, heads, D, T_len, H, W, first, count, scale,
-                          heads_inner, work);
+    attention_impl<T, 16>(q, k, v, o, lse, sq, sk, sv, so, heads, D, T_len, H, W, first, count,
+                          scale, heads_inner, work);
   else
-    attention_impl<T, 0>(q, k, v, o, sq, sk, sv, so, heads, D, T_len, H, W, first, count, scale,
-                         heads_inner, work);
+    attention_impl<T, 0>(q, k, v, o, lse, sq, sk, sv, so, heads, D, T_len, H, W, first, count,
+                         scale, heads_inner, work);
 }
 
 }  // namespace LDDM_ISA_NAMESPACE

@@ -12,6 +12,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 
 #include "cpu/cpu_kernels.h"
@@ -186,7 +187,8 @@ static inline void logits_block(const float* qt, int64_t TP, const float* k, int
 // scaled by 1 / sum at the end.
 static inline void attend_head(const float* qt, const float* k, int64_t k_stride, const float* v,
                                int64_t v_stride, float* o, int64_t o_stride, int64_t D, int64_t T,
-                               float scale, float* __restrict__ work) {
+                               float scale, float* __restrict__ work, float* lse = nullptr,
+                               int64_t lse_stride = 0) {
   const int64_t TP = round_up8(T);
   float* __restrict__ pt = work;            // [T keys, TP queries]
   float* __restrict__ inv = work + T * TP;  // [TP] 1 / sum_j of each query's weights
@@ -225,6 +227,13 @@ static inline void attend_head(const float* qt, const float* k, int64_t k_stride
       }
     }
     _mm256_storeu_ps(inv + i0, _mm256_div_ps(_mm256_set1_ps(1.0f), sum));
+    if (lse != nullptr) {  // logsumexp in natural units: (max + log2 sum) ln 2
+      alignas(32) float mx8[8], sum8[8];
+      _mm256_store_ps(mx8, mx);
+      _mm256_store_ps(sum8, sum);
+      for (int64_t l = 0; l < 8 && i0 + l < T; ++l)
+        lse[(i0 + l) * lse_stride] = (mx8[l] + std::log2(sum8[l])) * 0.693147180559945309f;
+    }
   }
   // o = p v in blocks of NQ queries x 8 NV channels.
   for (int64_t i0 = 0; i0 < T; i0 += 3) {

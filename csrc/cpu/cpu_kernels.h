@@ -26,6 +26,25 @@ struct Strides5 {
   int64_t b, c, t, h, w;
 };
 
+// The tensors of one temporal attention backward: q, k, v, the output gradient dout,
+// the forward's logsumexp lse ([B, heads, T, H, W] contiguous float), and the gradients
+// dq, dk, dv written; all [B, C, T, H, W] at the given strides.
+template <typename T>
+struct AttentionGrad {
+  const T* q;
+  const T* k;
+  const T* v;
+  const T* dout;
+  const float* lse;
+  T* dq;
+  T* dk;
+  T* dv;
+  Strides5 sq, sk, sv, sdo, sdq, sdk, sdv;
+  int64_t heads, D, T_len, H, W;
+  float scale;
+  bool heads_inner;
+};
+
 template <typename T>
 struct Kernels {
   // x: [n] contiguous -> its moments.
@@ -48,21 +67,49 @@ struct Kernels {
   // per-position rows (a spatial scale/shift folded in).
   void (*affine_chunk)(const T* x, T* y, int64_t positions, int64_t C, const float* a,
                        const float* m, const float* b, int64_t ab_step, bool silu);
+  // group_norm backward (see group_norm_backward_kernels.h for the math). Pass 1 over a
+  // contiguous row of n values of one channel: adds sum gv, gv xhat, gu, gu xhat to
+  // sums[0..3]; varying: s, h per element [n] and gs[i] = gv u, gh[i] = gv written,
+  // else s[0], h[0] are the row's constants.
+  void (*gn_grad_row_sums)(const T* x, const T* dy, int64_t n, float m, float r, float w,
+                           float b, const float* s, const float* h, bool varying, bool silu,
+                           float* gs, float* gh, double* sums);
+  // Pass 2 over the row: dx[i] = r (w gu[i] - c1 - xhat[i] c2).
+  void (*gn_grad_row_dx)(const T* x, const T* dy, T* dx, int64_t n, float m, float r, float w,
+                         float b, const float* s, const float* h, bool varying, bool silu,
+                         float c1, float c2);
+  // The two passes over a channels-last chunk [positions, C]: m, r, w, b per channel
+  // [C]; s, h rows of C at p * sh_step (0: FiLM); gs, gh [positions, C] written when
+  // sh_step != 0; sums [4, C] accumulated; c1, c2 per channel [C].
+  void (*gn_grad_chunk_sums)(const T* x, const T* dy, int64_t positions, int64_t C,
+                             const float* m, const float* r, const float* w, const float* b,
+                             const float* s, const float* h, int64_t sh_step, bool silu,
+                             float* gs, float* gh, float* sums);
+  void (*gn_grad_chunk_dx)(const T* x, const T* dy, T* dx, int64_t positions, int64_t C,
+                           const float* m, const float* r, const float* w, const float* b,
+                           const float* s, const float* h, int64_t sh_step, bool silu,
+                           const float* c1, const float* c2);
   // Softmax attention over T for `count` consecutive positions starting at flat
   // position `first`, ordered (b, y, x, head) when heads_inner (channels innermost in
   // memory: all heads of a pixel are one contiguous read) else (b, head, y, x).
   // q/k/v/o are [B, C, T, H, W] with C = heads * D and the given strides; work holds
-  // attention_work_floats(T, D) floats.
-  void (*attention)(const T* q, const T* k, const T* v, T* o, Strides5 sq, Strides5 sk,
-                    Strides5 sv, Strides5 so, int64_t heads, int64_t D, int64_t T_len,
-                    int64_t H, int64_t W, int64_t first, int64_t count, float scale,
-                    bool heads_inner, float* work);
+  // attention_work_floats(T, D) floats. lse, when not null, receives each query's
+  // log sum_j exp(scale q.k_j) (what the backward needs), [B, heads, T, H, W] contiguous.
+  void (*attention)(const T* q, const T* k, const T* v, T* o, float* lse, Strides5 sq,
+                    Strides5 sk, Strides5 sv, Strides5 so, int64_t heads, int64_t D,
+                    int64_t T_len, int64_t H, int64_t W, int64_t first, int64_t count,
+                    float scale, bool heads_inner, float* work);
   // The same for `count` consecutive pixels (b, y, x) starting at `first`, all heads
   // each, when every channel stride is 1; work holds attention_pixel_work_floats.
-  void (*attention_pixels)(const T* q, const T* k, const T* v, T* o, Strides5 sq, Strides5 sk,
-                           Strides5 sv, Strides5 so, int64_t heads, int64_t D, int64_t T_len,
-                           int64_t H, int64_t W, int64_t first, int64_t count, float scale,
-                           float* work);
+  void (*attention_pixels)(const T* q, const T* k, const T* v, T* o, float* lse, Strides5 sq,
+                           Strides5 sk, Strides5 sv, Strides5 so, int64_t heads, int64_t D,
+                           int64_t T_len, int64_t H, int64_t W, int64_t first, int64_t count,
+                           float scale, float* work);
+  // Gradients of q, k, v for `count` consecutive positions from `first` (ordered as in
+  // attention), from the output gradient and the forward's logsumexp; work holds
+  // attention_grad_work_floats(T, D) floats.
+  void (*attention_backward)(const AttentionGrad<T>& a, int64_t first, int64_t count,
+                             float* work);
   // out[i] = a * x[i] + b * eps[i] (+ c * noise[i] when noise is not null), n values.
   void (*sampler_step)(const T* x, const T* eps, const T* noise, T* out, int64_t n, float a,
                        float b, float c);
@@ -83,6 +130,15 @@ inline int64_t attention_work_floats(int64_t T, int64_t D) {
 inline int64_t attention_pixel_work_floats(int64_t T, int64_t C, int64_t D) {
   const int64_t TP = (T + 7) / 8 * 8;
   return 4 * TP * C + TP * D + (T + 1) * TP;
+}
+
+// Float buffers of one position of the attention backward: q (pre-scaled), k, v, dout,
+// dq, dk, dv as [T, D], and one query's probabilities and dP [T] each.
+inline int64_t attention_grad_position_floats(int64_t T, int64_t D) {
+  return 7 * T * D + 2 * T;
+}
+inline int64_t attention_grad_work_floats(int64_t T, int64_t D) {
+  return kAttentionRun * attention_grad_position_floats(T, D);
 }
 
 namespace isa_default {

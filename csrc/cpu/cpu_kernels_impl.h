@@ -2,7 +2,9 @@
 // names the namespace (LDDM_ISA_NAMESPACE). One header per op family holds the code.
 #pragma once
 
+#include "cpu/attention_backward_kernels.h"
 #include "cpu/attention_kernels.h"
+#include "cpu/group_norm_backward_kernels.h"
 #include "cpu/group_norm_kernels.h"
 #include "cpu/sampler_step_kernels.h"
 
@@ -18,8 +20,13 @@ Kernels<T> make_kernels() {
   k.affine_row = &affine_row<T>;
   k.affine_row_varying = &affine_row_varying<T>;
   k.affine_chunk = &affine_chunk<T>;
+  k.gn_grad_row_sums = &gn_grad_row_sums<T>;
+  k.gn_grad_row_dx = &gn_grad_row_dx<T>;
+  k.gn_grad_chunk_sums = &gn_grad_chunk_sums<T>;
+  k.gn_grad_chunk_dx = &gn_grad_chunk_dx<T>;
   k.attention = &attention<T>;
   k.attention_pixels = &attention_pixels<T>;
+  k.attention_backward = &attention_backward<T>;
   k.sampler_step = &sampler_step<T>;
   return k;
 }

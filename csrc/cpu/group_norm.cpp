@@ -17,33 +17,15 @@
 
 #include "checks.h"
 #include "cpu/dispatch.h"
+#include "cpu/moments.h"
 #include "group_norm_args.h"
 #include "ops.h"
 
 namespace lddm {
 namespace {
 
+using cpu::merge;
 using cpu::Moments;
-
-// Moments of the union of parts[0], parts[stride], ... (count of them): the mean
-// first, then M2 = sum of the parts' M2 + sum n_i (mean_i - mean)^2. One division,
-// and the order of the parts is fixed, so results do not depend on the thread count.
-Moments merge(const Moments* parts, int64_t count, int64_t stride) {
-  double n = 0.0, weighted = 0.0;
-  for (int64_t i = 0; i < count; ++i) {
-    n += parts[i * stride].count;
-    weighted += parts[i * stride].count * parts[i * stride].mean;
-  }
-  if (n == 0.0) return Moments{0.0, 0.0, 0.0};
-  const double mean = weighted / n;
-  double m2 = 0.0;
-  for (int64_t i = 0; i < count; ++i) {
-    const Moments& m = parts[i * stride];
-    const double d = m.mean - mean;
-    m2 += m.m2 + m.count * d * d;
-  }
-  return Moments{mean, m2, n};
-}
 
 // Per-channel coefficients of y = a * (x - m) + b for sample n, group g: m is the group
 // mean rounded to float and b absorbs the rounding error, so x - m stays exact.
@@ -155,8 +137,7 @@ void run_nsc(const at::Tensor& x, at::Tensor& y, int64_t G, const Coefficients& 
   const auto& k = cpu::select_kernels<T>();
   const int64_t N = x.size(0), C = x.size(1), S = x.numel() / std::max<int64_t>(N * C, 1);
   const int64_t cg = C / G;
-  // About 64 KiB of input per chunk: small enough that pass 2 reads it from cache.
-  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(S, 16384 / C));
+  const int64_t chunk = cpu::nsc_chunk_positions(S, C);
   const int64_t chunks = (S + chunk - 1) / chunk;
   const int64_t per_round = std::clamp<int64_t>(
       kRoundBytesPerThread * at::get_num_threads() /
@@ -180,14 +161,8 @@ void run_nsc(const at::Tensor& x, at::Tensor& y, int64_t G, const Coefficients& 
         const int64_t n = n0 + item / chunks, p0 = (item % chunks) * chunk;
         const int64_t len = std::min(chunk, S - p0);
         k.chunk_moments(xp + (n * S + p0) * C, len, C, shift.data(), s1.data(), s2.data());
-        // Every channel of the chunk has `len` values: mean = shift + s1 / len and
-        // M2 = s2 - s1^2 / len, with one reciprocal for all of them.
-        const double inv_len = 1.0 / double(len);
-        for (int64_t c = 0; c < C; ++c) {
-          const double d1 = s1[c], d2 = s2[c];
-          channels[c] = Moments{double(shift[c]) + d1 * inv_len,
-                                std::max(d2 - d1 * d1 * inv_len, 0.0), double(len)};
-        }
+        for (int64_t c = 0; c < C; ++c)
+          channels[c] = cpu::chunk_channel_moments(shift[c], s1[c], s2[c], len);
         for (int64_t g = 0; g < G; ++g)
           partial[item * G + g] = merge(channels.data() + g * cg, cg, 1);
       }

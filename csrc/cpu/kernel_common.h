@@ -9,6 +9,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <type_traits>
 
@@ -81,6 +82,25 @@ static inline float silu(float v) {
   const float e = exp_in_range(-a);
   const float r = 1.0f / (1.0f + e);
   return v * (v >= 0.0f ? r : e * r);
+}
+
+// sigmoid(v) from e = exp(-|v|) with |v| capped at 87, as in silu (never overflows).
+static inline float sigmoid(float v) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof(bits));
+  bits &= 0x7FFFFFFFu;
+  bits = bits < 0x42AE0000u ? bits : 0x42AE0000u;
+  float a;
+  std::memcpy(&a, &bits, sizeof(a));
+  const float e = exp_in_range(-a);
+  const float r = 1.0f / (1.0f + e);
+  return v >= 0.0f ? r : e * r;
+}
+
+// d silu(v) / dv = s (1 + v (1 - s)) with s = sigmoid(v).
+static inline float silu_grad(float v) {
+  const float s = sigmoid(v);
+  return s * (1.0f + v * (1.0f - s));
 }
 
 }  // namespace LDDM_ISA_NAMESPACE

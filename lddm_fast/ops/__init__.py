@@ -59,6 +59,7 @@ register(
         devices=("cpu",),
         dtypes=(torch.float32, torch.bfloat16),
         status=extension.cpp_status,
+        differentiable=extension.CPP_BACKWARD_OPS,
     ),
     default_for={"cpu": 0},
 )

@@ -29,7 +29,8 @@ class Backend:
 
     ops: op name -> implementation. devices: device types it runs on. dtypes: input
     dtypes it accepts. status: ``"ok..."`` or why it is unusable on this machine.
-    differentiable: whether autograd flows through it (training needs that).
+    differentiable: whether autograd flows through it (training needs that): True for
+        every op, or the names of the ops that have a backward.
     limits: optional (op, main tensor, params) -> why this shape is out of range or
         None, for kernels with size limits (params holds e.g. num_heads).
     """
@@ -39,8 +40,13 @@ class Backend:
     devices: tuple[str, ...]
     dtypes: tuple[torch.dtype, ...]
     status: Callable[[], str]
-    differentiable: bool = False
+    differentiable: bool | tuple[str, ...] = False
     limits: Callable[[str, torch.Tensor, dict], str | None] | None = None
+
+    def has_backward(self, op: str) -> bool:
+        if isinstance(self.differentiable, bool):
+            return self.differentiable
+        return op in self.differentiable
 
     def refusal(
         self,
@@ -62,8 +68,8 @@ class Backend:
         if dtype not in self.dtypes:
             names = ", ".join(str(d).removeprefix("torch.") for d in self.dtypes)
             return f"it supports {names}, not {str(dtype).removeprefix('torch.')}"
-        if needs_grad and not self.differentiable:
-            return "it has no backward; use backend='reference' for training"
+        if needs_grad and not self.has_backward(op):
+            return f"it has no backward for {op}; use backend='reference' for training"
         if self.limits is not None and main is not None:
             return self.limits(op, main, params or {})
         return None

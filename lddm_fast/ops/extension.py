@@ -80,6 +80,9 @@ def group_norm(
 def temporal_attention(q, k, v, *, num_heads, scale=None):
     if scale is None:
         scale = (q.shape[1] // num_heads) ** -0.5
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        # The op with a backward: it also returns the logsumexp the backward needs.
+        return torch.ops.lddm.temporal_attention_lse(q, k, v, num_heads, float(scale))[0]
     return torch.ops.lddm.temporal_attention(q, k, v, num_heads, float(scale))
 
 
@@ -93,3 +96,5 @@ CPP_OPS = {
     "sampler_step": sampler_step,
 }
 CUDA_OPS = {name: CPP_OPS[name] for name in _CUDA_OPS}
+# The ops whose CPU kernels have a backward (registered in lddm_fast/_ext.py).
+CPP_BACKWARD_OPS = ("group_norm", "temporal_attention")

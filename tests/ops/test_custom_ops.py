@@ -11,7 +11,7 @@ pytestmark = pytest.mark.skipif(
     reason=f"cpp backend unavailable: {ops.available_backends()['cpp']}",
 )
 
-# Inference ops without a backward: opcheck's autograd checks do not apply.
+# Inference ops (and the backward ops themselves): opcheck's autograd checks do not apply.
 OPCHECK_TESTS = ("test_schema", "test_faketensor")
 
 
@@ -35,6 +35,56 @@ def test_temporal_attention_opcheck():
     q, k, v = qkv.chunk(3, dim=1)
     torch.library.opcheck(
         torch.ops.lddm.temporal_attention.default, (q, k, v, 2, 0.25), test_utils=OPCHECK_TESTS
+    )
+
+
+def _needs_grad(*ts):
+    return tuple(t.detach().clone().requires_grad_() for t in ts)
+
+
+# Ops with a backward: every opcheck test, the autograd ones included
+# (test_autograd_registration, test_aot_dispatch_dynamic), on inputs that need grad.
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last_3d])
+@pytest.mark.parametrize("form", ["film", "spatial", "x_only"])
+def test_group_norm_autograd_opcheck(fmt, form):
+    x = torch.randn(2, 8, 3, 4, 4).contiguous(memory_format=fmt)
+    w, b = torch.randn(8), torch.randn(8)
+    if form == "x_only":
+        (x,) = _needs_grad(x)
+        args = (x, 4, w, None, 1e-5, None, None, False)
+    else:
+        mod = (2, 8) if form == "film" else (2, 8, 1, 4, 4)
+        x, w, b, scale, shift = _needs_grad(x, w, b, torch.randn(mod), torch.randn(mod))
+        args = (x, 4, w, b, 1e-5, scale, shift, True)
+    torch.library.opcheck(torch.ops.lddm.group_norm.default, args)
+
+
+def test_group_norm_backward_opcheck():
+    x = torch.randn(2, 8, 3, 4, 4).contiguous(memory_format=torch.channels_last_3d)
+    scale = torch.randn(2, 8, 1, 4, 4)
+    args = (torch.randn_like(x), x, 4, torch.randn(8), None, 1e-5, scale, None, True)
+    torch.library.opcheck(
+        torch.ops.lddm.group_norm_backward.default, args, test_utils=OPCHECK_TESTS
+    )
+
+
+@pytest.mark.parametrize("layout", ["qkv_views_cl", "contiguous"])
+def test_temporal_attention_lse_autograd_opcheck(layout):
+    if layout == "contiguous":
+        q, k, v = _needs_grad(*(torch.randn(2, 8, 5, 3, 3) for _ in range(3)))
+    else:
+        qkv = torch.randn(2, 24, 5, 3, 3).contiguous(memory_format=torch.channels_last_3d)
+        q, k, v = _needs_grad(qkv)[0].chunk(3, dim=1)
+    torch.library.opcheck(torch.ops.lddm.temporal_attention_lse.default, (q, k, v, 2, 0.25))
+
+
+def test_temporal_attention_backward_opcheck():
+    qkv = torch.randn(2, 24, 5, 3, 3).contiguous(memory_format=torch.channels_last_3d)
+    q, k, v = qkv.chunk(3, dim=1)
+    _, lse = torch.ops.lddm.temporal_attention_lse(q, k, v, 2, 0.25)
+    args = (torch.randn(2, 8, 5, 3, 3), q, k, v, lse, 2, 0.25)
+    torch.library.opcheck(
+        torch.ops.lddm.temporal_attention_backward.default, args, test_utils=OPCHECK_TESTS
     )
 
 
@@ -118,3 +168,25 @@ def test_compiled_default_dispatch_follows_use_backend():
             expected = block(x, scale, shift)
         assert counter.frame_count > 1
     torch.testing.assert_close(inside, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_compile_fullgraph_backward_matches_eager():
+    """A training step through torch.compile(fullgraph=True): the cpp forward and backward
+    ops are traced (fake kernels, registered autograd) and give eager's gradients."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    block = Block("cpp").train()
+    x = torch.randn(2, 16, 5, 4, 4).contiguous(memory_format=torch.channels_last_3d)
+    scale, shift = torch.randn(2, 16), torch.randn(2, 16)
+
+    def step(fn):
+        block.zero_grad(set_to_none=True)
+        inputs = _needs_grad(x, scale, shift)
+        fn(*inputs).square().mean().backward()
+        return [t.grad for t in inputs] + [p.grad.clone() for p in block.parameters()]
+
+    eager = step(block)
+    compiled = step(torch.compile(block, fullgraph=True))
+    for got, want in zip(compiled, eager, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

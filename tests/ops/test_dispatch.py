@@ -30,12 +30,23 @@ def _which(op="group_norm", x=None, **kw):
 
 
 @needs_cpp
-def test_default_on_cpu_is_cpp_and_reference_when_grad_needed():
+def test_default_on_cpu_is_cpp_for_inference_and_training():
+    # cpp has a backward for group_norm and temporal_attention: training picks it too.
     assert _which() == "cpp"
     x = torch.randn(2, 8, 3, 4, 4, requires_grad=True)
-    assert _which(x=x) == "reference"
+    assert _which(x=x) == "cpp"
+    assert _which("temporal_attention", x=x) == "cpp"
+    assert dispatch.default_choice("group_norm", "cpu", torch.float32, needs_grad=True) == "cpp"
+    assert dispatch.default_choice("temporal_attention", "cpu", torch.bfloat16, True) == "cpp"
+
+
+@needs_cpp
+def test_grad_falls_back_to_reference_for_an_op_without_backward():
+    # sampler_step has no backward on cpp: a call that needs grad takes the reference.
+    x = torch.randn(2, 3, requires_grad=True)
+    assert _which("sampler_step", x=x) == "reference"
     with torch.no_grad():
-        assert _which(x=x) == "cpp"
+        assert _which("sampler_step", x=x) == "cpp"
 
 
 def test_explicit_argument_wins(monkeypatch):
@@ -79,9 +90,9 @@ def test_backend_refuses_wrong_device_dtype_and_grad():
         ops.group_norm(torch.randn(2, 4, 3, 3, device="meta"), 2, backend="cpp")
     with pytest.raises(BackendError, match="'cpp'.*supports float32, bfloat16, not float16"):
         ops.group_norm(torch.randn(2, 4, 3, 3).half(), 2, backend="cpp")
-    x = torch.randn(2, 4, 3, 3, requires_grad=True)
-    with pytest.raises(BackendError, match="'cpp'.*no backward"):
-        ops.group_norm(x, 2, backend="cpp")
+    x = torch.randn(2, 3, requires_grad=True)
+    with pytest.raises(BackendError, match="'cpp'.*no backward for sampler_step"):
+        ops.sampler_step(x, x, torch.ones(2), torch.ones(2), backend="cpp")
 
 
 @needs_cpp

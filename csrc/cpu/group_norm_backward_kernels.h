@@ -1,0 +1,207 @@
+// group_norm's backward CPU kernels: the per-channel sums of the gradient (pass 1) and
+// the input gradient (pass 2), over contiguous rows (NCS) or channels-last chunks
+// (NSC). See kernel_common.h for how the instruction-set builds include this.
+//
+// Per element, with the group's float mean m and 1 / std r:
+//   xhat = (x - m) r,  u = w xhat + b,  v = u s + h,  y = silu(v) (or v)
+//   gv = dy silu'(v) (or dy),  gu = gv s
+// s = 1 + scale and h = shift, per (n, c) (FiLM) or per element (spatial). Pass 1 sums
+// gv, gv xhat, gu, gu xhat per channel (weight, bias and FiLM grads, and the two group
+// means of the input gradient); for a spatial modulation it also writes gv u and gv per
+// element (their grads before the broadcast is summed out). Pass 2 writes
+//   dx = r (w gu - c1 - xhat c2),  c1 = mean_group(w gu),  c2 = mean_group(w gu xhat).
+// v is recomputed from x in both passes: cheaper than storing it.
+#pragma once
+
+#include "cpu/kernel_common.h"
+
+namespace lddm {
+namespace cpu {
+namespace LDDM_ISA_NAMESPACE {
+
+// Values per float partial sum of a row: bounds the rounding error of long rows
+// (a 64x64x16 channel has 65536 values) before the partials are added in double.
+inline constexpr int64_t kGradRowBlock = 2048;
+
+template <bool Silu>
+static inline float grad_v(float v, float dy) {
+  return Silu ? dy * silu_grad(v) : dy;
+}
+
+// Varying: s, h, gs, gh are per element ([n]); else s[0], h[0] hold the row's constants
+// and gs, gh are unused.
+template <typename T, bool Silu, bool Varying>
+static void gn_grad_row_sums_impl(const T* __restrict__ x, const T* __restrict__ dy, int64_t n,
+                                  float m, float r, float w, float b, const float* __restrict__ s,
+                                  const float* __restrict__ h, float* __restrict__ gs,
+                                  float* __restrict__ gh, double* sums) {
+  const float s0 = s[0], h0 = h[0];
+  for (int64_t i0 = 0; i0 < n; i0 += kGradRowBlock) {
+    const int64_t i1 = std::min(n, i0 + kGradRowBlock);
+    float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
+#pragma omp simd reduction(+ : a0, a1, a2, a3)
+    for (int64_t i = i0; i < i1; ++i) {
+      const float xh = (load(x[i]) - m) * r;
+      const float u = w * xh + b;
+      const float si = Varying ? s[i] : s0;
+      const float gv = grad_v<Silu>(u * si + (Varying ? h[i] : h0), load(dy[i]));
+      const float gu = gv * si;
+      if (Varying) {
+        gs[i] = gv * u;
+        gh[i] = gv;
+      }
+      a0 += gv;
+      a1 += gv * xh;
+      a2 += gu;
+      a3 += gu * xh;
+    }
+    sums[0] += a0;
+    sums[1] += a1;
+    sums[2] += a2;
+    sums[3] += a3;
+  }
+}
+
+template <typename T, bool Silu, bool Varying>
+static void gn_grad_row_dx_impl(const T* __restrict__ x, const T* __restrict__ dy,
+                                T* __restrict__ dx, int64_t n, float m, float r, float w, float b,
+                                const float* __restrict__ s, const float* __restrict__ h, float c1,
+                                float c2) {
+  const float s0 = s[0], h0 = h[0], rw = r * w, rc1 = r * c1, rc2 = r * c2;
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const float xh = (load(x[i]) - m) * r;
+    const float si = Varying ? s[i] : s0;
+    const float gv = grad_v<Silu>((w * xh + b) * si + (Varying ? h[i] : h0), load(dy[i]));
+    store(dx + i, rw * (gv * si) - rc1 - xh * rc2);
+  }
+}
+
+template <typename T>
+void gn_grad_row_sums(const T* x, const T* dy, int64_t n, float m, float r, float w, float b,
+                      const float* s, const float* h, bool varying, bool silu, float* gs,
+                      float* gh, double* sums) {
+  if (silu && varying)
+    gn_grad_row_sums_impl<T, true, true>(x, dy, n, m, r, w, b, s, h, gs, gh, sums);
+  else if (silu)
+    gn_grad_row_sums_impl<T, true, false>(x, dy, n, m, r, w, b, s, h, gs, gh, sums);
+  else if (varying)
+    gn_grad_row_sums_impl<T, false, true>(x, dy, n, m, r, w, b, s, h, gs, gh, sums);
+  else
+    gn_grad_row_sums_impl<T, false, false>(x, dy, n, m, r, w, b, s, h, gs, gh, sums);
+}
+
+template <typename T>
+void gn_grad_row_dx(const T* x, const T* dy, T* dx, int64_t n, float m, float r, float w, float b,
+                    const float* s, const float* h, bool varying, bool silu, float c1, float c2) {
+  if (silu && varying)
+    gn_grad_row_dx_impl<T, true, true>(x, dy, dx, n, m, r, w, b, s, h, c1, c2);
+  else if (silu)
+    gn_grad_row_dx_impl<T, true, false>(x, dy, dx, n, m, r, w, b, s, h, c1, c2);
+  else if (varying)
+    gn_grad_row_dx_impl<T, false, true>(x, dy, dx, n, m, r, w, b, s, h, c1, c2);
+  else
+    gn_grad_row_dx_impl<T, false, false>(x, dy, dx, n, m, r, w, b, s, h, c1, c2);
+}
+
+// Channels-last chunk [positions, C]: m, r, w, b per channel [C]; s, h rows of C at
+// position p * sh_step (0: one FiLM row for the chunk); gs, gh [positions, C] written
+// when sh_step != 0; sums [4, C] accumulated (the caller zeroes them).
+template <typename T, bool Silu>
+static void gn_grad_chunk_sums_impl(const T* __restrict__ x, const T* __restrict__ dy,
+                                    int64_t positions, int64_t C, const float* __restrict__ m,
+                                    const float* __restrict__ r, const float* __restrict__ w,
+                                    const float* __restrict__ b, const float* __restrict__ s,
+                                    const float* __restrict__ h, int64_t sh_step,
+                                    float* __restrict__ gs, float* __restrict__ gh,
+                                    float* __restrict__ sums) {
+  float* __restrict__ a0 = sums;
+  float* __restrict__ a1 = sums + C;
+  float* __restrict__ a2 = sums + 2 * C;
+  float* __restrict__ a3 = sums + 3 * C;
+  for (int64_t p = 0; p < positions; ++p) {
+    const T* __restrict__ xr = x + p * C;
+    const T* __restrict__ dr = dy + p * C;
+    const float* __restrict__ sp = s + p * sh_step;
+    const float* __restrict__ hp = h + p * sh_step;
+    if (sh_step != 0) {
+      float* __restrict__ gsr = gs + p * C;
+      float* __restrict__ ghr = gh + p * C;
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) {
+        const float xh = (load(xr[c]) - m[c]) * r[c];
+        const float u = w[c] * xh + b[c];
+        const float gv = grad_v<Silu>(u * sp[c] + hp[c], load(dr[c]));
+        const float gu = gv * sp[c];
+        gsr[c] = gv * u;
+        ghr[c] = gv;
+        a0[c] += gv;
+        a1[c] += gv * xh;
+        a2[c] += gu;
+        a3[c] += gu * xh;
+      }
+    } else {
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) {
+        const float xh = (load(xr[c]) - m[c]) * r[c];
+        const float gv = grad_v<Silu>((w[c] * xh + b[c]) * sp[c] + hp[c], load(dr[c]));
+        const float gu = gv * sp[c];
+        a0[c] += gv;
+        a1[c] += gv * xh;
+        a2[c] += gu;
+        a3[c] += gu * xh;
+      }
+    }
+  }
+}
+
+// c1, c2: the group constants of each channel's group, [C].
+template <typename T, bool Silu>
+static void gn_grad_chunk_dx_impl(const T* __restrict__ x, const T* __restrict__ dy,
+                                  T* __restrict__ dx, int64_t positions, int64_t C,
+                                  const float* __restrict__ m, const float* __restrict__ r,
+                                  const float* __restrict__ w, const float* __restrict__ b,
+                                  const float* __restrict__ s, const float* __restrict__ h,
+                                  int64_t sh_step, const float* __restrict__ c1,
+                                  const float* __restrict__ c2) {
+  for (int64_t p = 0; p < positions; ++p) {
+    const T* __restrict__ xr = x + p * C;
+    const T* __restrict__ dr = dy + p * C;
+    T* __restrict__ out = dx + p * C;
+    const float* __restrict__ sp = s + p * sh_step;
+    const float* __restrict__ hp = h + p * sh_step;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) {
+      const float xh = (load(xr[c]) - m[c]) * r[c];
+      const float gv = grad_v<Silu>((w[c] * xh + b[c]) * sp[c] + hp[c], load(dr[c]));
+      store(out + c, r[c] * (w[c] * gv * sp[c] - c1[c] - xh * c2[c]));
+    }
+  }
+}
+
+template <typename T>
+void gn_grad_chunk_sums(const T* x, const T* dy, int64_t positions, int64_t C, const float* m,
+                        const float* r, const float* w, const float* b, const float* s,
+                        const float* h, int64_t sh_step, bool silu, float* gs, float* gh,
+                        float* sums) {
+  if (silu)
+    gn_grad_chunk_sums_impl<T, true>(x, dy, positions, C, m, r, w, b, s, h, sh_step, gs, gh, sums);
+  else
+    gn_grad_chunk_sums_impl<T, false>(x, dy, positions, C, m, r, w, b, s, h, sh_step, gs, gh,
+                                      sums);
+}
+
+template <typename T>
+void gn_grad_chunk_dx(const T* x, const T* dy, T* dx, int64_t positions, int64_t C,
+                      const float* m, const float* r, const float* w, const float* b,
+                      const float* s, const float* h, int64_t sh_step, bool silu,
+                      const float* c1, const float* c2) {
+  if (silu)
+    gn_grad_chunk_dx_impl<T, true>(x, dy, dx, positions, C, m, r, w, b, s, h, sh_step, c1, c2);
+  else
+    gn_grad_chunk_dx_impl<T, false>(x, dy, dx, positions, C, m, r, w, b, s, h, sh_step, c1, c2);
+}
+
+}  // namespace LDDM_ISA_NAMESPACE
+}  // namespace cpu
+}  // namespace lddm

@@ -1,0 +1,243 @@
+"""The cpp backend's backward passes (group_norm, temporal_attention) against autograd
+through the float64 reference: fresh random inputs and output gradients each run,
+gradient outputs poisoned with NaN before every launch, odd and strided shapes, both
+memory formats, both dtypes, both CPU kernel builds; plus a finite-difference check of
+the fp32 kernels (the backend takes no float64, so no torch.autograd.gradcheck)."""
+
+import pytest
+import torch
+from parity import SPATIAL_FORMS, check, layout, rel, spatial_modulation
+
+from lddm_fast import ops
+
+pytestmark = pytest.mark.skipif(
+    ops.available_backends()["cpp"] != "ok",
+    reason=f"cpp backend unavailable: {ops.available_backends()['cpp']}",
+)
+
+ISAS = ["default", "auto"]  # "auto" is the AVX2 build where the CPU has it
+DTYPES = [torch.float32, torch.bfloat16]
+
+
+@pytest.fixture(autouse=True)
+def poisoned_outputs(monkeypatch):
+    monkeypatch.setenv("LDDM_POISON_OUTPUTS", "1")
+
+
+@pytest.fixture(params=ISAS)
+def isa(request, monkeypatch):
+    if request.param == "default":
+        monkeypatch.setenv("LDDM_CPU_ISA", "default")
+    else:
+        monkeypatch.delenv("LDDM_CPU_ISA", raising=False)
+    return request.param
+
+
+def grads(fn, inputs, grad_out, backend):
+    """Gradients of sum(fn(*inputs) * grad_out) w.r.t. inputs (None entries skipped)."""
+    leaves = [None if t is None else t.detach().requires_grad_() for t in inputs]
+    out = fn(*leaves, backend=backend)
+    out.backward(grad_out)
+    return [None if t is None else t.grad for t in leaves]
+
+
+def check_grads(fn, inputs, grad_out):
+    """cpp grads vs float64 reference autograd (fp32: FP32_TOL; low precision: 2x the
+    reference backend's error in that dtype)."""
+    fast = grads(fn, inputs, grad_out, "cpp")
+    eager = grads(fn, inputs, grad_out, "reference")
+    d64 = [None if t is None else t.double() for t in inputs]
+    ref = grads(fn, d64, grad_out.double(), "reference")
+    for i, (f, e, r) in enumerate(zip(fast, eager, ref, strict=True)):
+        if r is None:
+            continue
+        assert f.shape == r.shape and f.dtype == inputs[i].dtype, i
+        check(f, e, r)
+
+
+# ---- group_norm -------------------------------------------------------------------
+
+GN_SHAPES = [
+    ((2, 40, 7, 5, 5), 8),  # C/G = 5, T = 7
+    ((2, 24, 7, 1, 1), 24),  # G = C, 1-pixel frames
+    ((3, 6, 9, 9), 1),  # 4-D, G = 1
+    ((2, 44, 3, 5, 5), 11),  # AVX2 tails: 32 + 8 + 4 channels
+    ((1, 12, 2, 1, 3), 3),  # S = 6
+]
+
+
+def _gn(x, w, b, scale, shift, *, groups, silu, backend):
+    act = "silu" if silu else None
+    return ops.group_norm(
+        x, groups, w, b, scale=scale, shift=shift, activation=act, backend=backend
+    )
+
+
+def _gn_fn(groups, silu):
+    return lambda *a, backend: _gn(*a, groups=groups, silu=silu, backend=backend)
+
+
+@pytest.mark.parametrize("shape,groups", GN_SHAPES)
+@pytest.mark.parametrize("fmt", ["contiguous", "channels_last", "strided"])
+@pytest.mark.parametrize(
+    "affine,film,silu",
+    [(True, True, True), (False, False, False), (True, False, True), (False, True, False)],
+)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_group_norm_grad(shape, groups, fmt, affine, film, silu, dtype, isa):
+    n, c = shape[:2]
+    x = layout(torch.randn(shape).to(dtype), fmt)
+    w, b = (torch.randn(c), torch.randn(c)) if affine else (None, None)
+    scale, shift = (torch.randn(n, c) * 0.5, torch.randn(n, c)) if film else (None, None)
+    gy = layout(torch.randn(shape).to(dtype), fmt)
+    check_grads(_gn_fn(groups, silu), [x, w, b, scale, shift], gy)
+
+
+@pytest.mark.parametrize("shape,groups", GN_SHAPES[:4])
+@pytest.mark.parametrize("fmt", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("form", SPATIAL_FORMS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_group_norm_grad_spatial(shape, groups, fmt, form, dtype, isa):
+    """Spatial (SPADE) scale/shift: per-element grads summed over their broadcast dims
+    (T for [N, C, 1, H, W]; N, T, H for film_and_broadcast's shift)."""
+    c = shape[1]
+    x = layout(torch.randn(shape).to(dtype), fmt)
+    scale, shift = spatial_modulation(x, form)
+    gy = torch.randn(shape).to(dtype)  # contiguous while x is channels-last: one copy
+    check_grads(_gn_fn(groups, True), [x, torch.randn(c), torch.randn(c), scale, shift], gy)
+
+
+@pytest.mark.parametrize("fmt", ["contiguous", "channels_last"])
+def test_group_norm_grad_large_mean_many_chunks(fmt, isa):
+    # Mean 1000 (xhat must not lose the mean's float rounding) and channels-last
+    # samples of several chunks with a partial last one.
+    x = layout(1000 + torch.randn(3, 64, 5, 15, 15), fmt)
+    args = [x, torch.randn(64), torch.randn(64), torch.randn(3, 64), torch.randn(3, 64)]
+    check_grads(_gn_fn(16, True), args, torch.randn(x.shape))
+
+
+def test_group_norm_grad_of_x_alone(isa):
+    # Only x needs grad (the parameter grads are computed and dropped).
+    x = torch.randn(2, 8, 3, 4, 4, requires_grad=True)
+    w = torch.randn(8)
+    ops.group_norm(x, 4, w, activation="silu", backend="cpp").sum().backward()
+    ref = x.detach().double().requires_grad_()
+    ops.group_norm(ref, 4, w.double(), activation="silu", backend="reference").sum().backward()
+    assert w.grad is None
+    assert rel(x.grad, ref.grad) <= 1e-5
+
+
+# ---- temporal_attention -------------------------------------------------------------
+
+ATTN_CASES = [
+    (7, 2, 24, (3, 5)),  # odd T, head_dim 24
+    (1, 1, 16, (2, 2)),  # T = 1
+    (16, 4, 8, (1, 1)),  # 1-pixel frames
+    (16, 2, 32, (3, 2)),  # the denoiser's T
+    (9, 3, 12, (2, 11)),  # head_dim 12, C = 36; rows longer than the runs of 8 pixels
+]
+
+
+def _attn_fn(heads):
+    def fn(q, k, v, *, backend):
+        return ops.temporal_attention(q, k, v, num_heads=heads, backend=backend)
+
+    return fn
+
+
+def _qkv(B, C, T, hw, fmt, dtype):
+    if fmt == "contiguous":
+        return [torch.randn(B, C, T, *hw).to(dtype) for _ in range(3)]
+    if fmt == "transposed_hw":
+        return [torch.randn(B, C, T, *hw[::-1]).to(dtype).transpose(3, 4) for _ in range(3)]
+    qkv = torch.randn(B, 3 * C, T, *hw).to(dtype)
+    if fmt == "qkv_views_cl":
+        qkv = qkv.contiguous(memory_format=torch.channels_last_3d)
+    return list(qkv.chunk(3, dim=1))
+
+
+@pytest.mark.parametrize("T,heads,d,hw", ATTN_CASES)
+@pytest.mark.parametrize("fmt", ["contiguous", "qkv_views", "qkv_views_cl", "transposed_hw"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_temporal_attention_grad(T, heads, d, hw, fmt, dtype, isa):
+    B, C = 2, heads * d
+    q, k, v = _qkv(B, C, T, hw, fmt, dtype)
+    # An output gradient in yet another layout (channels-last), read through its strides.
+    go = torch.randn(B, C, T, *hw).to(dtype).contiguous(memory_format=torch.channels_last_3d)
+    check_grads(_attn_fn(heads), [q, k, v], go)
+
+
+def test_temporal_attention_grad_through_qkv_views(isa):
+    # The normal case: q, k, v are channel slices of one channels-last qkv tensor that
+    # needs grad; autograd concatenates the three grads into its grad.
+    qkv = torch.randn(2, 48, 7, 3, 3).contiguous(memory_format=torch.channels_last_3d)
+    leaf = qkv.clone().requires_grad_()
+    ops.temporal_attention(
+        *leaf.chunk(3, dim=1), num_heads=2, backend="cpp"
+    ).square().sum().backward()
+    ref = qkv.double().requires_grad_()
+    ops.temporal_attention(
+        *ref.chunk(3, dim=1), num_heads=2, backend="reference"
+    ).square().sum().backward()
+    assert rel(leaf.grad, ref.grad) <= 1e-5
+
+
+def test_logsumexp_matches_reference(isa):
+    q, k, v = _qkv(2, 24, 7, (3, 5), "qkv_views_cl", torch.float32)
+    out, lse = torch.ops.lddm.temporal_attention_lse(q, k, v, 2, 0.3)
+    B, C, T, H, W = q.shape
+    qs, ks = (t.double().reshape(B, 2, C // 2, T, H, W) for t in (q, k))
+    logits = torch.einsum("bndiyx,bndjyx->bnijyx", qs, ks) * 0.3
+    assert rel(lse, torch.logsumexp(logits, dim=3)) <= 1e-6
+    assert (
+        rel(
+            out,
+            ops.temporal_attention(
+                q.double(), k.double(), v.double(), num_heads=2, scale=0.3, backend="reference"
+            ),
+        )
+        <= 1e-5
+    )
+
+
+# ---- finite differences ---------------------------------------------------------------
+
+
+def _directional_check(fn, inputs, eps=1e-2):
+    """<grad, u> from the backward against the central difference of <fn, g> along a
+    random direction u, with fn evaluated in float32 by the kernels."""
+    leaves = [t.detach().clone().requires_grad_() for t in inputs]
+    g = torch.randn(fn(*leaves).shape, dtype=torch.float64)
+    out = fn(*leaves)
+    (out.double() * g).sum().backward()
+    dirs = [torch.randn_like(t) for t in inputs]
+    analytic = sum((t.grad.double() * u.double()).sum() for t, u in zip(leaves, dirs, strict=True))
+    with torch.no_grad():
+        plus = fn(*[t + eps * u for t, u in zip(inputs, dirs, strict=True)]).double()
+        minus = fn(*[t - eps * u for t, u in zip(inputs, dirs, strict=True)]).double()
+    numeric = ((plus - minus) * g).sum() / (2 * eps)
+    assert abs(analytic - numeric) <= 2e-3 * abs(analytic).clamp_min(1.0), (analytic, numeric)
+
+
+def test_group_norm_finite_differences(isa):
+    x = torch.randn(2, 12, 3, 2, 3)
+    params = [
+        torch.randn(12),
+        torch.randn(12),
+        torch.randn(2, 12) * 0.5,
+        torch.randn(2, 12, 1, 2, 3),
+    ]
+
+    def fn(x, w, b, scale, shift):
+        return ops.group_norm(
+            x, 3, w, b, scale=scale, shift=shift, activation="silu", backend="cpp"
+        )
+
+    _directional_check(fn, [x, *params])
+
+
+def test_temporal_attention_finite_differences(isa):
+    q, k, v = (torch.randn(1, 8, 5, 2, 2) for _ in range(3))
+    _directional_check(
+        lambda q, k, v: ops.temporal_attention(q, k, v, num_heads=2, backend="cpp"), [q, k, v]
+    )
