@@ -25,7 +25,7 @@ import torch  # noqa: E402
 
 import harness  # noqa: E402
 from lddm_fast import envinfo  # noqa: E402
-from suites import diffusers_unet, kernels, model, sampler, synthesis  # noqa: E402
+from suites import diffusers_unet, kernels, model, sampler, synthesis, train  # noqa: E402
 
 # suite name -> cases(device, dtype, quick, compile_) -> list[Case]
 SUITES = {
@@ -34,6 +34,7 @@ SUITES = {
     "sampler": sampler.cases,
     "synthesis": synthesis.cases,
     "diffusers": diffusers_unet.cases,
+    "train": train.cases,
 }
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -236,3 +236,24 @@ def test_euler_loop_is_svd_scheduler():
             model_in = torch.cat([sched.scale_model_input(x, t), image.double()], dim=2)
             x = sched.step(unet(model_in, t.double(), None, None)[0], t, x).prev_sample
     torch.testing.assert_close(ours, x, rtol=1e-5, atol=1e-5)
+
+
+def test_train_suite_times_a_step_per_backend_with_grad_parity(monkeypatch, tmp_path):
+    from suites import train
+
+    monkeypatch.setattr(train, "PRESET", "tiny")
+    run = _load_run_module()
+    monkeypatch.setattr(run.harness, "measure_ceilings", lambda device, quick: {"copy_gbs": 10.0})
+    out = tmp_path / "bench.json"
+    argv = ["--suite", "train", "--device", "cpu", "--quick", "--no-compile", "--out", str(out)]
+    assert run.main(argv) == 0
+    rows = json.loads(out.read_text())["results"]
+    assert {r["op"] for r in rows} == {"autoencoder training step", "denoiser training step"}
+    for op in ("autoencoder training step", "denoiser training step"):
+        by = {r["provider"]: r for r in rows if r["op"] == op}
+        assert set(by) == {"reference", "default", "compile"}
+        assert "disabled" in by["compile"]["skipped"]
+        for name in ("reference", "default"):
+            assert by[name]["parity_ok"] and by[name]["clips_per_s"] > 0, by[name]
+        # The default training backend is one with a backward (cpp on this CPU).
+        assert by["default"]["default_backends"]["group_norm"] != "none"

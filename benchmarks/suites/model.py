@@ -61,17 +61,6 @@ def _decode_under(model, backend: str | None, unfused: bool):
     return run
 
 
-def _spatial_group_norm_choice(device: str, dtype: torch.dtype) -> str:
-    """The backend a default group_norm call with a spatial scale/shift gets (on CUDA
-    not the cuda one, whose limits refuse that form)."""
-    probe = torch.empty(1, 1, 1, 1, 1, device=device, dtype=dtype)
-    for name in dispatch.default_order(device, "group_norm"):
-        backend = dispatch.backends()[name]
-        if backend.refusal("group_norm", device, dtype, False, probe, {"spatial": True}) is None:
-            return name
-    return "none"
-
-
 def decode_cases(device: str, dtype: torch.dtype, quick: bool) -> list[Case]:
     """Autoencoder decode, SPADE unfused vs fused, in the same run: ``unfused`` (the
     baseline) and ``fused`` with the default backends, ``eager`` all-reference unfused."""
@@ -107,7 +96,7 @@ def decode_cases(device: str, dtype: torch.dtype, quick: bool) -> list[Case]:
                 params={
                     "preset": name,
                     "batch": batch,
-                    "spade_group_norm_backend": _spatial_group_norm_choice(device, dtype),
+                    "spade_group_norm_backend": ops.default_choice("group_norm", device, dtype),
                 },
                 make_inputs=make,
                 providers=providers,

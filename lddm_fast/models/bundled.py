@@ -23,10 +23,10 @@ SAMPLE_IMAGES_DIR = ASSETS_DIR / "samples"
 
 #: sha256 of every file of the bundled checkpoint.
 BUNDLED_SHA256: dict[str, str] = {
-    "autoencoder.safetensors": "cd6bcd74711ad32d821d7ed76e5867b5463d98d34c5fe8047b207249be5110a5",
-    "config.json": "7929b9dc232b827be6d3dd31843583503cfc2fdb3793a159acc61d851e4a964a",
-    "denoiser.safetensors": "44cd54df4580086aacfa302bf8b49f18e335831a3e55625a4f8e234a1a58c73c",
-    "meta.json": "4f54abb8cb9d20c0aae2335808685659fff12b5e7ef61e07fb7be917e55d06fa",
+    "autoencoder.safetensors": "0c562b8e6b2d651e27df94e311027196e06ca0674ee3706a7d015edfdcecdf3b",
+    "config.json": "93061e136deaf89b4e37c80ed63c6f778019b5b4d9c543aa31855d9e954a9338",
+    "denoiser.safetensors": "b520b82a146deb405b0dbb4570d9f1332a988322131ecdd4b4fabe3914c76f9c",
+    "meta.json": "83e894458a351148026d929f63f3ca2564cf6608b6db009fd2e1665db73266ee",
 }
 
 
