@@ -60,6 +60,7 @@ register(
         dtypes=(torch.float32, torch.bfloat16),
         status=extension.cpp_status,
         differentiable=extension.CPP_BACKWARD_OPS,
+        grad_default=extension.CPP_GRAD_DEFAULT_OPS,
     ),
     default_for={"cpu": 0},
 )

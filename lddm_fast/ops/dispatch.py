@@ -31,6 +31,10 @@ class Backend:
     dtypes it accepts. status: ``"ok..."`` or why it is unusable on this machine.
     differentiable: whether autograd flows through it (training needs that): True for
         every op, or the names of the ops that have a backward.
+    grad_default: the ops whose backward a default (not forced) call that needs grad
+        may take, or None for every op with a backward; set from measurement, so a
+        backward that loses to the reference's autograd is there when asked for by
+        name but is not the default.
     limits: optional (op, main tensor, params) -> why this shape is out of range or
         None, for kernels with size limits (params holds e.g. num_heads).
     """
@@ -42,11 +46,27 @@ class Backend:
     status: Callable[[], str]
     differentiable: bool | tuple[str, ...] = False
     limits: Callable[[str, torch.Tensor, dict], str | None] | None = None
+    grad_default: tuple[str, ...] | None = None
 
     def has_backward(self, op: str) -> bool:
         if isinstance(self.differentiable, bool):
             return self.differentiable
         return op in self.differentiable
+
+    def default_refusal(
+        self,
+        op: str,
+        device: str,
+        dtype: torch.dtype,
+        needs_grad: bool,
+        main: torch.Tensor | None = None,
+        params: dict | None = None,
+    ) -> str | None:
+        """Why a default call does not take this backend, or None: its refusal, or a
+        backward that exists but is not the measured default for training."""
+        if needs_grad and self.grad_default is not None and op not in self.grad_default:
+            return f"its {op} backward is slower than the reference's autograd"
+        return self.refusal(op, device, dtype, needs_grad, main, params)
 
     def refusal(
         self,
@@ -186,7 +206,7 @@ def select(
         return chosen.ops[op]
     for name in default_order(device, op):
         candidate = _REGISTRY[name]
-        if candidate.refusal(op, device, dtype, needs_grad, main, params) is None:
+        if candidate.default_refusal(op, device, dtype, needs_grad, main, params) is None:
             return candidate.ops[op]
     raise BackendError(f"no backend can run lddm_fast.ops.{op} on {device} {dtype}")
 
@@ -195,6 +215,6 @@ def default_choice(op: str, device: str, dtype: torch.dtype, needs_grad: bool = 
     """Name of the backend a call would get by default: an inference call (for
     `lddm-fast info`), or with ``needs_grad`` a training call."""
     for name in default_order(device, op):
-        if _REGISTRY[name].refusal(op, device, dtype, needs_grad=needs_grad) is None:
+        if _REGISTRY[name].default_refusal(op, device, dtype, needs_grad) is None:
             return name
     return "none"

@@ -96,5 +96,8 @@ CPP_OPS = {
     "sampler_step": sampler_step,
 }
 CUDA_OPS = {name: CPP_OPS[name] for name in _CUDA_OPS}
-# The ops whose CPU kernels have a backward (registered in lddm_fast/_ext.py).
+# The ops whose CPU kernels have a backward (registered in lddm_fast/_ext.py), and
+# those a default training call takes: the attention backward (one position at a
+# time, portable loops) runs at 0.44-0.89x eager autograd (benchmarks/RESULTS.md).
 CPP_BACKWARD_OPS = ("group_norm", "temporal_attention")
+CPP_GRAD_DEFAULT_OPS = ("group_norm",)
