@@ -23,16 +23,14 @@ def _register_fakes() -> None:
     def _group_norm(x, num_groups, weight, bias, eps, scale, shift, silu):
         return torch.empty_like(x, memory_format=memory_format_of(x))
 
-    @torch.library.register_fake("lddm::temporal_attention")
-    def _temporal_attention(q, k, v, num_heads, scale):
-        return torch.empty(q.shape, dtype=q.dtype, device=q.device).contiguous(
-            memory_format=attention_output_format(q)
-        )
-
     def attention_like(t):
         return torch.empty(t.shape, dtype=t.dtype, device=t.device).contiguous(
             memory_format=attention_output_format(t)
         )
+
+    @torch.library.register_fake("lddm::temporal_attention")
+    def _temporal_attention(q, k, v, num_heads, scale):
+        return attention_like(q)
 
     @torch.library.register_fake("lddm::temporal_attention_lse")
     def _temporal_attention_lse(q, k, v, num_heads, scale):

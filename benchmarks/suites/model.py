@@ -22,7 +22,7 @@ from shapes import MODEL
 MODEL_OPS = ("group_norm", "temporal_attention")
 
 
-def _randomized(model: torch.nn.Module) -> torch.nn.Module:
+def randomized(model: torch.nn.Module) -> torch.nn.Module:
     """A fresh model zero-initialises its output projections, which would make
     every branch behind them compute nothing; give those weights random values so
     parity covers every op."""
@@ -68,7 +68,7 @@ def decode_cases(device: str, dtype: torch.dtype, quick: bool) -> list[Case]:
     for name, batch in MODEL[device][: 1 if quick else None]:
         config = preset(name)
         torch.manual_seed(0)
-        base = _randomized(VideoAutoencoder(config.autoencoder)).eval()
+        base = randomized(VideoAutoencoder(config.autoencoder)).eval()
         model = copy.deepcopy(base).to(device=device, dtype=dtype)
         model64 = copy.deepcopy(base).to(device=device, dtype=torch.float64)
 
@@ -112,7 +112,7 @@ def cases(device: str, dtype: torch.dtype, quick: bool, compile_: bool = True) -
     for name, batch in MODEL[device][: 1 if quick else None]:
         config = preset(name)
         torch.manual_seed(0)
-        base = _randomized(LatentDenoiser(config.denoiser)).eval()
+        base = randomized(LatentDenoiser(config.denoiser)).eval()
         model = copy.deepcopy(base).to(device=device, dtype=dtype)
         model64 = copy.deepcopy(base).to(device=device, dtype=torch.float64)
 

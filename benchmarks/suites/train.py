@@ -17,19 +17,10 @@ from lddm_fast import ops
 from lddm_fast.models import LatentDenoiser, VideoAutoencoder, preset
 from lddm_fast.train.autoencoder import AutoencoderObjective
 from lddm_fast.train.diffusion import DiffusionObjective
+from suites.model import randomized
 
 PRESET = "phantom64"
 BATCH = {"cpu": 4, "cuda": 16}
-
-
-def _randomized(model: nn.Module) -> nn.Module:
-    """Zero-initialised projections would give their inputs no gradient: random values
-    so every op's backward runs."""
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.abs().max() == 0:
-                p.normal_(0.0, 0.02)
-    return model
 
 
 def _grads(objective: nn.Module) -> torch.Tensor:
@@ -106,9 +97,9 @@ def cases(device: str, dtype: torch.dtype, quick: bool, compile_: bool = True) -
     batch = BATCH[device]
     c_z, t, h, w = config.latent_shape
     torch.manual_seed(0)
-    ae = _randomized(VideoAutoencoder(config.autoencoder))
+    ae = randomized(VideoAutoencoder(config.autoencoder))
     ae_objective = AutoencoderObjective(ae, kl_weight=1e-4, ssim_weight=0.0)
-    dn_objective = DiffusionObjective(_randomized(LatentDenoiser(config.denoiser)), config)
+    dn_objective = DiffusionObjective(randomized(LatentDenoiser(config.denoiser)), config)
 
     def ae_inputs():
         clip = torch.rand(batch, config.channels, t + 1, config.size, config.size) * 2 - 1

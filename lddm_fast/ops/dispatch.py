@@ -53,21 +53,6 @@ class Backend:
             return self.differentiable
         return op in self.differentiable
 
-    def default_refusal(
-        self,
-        op: str,
-        device: str,
-        dtype: torch.dtype,
-        needs_grad: bool,
-        main: torch.Tensor | None = None,
-        params: dict | None = None,
-    ) -> str | None:
-        """Why a default call does not take this backend, or None: its refusal, or a
-        backward that exists but is not the measured default for training."""
-        if needs_grad and self.grad_default is not None and op not in self.grad_default:
-            return f"its {op} backward is slower than the reference's autograd"
-        return self.refusal(op, device, dtype, needs_grad, main, params)
-
     def refusal(
         self,
         op: str,
@@ -76,8 +61,11 @@ class Backend:
         needs_grad: bool,
         main: torch.Tensor | None = None,
         params: dict | None = None,
+        *,
+        by_default: bool = False,
     ) -> str | None:
-        """Why this backend cannot run ``op`` for these inputs, or None if it can."""
+        """Why this backend cannot run ``op`` for these inputs, or None if it can;
+        ``by_default``: for a call that did not ask for it by name (see grad_default)."""
         status = self.status()
         if not status.startswith("ok"):
             return status
@@ -90,6 +78,9 @@ class Backend:
             return f"it supports {names}, not {str(dtype).removeprefix('torch.')}"
         if needs_grad and not self.has_backward(op):
             return f"it has no backward for {op}; use backend='reference' for training"
+        if by_default and needs_grad and self.grad_default is not None:
+            if op not in self.grad_default:
+                return f"its {op} backward is slower than the reference's autograd"
         if self.limits is not None and main is not None:
             return self.limits(op, main, params or {})
         return None
@@ -206,7 +197,7 @@ def select(
         return chosen.ops[op]
     for name in default_order(device, op):
         candidate = _REGISTRY[name]
-        if candidate.default_refusal(op, device, dtype, needs_grad, main, params) is None:
+        if candidate.refusal(op, device, dtype, needs_grad, main, params, by_default=True) is None:
             return candidate.ops[op]
     raise BackendError(f"no backend can run lddm_fast.ops.{op} on {device} {dtype}")
 
@@ -215,6 +206,6 @@ def default_choice(op: str, device: str, dtype: torch.dtype, needs_grad: bool = 
     """Name of the backend a call would get by default: an inference call (for
     `lddm-fast info`), or with ``needs_grad`` a training call."""
     for name in default_order(device, op):
-        if _REGISTRY[name].default_refusal(op, device, dtype, needs_grad) is None:
+        if _REGISTRY[name].refusal(op, device, dtype, needs_grad, by_default=True) is None:
             return name
     return "none"

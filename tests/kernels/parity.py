@@ -26,6 +26,23 @@ def check(fast: torch.Tensor, eager: torch.Tensor, ref: torch.Tensor) -> None:
         assert err <= bound, (err, bound)
 
 
+def check_group_norm(x, groups, weight, bias, backend, *, scale=None, shift=None, activation=None):
+    """ops.group_norm on ``backend`` against the float64 reference by :func:`check`,
+    with the eager reference backend in x's dtype as the low-precision yardstick; the
+    output must keep x's dtype, shape and memory format."""
+    from lddm_fast import ops
+    from lddm_fast.layout import memory_format_of
+
+    kw = dict(scale=scale, shift=shift, activation=activation)
+    y = ops.group_norm(x, groups, weight, bias, backend=backend, **kw)
+    eager = ops.group_norm(x, groups, weight, bias, backend="reference", **kw)
+    kw64 = dict(kw, scale=d64(scale), shift=d64(shift))
+    ref = ops.group_norm(x.double(), groups, d64(weight), d64(bias), backend="reference", **kw64)
+    assert y.dtype == x.dtype and y.shape == x.shape and y.device == x.device
+    assert y.is_contiguous(memory_format=memory_format_of(x))
+    check(y, eager, ref)
+
+
 def misaligned(x: torch.Tensor) -> torch.Tensor:
     """x's values and (dense) strides, with the data one element past a 16-byte boundary,
     so the kernels take their scalar paths."""

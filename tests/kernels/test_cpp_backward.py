@@ -12,27 +12,15 @@ from parity import SPATIAL_FORMS, check, layout, rel, spatial_modulation
 
 from lddm_fast import ops
 
-pytestmark = pytest.mark.skipif(
-    ops.available_backends()["cpp"] != "ok",
-    reason=f"cpp backend unavailable: {ops.available_backends()['cpp']}",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        ops.available_backends()["cpp"] != "ok",
+        reason=f"cpp backend unavailable: {ops.available_backends()['cpp']}",
+    ),
+    pytest.mark.usefixtures("poisoned_outputs"),
+]
 
-ISAS = ["default", "auto"]  # "auto" is the AVX2 build where the CPU has it
 DTYPES = [torch.float32, torch.bfloat16]
-
-
-@pytest.fixture(autouse=True)
-def poisoned_outputs(monkeypatch):
-    monkeypatch.setenv("LDDM_POISON_OUTPUTS", "1")
-
-
-@pytest.fixture(params=ISAS)
-def isa(request, monkeypatch):
-    if request.param == "default":
-        monkeypatch.setenv("LDDM_CPU_ISA", "default")
-    else:
-        monkeypatch.delenv("LDDM_CPU_ISA", raising=False)
-    return request.param
 
 
 def grads(fn, inputs, grad_out, backend):

@@ -5,47 +5,21 @@ AVX2)."""
 
 import pytest
 import torch
-from parity import FP32_TOL, SPATIAL_FORMS, check, d64, layout, rel, spatial_modulation
+from parity import FP32_TOL, SPATIAL_FORMS, check, check_group_norm, layout, rel, spatial_modulation
 
 from lddm_fast import ops
 from lddm_fast.layout import attention_output_format, memory_format_of
 
-pytestmark = pytest.mark.skipif(
-    ops.available_backends()["cpp"] != "ok",
-    reason=f"cpp backend unavailable: {ops.available_backends()['cpp']}",
-)
-
-
-def _has_avx2() -> bool:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        return False
-    return " avx2" in flags and " fma" in flags
-
-
-ISAS = [
-    "default",
-    pytest.param(
-        "auto", marks=pytest.mark.skipif(not _has_avx2(), reason="this CPU has no AVX2+FMA")
+pytestmark = [
+    pytest.mark.skipif(
+        ops.available_backends()["cpp"] != "ok",
+        reason=f"cpp backend unavailable: {ops.available_backends()['cpp']}",
     ),
+    pytest.mark.usefixtures("poisoned_outputs"),
 ]
+
+
 DTYPES = [torch.float32, torch.bfloat16]
-
-
-@pytest.fixture(autouse=True)
-def poisoned_outputs(monkeypatch):
-    monkeypatch.setenv("LDDM_POISON_OUTPUTS", "1")
-
-
-@pytest.fixture(params=ISAS)
-def isa(request, monkeypatch):
-    if request.param == "default":
-        monkeypatch.setenv("LDDM_CPU_ISA", "default")
-    else:
-        monkeypatch.delenv("LDDM_CPU_ISA", raising=False)
-    return request.param
 
 
 GN_SHAPES = [
@@ -69,24 +43,7 @@ def test_group_norm(shape, groups, fmt, film, silu, dtype, isa):
     scale = torch.randn(n, c) if film else None
     shift = torch.randn(n, c) if film else None
     act = "silu" if silu else None
-    y = ops.group_norm(x, groups, w, b, scale=scale, shift=shift, activation=act, backend="cpp")
-    eager = ops.group_norm(
-        x, groups, w, b, scale=scale, shift=shift, activation=act, backend="reference"
-    )
-    d = lambda t: None if t is None else t.double()  # noqa: E731
-    ref = ops.group_norm(
-        x.double(),
-        groups,
-        d(w),
-        d(b),
-        scale=d(scale),
-        shift=d(shift),
-        activation=act,
-        backend="reference",
-    )
-    assert y.dtype == dtype and y.shape == x.shape
-    assert y.is_contiguous(memory_format=memory_format_of(x))
-    check(y, eager, ref)
+    check_group_norm(x, groups, w, b, "cpp", scale=scale, shift=shift, activation=act)
 
 
 @pytest.mark.parametrize("shape,groups", GN_SHAPES)
@@ -102,22 +59,7 @@ def test_group_norm_spatial(shape, groups, fmt, form, silu, dtype, isa):
     w, b = torch.randn(c), torch.randn(c)
     scale, shift = spatial_modulation(x, form)
     act = "silu" if silu else None
-    kw = dict(scale=scale, shift=shift, activation=act)
-    y = ops.group_norm(x, groups, w, b, backend="cpp", **kw)
-    eager = ops.group_norm(x, groups, w, b, backend="reference", **kw)
-    ref = ops.group_norm(
-        x.double(),
-        groups,
-        d64(w),
-        d64(b),
-        scale=d64(scale),
-        shift=d64(shift),
-        activation=act,
-        backend="reference",
-    )
-    assert y.dtype == dtype and y.shape == x.shape
-    assert y.is_contiguous(memory_format=memory_format_of(x))
-    check(y, eager, ref)
+    check_group_norm(x, groups, w, b, "cpp", scale=scale, shift=shift, activation=act)
 
 
 @pytest.mark.parametrize("fmt", ["contiguous", "channels_last"])

@@ -11,7 +11,7 @@ with a floor of one rounding step (2^-8 / 2^-10).
 
 import pytest
 import torch
-from parity import FP32_TOL, SPATIAL_FORMS, check, d64, layout, rel, spatial_modulation
+from parity import FP32_TOL, SPATIAL_FORMS, check, check_group_norm, layout, rel, spatial_modulation
 
 from lddm_fast import ops
 from lddm_fast.layout import attention_output_format, memory_format_of
@@ -21,15 +21,11 @@ STATUS = ops.available_backends()["cuda"]
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(STATUS != "ok", reason=f"cuda backend unavailable: {STATUS}"),
+    pytest.mark.usefixtures("poisoned_outputs"),
 ]
 
 DEV = "cuda"
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
-
-
-@pytest.fixture(autouse=True)
-def poisoned_outputs(monkeypatch):
-    monkeypatch.setenv("LDDM_POISON_OUTPUTS", "1")
 
 
 # (shape, groups): odd channel counts per group, T = 1 / 7 / 17, 1x1 and 5x5 frames,
@@ -61,23 +57,7 @@ def run_group_norm(x, groups, film=True, silu=True):
     scale = torch.randn(n, c, device=DEV) if film else None
     shift = torch.randn(n, c, device=DEV) if film else None
     act = "silu" if silu else None
-    ref = ops.group_norm(
-        x.double(),
-        groups,
-        d64(w),
-        d64(b),
-        scale=d64(scale),
-        shift=d64(shift),
-        activation=act,
-        backend="reference",
-    )
-    eager = ops.group_norm(
-        x, groups, w, b, scale=scale, shift=shift, activation=act, backend="reference"
-    )
-    y = ops.group_norm(x, groups, w, b, scale=scale, shift=shift, activation=act, backend="cuda")
-    assert y.dtype == x.dtype and y.shape == x.shape and y.device == x.device
-    assert y.is_contiguous(memory_format=memory_format_of(x))
-    check(y, eager, ref)
+    check_group_norm(x, groups, w, b, "cuda", scale=scale, shift=shift, activation=act)
 
 
 # The spatial (SPADE) scale/shift, applied per element after the per-(n, c) affine; the
@@ -93,14 +73,8 @@ def test_group_norm_spatial(shape, groups, fmt, form, silu, dtype):
     c = x.shape[1]
     w, b = torch.randn(c, device=DEV), torch.randn(c, device=DEV)
     scale, shift = spatial_modulation(x, form)
-    kw = dict(scale=scale, shift=shift, activation="silu" if silu else None)
-    y = ops.group_norm(x, groups, w, b, backend="cuda", **kw)
-    eager = ops.group_norm(x, groups, w, b, backend="reference", **kw)
-    kw64 = dict(kw, scale=d64(scale), shift=d64(shift))
-    ref = ops.group_norm(x.double(), groups, d64(w), d64(b), backend="reference", **kw64)
-    assert y.dtype == x.dtype and y.shape == x.shape
-    assert y.is_contiguous(memory_format=memory_format_of(x))
-    check(y, eager, ref)
+    act = "silu" if silu else None
+    check_group_norm(x, groups, w, b, "cuda", scale=scale, shift=shift, activation=act)
 
 
 @pytest.mark.parametrize("fmt", ["contiguous", "channels_last"])
