@@ -604,7 +604,14 @@ class LDDMPipeline:
                 cuda_graph=cuda_graph,
                 progress=progress,
             )
-            decoded = autoencoder.decode((z / cfg.latent_scale).to(self.dtype), x0_model).sample
+            texture = None
+            if autoencoder.config.texture_channels:
+                # The texture code is each video's last draw, after the sampler's.
+                like = torch.empty(autoencoder.texture_shape(z), device=self.device)
+                like = like.contiguous(memory_format=_CL3D)
+                texture = PerSampleNoise(generators, like).draw().to(self.dtype)
+            z_model = (z / cfg.latent_scale).to(self.dtype)
+            decoded = autoencoder.decode(z_model, x0_model, texture).sample
             decoded = decoded.float()
         nonfinite = ~(
             torch.isfinite(decoded).flatten(1).all(1) & torch.isfinite(z).flatten(1).all(1)

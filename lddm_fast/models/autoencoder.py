@@ -3,7 +3,10 @@
 The encoder maps T frames to the latent dynamics ``z: [B, c_z, T, H/f, W/f]`` as a
 diagonal Gaussian; the decoder rebuilds the frames from z and the first frame x0,
 which modulates every decoder block spatially (SPADE) from a 2-D encoding broadcast
-over time, so z only has to carry what changes. Runs in channels_last_3d.
+over time, so z only has to carry what changes. With a texture code
+(``AutoencoderConfig.texture_channels``) the decoder also takes ``n: [B, k, T, H, W]``,
+inferred from the clip when rebuilding it and drawn from N(0, I) when generating.
+Runs in channels_last_3d.
 """
 
 from __future__ import annotations
@@ -40,10 +43,10 @@ __all__ = [
 
 
 class DiagonalGaussian:
-    """A diagonal Gaussian posterior over z.
+    """A diagonal Gaussian posterior over z (or over the texture code).
 
     Args:
-        mean, logvar: ``[B, c_z, T, h, w]``; logvar is clamped to [-30, 20] so exp()
+        mean, logvar: ``[B, c_z, T, h, w]`` (any shape); logvar is clamped to [-30, 20] so exp()
             stays finite.
     """
 
@@ -93,10 +96,13 @@ class DecoderOutput:
 
 @dataclass
 class AutoencoderOutput:
-    """sample: rebuilt frames ``[B, C, T, H, W]``; latent_dist: the posterior over z."""
+    """sample: rebuilt frames ``[B, C, T, H, W]``; latent_dist: the posterior over z;
+    texture_dist: the posterior over the texture code ``[B, k, T, H, W]`` (None
+    without one)."""
 
     sample: torch.Tensor
     latent_dist: DiagonalGaussian
+    texture_dist: DiagonalGaussian | None = None
 
 
 class SpadeNorm(nn.Module):
@@ -188,6 +194,31 @@ class VideoEncoder(nn.Module):
         return self.conv_out(self.norm_out(self.mid(h)))
 
 
+class TextureEncoder(nn.Module):
+    """``q(n | clip)``: frames ``[B, C, T, H, W]`` and x0 ``[B, C, H, W]`` ->
+    ``[B, 2k, T, H, W]`` (mean and logvar of the texture code, per frame at image
+    resolution: speckle is a few pixels wide, and measured on the warping model's
+    held-out residuals it decorrelates within two frames, so a code shared by the
+    clip could not hold it). Each frame is seen next to x0.
+    """
+
+    def __init__(self, config: AutoencoderConfig, width: int = 16) -> None:
+        super().__init__()
+        c, k = config.in_channels, config.texture_channels
+        self.body = nn.Sequential(
+            Conv3d(2 * c, width, 3, padding=1),
+            nn.SiLU(),
+            Conv3d(width, width, 3, padding=1),
+            nn.SiLU(),
+            Conv3d(width, 2 * k, 3, padding=1),
+        )
+
+    def forward(self, frames: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        """frames ``[B, C, T, H, W]``, x0 ``[B, C, H, W]`` -> ``[B, 2k, T, H, W]``."""
+        pairs = torch.cat([frames, x0[:, :, None].expand_as(frames)], dim=1)
+        return self.body(channels_last(pairs))
+
+
 def warp_image(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     """Move one image into every frame of a displacement field.
 
@@ -223,6 +254,11 @@ class VideoDecoder(nn.Module):
     blends x0 warped by it with the decoder's own frames: speckle that moves with the
     tissue comes from x0, what x0 cannot explain (decorrelation, new tissue) from the
     network. The head starts at zero displacement.
+
+    With ``config.texture_channels``, a head over the last features and the texture
+    code adds the per-frame detail that neither x0 nor the coarse z holds; its last
+    conv starts at zero, so adding a texture code to a trained decoder starts from
+    that decoder's output.
     """
 
     def __init__(self, config: AutoencoderConfig) -> None:
@@ -253,12 +289,24 @@ class VideoDecoder(nn.Module):
                 GroupNorm(width, g, eps, activation="silu"),
                 zero_init(Conv3d(width, 2, 3, padding=1)),
             )
+        self.texture_channels = config.texture_channels
+        if self.texture_channels:
+            self.texture_head = nn.Sequential(
+                Conv3d(prev + self.texture_channels, prev, 3, padding=1),
+                nn.SiLU(),
+                zero_init(Conv3d(prev, config.in_channels, 3, padding=1)),
+            )
 
     def forward(
-        self, z: torch.Tensor, features: list[torch.Tensor], x0: torch.Tensor | None = None
+        self,
+        z: torch.Tensor,
+        features: list[torch.Tensor],
+        x0: torch.Tensor | None = None,
+        texture: torch.Tensor | None = None,
     ) -> DecoderOutput:
         """z: ``[B, c_z, T, h, w]``; features: x0 pyramid, finest first (level l at
-        ``h f / 2**l``); x0 ``[B, C, h f, w f]`` (needed with ``warp``) -> frames
+        ``h f / 2**l``); x0 ``[B, C, h f, w f]`` (needed with ``warp``); texture
+        ``[B, k, T, h f, w f]`` (needed with ``texture_channels``) -> frames
         ``[B, C, T, h f, w f]`` (and the warp's parts, see :class:`DecoderOutput`)."""
         top = len(features) - 1
         h = self.mid(self.conv_in(z), features[top])
@@ -272,14 +320,18 @@ class VideoDecoder(nn.Module):
             if level > 0:
                 h = F.interpolate(h, scale_factor=(1.0, 2.0, 2.0), mode="nearest")
                 h = self.upsamples[i](h)
-        out = self.conv_out(self.norm_out(h))
-        if not self.warp:
-            return DecoderOutput(out)
-        size = out.shape[-2:]
-        flow = F.interpolate(flow, size=(out.shape[2], *size), mode="trilinear")
-        warped = warp_image(x0, flow).to(out.dtype)
-        content, gate = out[:, :-1], torch.sigmoid(out[:, -1:])
-        return DecoderOutput(channels_last(torch.lerp(content, warped, gate)), warped, flow)
+        h = self.norm_out(h)
+        frames = self.conv_out(h)
+        warped = None
+        if self.warp:
+            size = frames.shape[-2:]
+            flow = F.interpolate(flow, size=(frames.shape[2], *size), mode="trilinear")
+            warped = warp_image(x0, flow).to(frames.dtype)
+            content, gate = frames[:, :-1], torch.sigmoid(frames[:, -1:])
+            frames = torch.lerp(content, warped, gate)
+        if self.texture_channels:
+            frames = frames + self.texture_head(torch.cat([h, texture.to(h.dtype)], dim=1))
+        return DecoderOutput(channels_last(frames), warped, flow)
 
 
 class VideoAutoencoder(nn.Module):
@@ -303,6 +355,7 @@ class VideoAutoencoder(nn.Module):
             self.config.norm_eps,
         )
         self.decoder = VideoDecoder(self.config)
+        self.texture_encoder = TextureEncoder(self.config) if self.config.texture_channels else None
 
     def _check_frames(self, name: str, frames: torch.Tensor) -> None:
         check_tensor(name, frames, 5, "[B, C, T, H, W]")
@@ -325,9 +378,33 @@ class VideoAutoencoder(nn.Module):
         mean, logvar = (channels_last(m) for m in moments.chunk(2, dim=1))
         return EncoderOutput(DiagonalGaussian(mean, logvar))
 
-    def decode(self, z: torch.Tensor, x0: torch.Tensor) -> DecoderOutput:
+    def encode_texture(self, frames: torch.Tensor, x0: torch.Tensor) -> DiagonalGaussian:
+        """The posterior over the texture code: frames 1..T ``[B, C, T, H, W]`` and x0
+        ``[B, C, H, W]`` -> a Gaussian over ``[B, k, T, H, W]``. Only with
+        ``config.texture_channels``."""
+        if self.texture_encoder is None:
+            raise ValueError("this autoencoder has no texture code (texture_channels is 0)")
+        self._check_frames("frames", frames)
+        check_tensor("x0", x0, 4, "[B, C, H, W]")
+        mean, logvar = self.texture_encoder(frames, x0).chunk(2, dim=1)
+        return DiagonalGaussian(mean, logvar)
+
+    def texture_shape(self, z: torch.Tensor) -> tuple[int, int, int, int, int]:
+        """The texture code's shape ``(B, k, T, h f, w f)`` for ``z: [B, c_z, T, h, w]``."""
+        b, _, t, h, w = z.shape
+        f = self.config.downsample_factor
+        return (b, self.config.texture_channels, t, h * f, w * f)
+
+    def decode(
+        self, z: torch.Tensor, x0: torch.Tensor, texture: torch.Tensor | None = None
+    ) -> DecoderOutput:
         """z: ``[B, c_z, T, h, w]``; x0: first frame ``[B, C, h f, w f]``. Returns frames
-        1..T, ``[B, C, T, h f, w f]`` channels_last_3d."""
+        1..T, ``[B, C, T, h f, w f]`` channels_last_3d.
+
+        texture: with ``config.texture_channels`` k, the code ``[B, k, T, h f, w f]``: a
+        draw from N(0, I) when generating, the posterior's (:meth:`encode_texture`)
+        when rebuilding a clip. None decodes with the prior's mean (zeros): no fresh
+        texture. Must be None without a texture code."""
         check_tensor("z", z, 5, "[B, c_z, T, h, w]")
         check_tensor("x0", x0, 4, "[B, C, H, W]")
         cz, f = self.config.latent_channels, self.config.downsample_factor
@@ -340,8 +417,19 @@ class VideoAutoencoder(nn.Module):
                 f"x0 has shape {tuple(x0.shape)} but z {tuple(z.shape)} needs x0 of shape {want} "
                 f"[B, C, h*{f}, w*{f}]"
             )
+        k = self.config.texture_channels
+        if texture is not None and not k:
+            raise ValueError("texture given, but this autoencoder has no texture code")
+        if k:
+            if texture is None:
+                texture = x0.new_zeros(self.texture_shape(z))
+            elif tuple(texture.shape) != self.texture_shape(z):
+                raise ValueError(
+                    f"texture has shape {tuple(texture.shape)}, z {tuple(z.shape)} needs "
+                    f"{self.texture_shape(z)} [B, k, T, h*f, w*f]"
+                )
         features = self.cond_encoder(channels_last(x0))
-        return self.decoder(channels_last(z), features, x0)
+        return self.decoder(channels_last(z), features, x0, texture)
 
     def forward(
         self,
@@ -360,8 +448,12 @@ class VideoAutoencoder(nn.Module):
             generator: source of the draw.
 
         Returns:
-            :class:`AutoencoderOutput` with ``sample [B, C, T, H, W]`` and the posterior.
+            :class:`AutoencoderOutput` with ``sample [B, C, T, H, W]`` and the posteriors.
         """
         posterior = self.encode(frames).latent_dist
         z = posterior.sample(generator) if sample_posterior else posterior.mode()
-        return AutoencoderOutput(self.decode(z, x0).sample, posterior)
+        texture_dist = texture = None
+        if self.texture_encoder is not None:
+            texture_dist = self.encode_texture(frames, x0)
+            texture = texture_dist.sample(generator) if sample_posterior else texture_dist.mode()
+        return AutoencoderOutput(self.decode(z, x0, texture).sample, posterior, texture_dist)

@@ -95,6 +95,11 @@ class AutoencoderConfig:
         warp: the decoder also predicts a smooth displacement field per frame and
             blends x0 warped by it with its own output, so speckle moves with the
             tissue instead of being redrawn as its local mean.
+        texture_channels: channels k of a per-frame texture code
+            ``n: [B, k, T, H, W]`` at image resolution that the decoder mixes into its
+            frames: the speckle detail that neither x0 nor the coarse z can hold. The
+            encoder infers n's posterior from the clip; generation draws it from its
+            prior N(0, I). 0 (the default): no texture code.
     """
 
     in_channels: int = 1
@@ -105,11 +110,15 @@ class AutoencoderConfig:
     norm_groups: int = 8
     norm_eps: float = 1e-5
     warp: bool = False
+    texture_channels: int = 0
 
     def __post_init__(self) -> None:
         owner = "AutoencoderConfig"
         if not isinstance(self.warp, bool):
             raise ValueError(f"{owner}.warp must be a bool, got {self.warp!r}")
+        t = self.texture_channels
+        if not isinstance(t, int) or isinstance(t, bool) or t < 0:
+            raise ValueError(f"{owner}.texture_channels must be an int >= 0, got {t!r}")
         if self.in_channels not in (1, 3):
             raise ValueError(f"{owner}.in_channels must be 1 or 3, got {self.in_channels!r}")
         _positive_int(owner, "latent_channels", self.latent_channels)

@@ -3,7 +3,8 @@
 Clips are the config's num_frames + 1 frames (x0, then T), randomly cropped in time
 and space and flipped; the loss is L1 + KL (+ 1 - SSIM with --ssim-weight, + a 3-D
 patch discriminator's hinge term with --adv-weight, + the coarse L1 of x0 warped
-alone for a warping decoder, --warp-weight). At every checkpoint the val split is
+alone for a warping decoder, --warp-weight, + the texture code's KL,
+--texture-kl-weight). At every checkpoint the val split is
 scored (reconstruction PSNR/SSIM next to the "x0 repeated" baseline) and
 RUN/checkpoint is rewritten; its denoiser is untrained until
 train-diffusion. Ctrl-C or SIGTERM saves and stops; --resume continues exactly.
@@ -12,6 +13,9 @@ Under torchrun each process takes an equal share of the global batch (DDP).
 examples:
   lddm-fast phantom data/phantom --benign 200 --malignant 200 --normal 0 --layout busv
   lddm-fast train-ae --data data/phantom --out runs/ae --preset phantom64 --steps 3000
+  # add a texture code to a trained model; z (and stage 2) stay as they are
+  lddm-fast train-ae --data data/phantom --out runs/aet --config configs/phantom64-texture.json \\
+      --init runs/ae/checkpoint --freeze-encoder --steps 1000
   torchrun --nproc-per-node 8 -m lddm_fast train-ae --data busv --out runs/ae \\
       --preset busv128 --batch-size 64 --device cuda
 """
@@ -64,6 +68,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "otherwise; default 1.0)",
     )
 
+    parser.add_argument(
+        "--texture-kl-weight",
+        type=float,
+        default=0.1,
+        help="weight of KL(q(n)||N(0,I)) per pixel for a texture code (config "
+        "autoencoder.texture_channels; ignored otherwise). Near the L1's typical size "
+        "(0.1 on [-1, 1] frames) it is the ELBO of a Laplace likelihood, so draws from "
+        "the prior look like the codes the decoder learned from (default 0.1)",
+    )
+    parser.add_argument(
+        "--texture-kl-warmup",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="ramp the texture KL weight up from 0 over this many steps, so the decoder "
+        "learns to read the code before the KL can empty it (default 0: full weight "
+        "from the start)",
+    )
+    parser.add_argument(
+        "--init",
+        metavar="CHECKPOINT",
+        default=None,
+        help="start from this exported checkpoint's autoencoder weights (e.g. RUN/checkpoint); "
+        "modules the config adds to it (a texture code) start fresh",
+    )
+    parser.add_argument(
+        "--freeze-encoder",
+        action="store_true",
+        help="with --init: keep the z encoder fixed, so the latents and a stage-2 model "
+        "trained on them stay valid while the decoder learns",
+    )
+
 
 def run(args: argparse.Namespace) -> int:
     import json
@@ -102,12 +138,21 @@ def run(args: argparse.Namespace) -> int:
         adv_weight=args.adv_weight,
         adv_start=args.adv_start,
         warp_weight=args.warp_weight,
+        texture_kl_weight=args.texture_kl_weight,
+        texture_kl_warmup=args.texture_kl_warmup,
+        init=args.init,
+        freeze_encoder=args.freeze_encoder,
         eval_clips=args.eval_clips,
     )
     meta = run_meta(args, splits, digest)
     meta["losses"] = {"l1": 1.0, "kl": args.kl_weight, "ssim": args.ssim_weight}
     if config.autoencoder.warp:
         meta["losses"]["warp_coarse_l1"] = args.warp_weight
+    if config.autoencoder.texture_channels:
+        meta["losses"]["texture_kl"] = args.texture_kl_weight
+        meta["losses"]["texture_kl_warmup"] = args.texture_kl_warmup
+    if args.init is not None:
+        meta["init"] = {"checkpoint": str(args.init), "freeze_encoder": args.freeze_encoder}
     if args.adv_weight > 0:
         meta["losses"].update(adversarial=args.adv_weight, adversarial_start=args.adv_start)
     summary = train(
@@ -120,6 +165,7 @@ def run(args: argparse.Namespace) -> int:
             "data_sha256": digest,
             "config": config.to_dict(),
             "losses": meta["losses"],
+            **({"init": meta["init"]} if "init" in meta else {}),
             **region_fingerprint(args),
         },
     )

@@ -11,6 +11,13 @@ Loss per clip (frames 1..T rebuilt from z and x0):
   warped alone against the frames, on 4x and 8x average-pooled copies: speckle gives
   the displacement field a gradient only within a speckle size of the truth, the
   coarse anatomy (layers, lesion edges) over the whole motion range;
+- with a texture code (``AutoencoderConfig.texture_channels``), ``texture_kl_weight``
+  x KL(q(n) || N(0, I)) per pixel of the clip: generation draws n from the prior, so
+  its posterior has to stay close to it (the z term is much weaker because stage 2
+  learns z's distribution). The weight ramps up linearly over ``texture_kl_warmup``
+  steps: at full weight from the start, the KL empties the code before the decoder
+  has learned to read it (posterior collapse: measured, the code's KL fell from 1.5e-4
+  to 3e-6 per pixel in 60 steps while the L1 did not move);
 - from step ``adv_start`` on, ``adv_weight`` x an adaptive balance x the hinge loss of
   a 3-D patch discriminator (:mod:`~lddm_fast.train.discriminator`), which is trained
   in the same step; it is what makes the decoder draw speckle instead of its mean.
@@ -38,7 +45,12 @@ from lddm_fast.train.discriminator import (
 )
 from lddm_fast.train.export import export_checkpoint
 
-__all__ = ["AutoencoderObjective", "AutoencoderStage", "reconstruction_metrics"]
+__all__ = [
+    "AutoencoderObjective",
+    "AutoencoderStage",
+    "load_autoencoder_init",
+    "reconstruction_metrics",
+]
 
 
 class AutoencoderObjective(nn.Module):
@@ -50,13 +62,15 @@ class AutoencoderObjective(nn.Module):
 
     Returns:
         The scalar loss and its detached parts ``l1``, ``kl`` (per pixel), ``ssim``,
+        ``texture_kl`` (per pixel, with a texture code),
         and with the adversarial term ``adv_g``, ``adv_d``, ``adv_margin`` (mean real
         minus fake logit) and ``adv_balance`` (0 before ``adv_start``).
 
     The discriminator (``adv_weight > 0``) is a submodule, so the loop's optimizer and
     training-state saves carry it; the exported checkpoint holds the autoencoder only.
-    Its buffer ``steps_seen`` counts training forwards, saved with the state so a
-    resumed run switches the adversarial term on at the same step.
+    The buffer ``steps_seen`` (with the discriminator or a texture KL warm-up) counts
+    training forwards, saved with the state so a resumed run switches the adversarial
+    term on, and ramps the texture KL, at the same steps.
     """
 
     def __init__(
@@ -67,27 +81,40 @@ class AutoencoderObjective(nn.Module):
         adv_weight: float = 0.0,
         adv_start: int = 0,
         warp_weight: float = 1.0,
+        texture_kl_weight: float = 0.1,
+        texture_kl_warmup: int = 0,
     ):
         super().__init__()
         self.autoencoder = autoencoder
+        self.texture_kl_weight, self.texture_kl_warmup = texture_kl_weight, texture_kl_warmup
         self.kl_weight, self.ssim_weight = kl_weight, ssim_weight
         self.warp_weight = warp_weight if autoencoder.config.warp else 0.0
         self.adv_weight, self.adv_start = adv_weight, adv_start
         self.discriminator = None
         if adv_weight > 0:
             self.discriminator = PatchDiscriminator3d(autoencoder.config.in_channels)
+        if adv_weight > 0 or (autoencoder.texture_encoder is not None and texture_kl_warmup):
             self.register_buffer("steps_seen", torch.zeros((), dtype=torch.long))
 
-    def forward(self, clip: torch.Tensor, eps: torch.Tensor):
+    def forward(
+        self, clip: torch.Tensor, eps: torch.Tensor, texture_eps: torch.Tensor | None = None
+    ):
         x0, frames = clip[:, :, 0], clip[:, :, 1:]
         posterior = self.autoencoder.encode(frames).latent_dist
         z = posterior.mean + posterior.std * eps.to(posterior.mean.dtype)
-        decoded = self.autoencoder.decode(z, x0)
+        texture, texture_kl = None, None
+        if self.autoencoder.texture_encoder is not None:
+            q = self.autoencoder.encode_texture(frames, x0)
+            texture = q.mean + q.std * texture_eps.to(q.mean.dtype)
+            texture_kl = q.kl().mean() / frames[0].numel()
+        decoded = self.autoencoder.decode(z, x0, texture)
         rebuilt = decoded.sample.float()
         l1 = (rebuilt - frames).abs().mean()
         kl = posterior.kl().mean() / frames[0].numel()
         reconstruction = l1
         parts = {"l1": l1.detach(), "kl": kl.detach()}
+        if texture_kl is not None:
+            parts["texture_kl"] = texture_kl.detach()
         if self.warp_weight > 0:
             coarse = coarse_l1(decoded.warped.float(), frames)
             reconstruction = reconstruction + self.warp_weight * coarse
@@ -100,11 +127,19 @@ class AutoencoderObjective(nn.Module):
             reconstruction = reconstruction + self.ssim_weight * (1.0 - ssim)
             parts["ssim"] = ssim.detach()
         loss = reconstruction + self.kl_weight * kl
+        if texture_kl is not None:
+            loss = loss + self._texture_kl_weight() * texture_kl
         if self.discriminator is not None:
             loss = loss + self._adversarial(reconstruction, rebuilt, frames, x0, parts)
-            if self.training:
-                self.steps_seen += 1
+        if self.training and hasattr(self, "steps_seen"):
+            self.steps_seen += 1
         return loss, parts
+
+    def _texture_kl_weight(self) -> float:
+        if not self.texture_kl_warmup:
+            return self.texture_kl_weight
+        ramp = min(1.0, (int(self.steps_seen) + 1) / self.texture_kl_warmup)
+        return self.texture_kl_weight * ramp
 
     def _adversarial(self, reconstruction, rebuilt, frames, x0, parts) -> torch.Tensor:
         d_loss, margin = discriminator_hinge(self.discriminator, frames, rebuilt, x0)
@@ -118,6 +153,39 @@ class AutoencoderObjective(nn.Module):
         balance = adaptive_weight(reconstruction, g_loss, self.autoencoder.decoder.conv_out.weight)
         parts.update(adv_g=g_loss.detach(), adv_balance=balance)
         return self.adv_weight * balance * g_loss + d_loss
+
+
+def load_autoencoder_init(network: VideoAutoencoder, checkpoint: str | Path) -> list[str]:
+    """Copy an exported checkpoint's autoencoder weights into ``network``.
+
+    Every tensor of the checkpoint must exist in ``network`` with the same shape;
+    ``network``'s tensors the checkpoint lacks must all belong to modules its config
+    adds (the texture code's), and keep their initialisation. Returns those names.
+    """
+    from lddm_fast.models.checkpoint import from_pretrained
+
+    source = from_pretrained(checkpoint).autoencoder.state_dict()
+    target = network.state_dict()
+    for name, tensor in source.items():
+        if name not in target:
+            raise ValueError(
+                f"{checkpoint}: autoencoder tensor {name!r} has no place in this config"
+            )
+        if target[name].shape != tensor.shape:
+            raise ValueError(
+                f"{checkpoint}: autoencoder tensor {name!r} has shape {tuple(tensor.shape)}, "
+                f"this config's is {tuple(target[name].shape)}"
+            )
+    fresh = sorted(set(target) - set(source))
+    added = ("texture_encoder.", "decoder.texture_head.")
+    stray = [n for n in fresh if not n.startswith(added)]
+    if stray:
+        raise ValueError(
+            f"{checkpoint}: lacks autoencoder tensors this config needs beyond a texture code: "
+            f"{stray[:4]}{' ...' if len(stray) > 4 else ''}"
+        )
+    network.load_state_dict(source, strict=False)
+    return fresh
 
 
 def coarse_l1(video: torch.Tensor, target: torch.Tensor, factors=(4, 8)) -> torch.Tensor:
@@ -139,7 +207,7 @@ def reconstruction_metrics(
     batch_size: int = 8,
     rebuilt: list[torch.Tensor] | None = None,
 ) -> dict[str, float]:
-    """Held-out reconstruction of frames 1..T from the posterior mean, next to the
+    """Held-out reconstruction of frames 1..T from the posterior means, next to the
     "x0 repeated" baseline (what a decoder that ignored z would at best score).
 
     Args:
@@ -156,7 +224,10 @@ def reconstruction_metrics(
         clip = clip.to(device)
         x0, frames = clip[:, :, 0], clip[:, :, 1:]
         z = autoencoder.encode(frames).latent_dist.mode()
-        out = autoencoder.decode(z, x0).sample.float().clamp(-1, 1)
+        texture = None
+        if autoencoder.texture_encoder is not None:
+            texture = autoencoder.encode_texture(frames, x0).mode()
+        out = autoencoder.decode(z, x0, texture).sample.float().clamp(-1, 1)
         repeated = x0[:, :, None].expand_as(frames)
         psnr.append(psnr_clip(out, frames))
         ssim.append(ssim_clip(out, frames))
@@ -185,9 +256,16 @@ class AutoencoderStage:
         config: the whole model config (its autoencoder is trained; the denoiser is
             exported freshly initialised so the checkpoint is complete).
         train_clips, val_clips: the splits (:func:`lddm_fast.train.data.open_splits`).
-        kl_weight, ssim_weight, adv_weight, warp_weight: loss weights (see the module
-            docstring; ``warp_weight`` only counts for a warping decoder).
+        kl_weight, ssim_weight, adv_weight, warp_weight, texture_kl_weight: loss
+            weights (see the module docstring; ``warp_weight`` only counts for a
+            warping decoder, ``texture_kl_weight`` with a texture code).
         adv_start: step from which the decoder follows the discriminator.
+        texture_kl_warmup: steps over which the texture KL weight ramps up from 0.
+        init: an exported checkpoint (folder) whose autoencoder weights start the
+            run; modules this config has and it lacks (a texture code added to a
+            trained model) keep their fresh initialisation.
+        freeze_encoder: keep the z encoder fixed (with ``init``): the latents, and so
+            a stage-2 model trained on them, stay valid while the decoder learns.
         eval_clips: at most this many val clips are scored at each checkpoint.
         device: where evaluation runs.
     """
@@ -205,13 +283,30 @@ class AutoencoderStage:
         adv_weight: float = 0.0,
         adv_start: int = 0,
         warp_weight: float = 1.0,
+        texture_kl_weight: float = 0.1,
+        texture_kl_warmup: int = 0,
+        init: str | Path | None = None,
+        freeze_encoder: bool = False,
         eval_clips: int = 64,
         device: torch.device | str = "cpu",
     ) -> None:
         self.config = config
         self.network = VideoAutoencoder(config.autoencoder)
+        if init is not None:
+            load_autoencoder_init(self.network, init)
+        if freeze_encoder:
+            if init is None:
+                raise ValueError("freeze_encoder needs init: a random encoder would stay random")
+            self.network.encoder.requires_grad_(False)
         self.objective = AutoencoderObjective(
-            self.network, kl_weight, ssim_weight, adv_weight, adv_start, warp_weight
+            self.network,
+            kl_weight,
+            ssim_weight,
+            adv_weight,
+            adv_start,
+            warp_weight,
+            texture_kl_weight,
+            texture_kl_warmup,
         )
         self.dataset = SeededClips(train_clips)
         self.collate = collate
@@ -220,8 +315,14 @@ class AutoencoderStage:
 
     def inputs(self, batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
         c_z, t, h, w = self.config.latent_shape
-        eps = per_item_randn(item_generators(batch["seed"]), (c_z, t, h, w), device)
-        return {"clip": batch["clip"].to(device, non_blocking=True), "eps": eps}
+        generators = item_generators(batch["seed"])
+        eps = per_item_randn(generators, (c_z, t, h, w), device)
+        out = {"clip": batch["clip"].to(device, non_blocking=True), "eps": eps}
+        k = self.config.autoencoder.texture_channels
+        if k:
+            size = self.config.size
+            out["texture_eps"] = per_item_randn(generators, (k, t, size, size), device)
+        return out
 
     def evaluate(self, network: nn.Module, step: int) -> dict[str, float]:
         return reconstruction_metrics(network, self.val, next(network.parameters()).device)

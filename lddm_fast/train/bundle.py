@@ -6,11 +6,16 @@
         --data-command "lddm-fast phantom data/phantom64 ..." --out lddm_fast/assets/phantom64
 
 prints the sha256 table to put in :data:`lddm_fast.models.bundled.BUNDLED_SHA256`.
+
+``--autoencoder RUN/checkpoint`` swaps in an autoencoder fine-tuned from the
+checkpoint's own with ``train-ae --init ... --freeze-encoder`` (e.g. with a texture
+code added): its z encoder must be bit-identical, so the denoiser's latents are too.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -19,15 +24,54 @@ import torch
 
 from lddm_fast.data.atomic import atomic_folder
 from lddm_fast.data.digest import sha256_file
-from lddm_fast.models.checkpoint import from_pretrained, save_pretrained
+from lddm_fast.models.checkpoint import LDDMModels, from_pretrained, save_pretrained
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
-def bundle(checkpoint: Path, out: Path, *, dtype: torch.dtype, extra: dict) -> dict[str, str]:
-    """Write ``checkpoint`` to ``out`` with weights in ``dtype`` and ``extra`` merged
+def with_autoencoder(models: LDDMModels, checkpoint: Path) -> LDDMModels:
+    """``models`` with the autoencoder of ``checkpoint``, whose z encoder must equal
+    ``models``' bit for bit (a ``--freeze-encoder`` fine-tune of it): the denoiser
+    was trained on that encoder's latents, and the latent scale stays ``models``'."""
+    new = from_pretrained(checkpoint, dtype=next(models.autoencoder.parameters()).dtype)
+    old_encoder = models.autoencoder.encoder.state_dict()
+    for name, tensor in new.autoencoder.encoder.state_dict().items():
+        if name not in old_encoder or not torch.equal(old_encoder[name], tensor):
+            raise ValueError(
+                f"{checkpoint}: its z encoder differs from the checkpoint's at {name!r}; "
+                "only an autoencoder fine-tuned with --freeze-encoder keeps the denoiser's "
+                "latents valid"
+            )
+    config = dataclasses.replace(models.config, autoencoder=new.config.autoencoder)
+    meta = dict(models.meta)
+    meta["autoencoder"] = {
+        "checkpoint": str(Path(checkpoint).resolve()),
+        "sha256": new.meta["sha256"]["autoencoder.safetensors"],
+        "meta": {
+            k: new.meta.get(k)
+            for k in ("command", "steps", "wall_time_s", "heldout_metrics", "hardware", "init")
+        },
+        "replaces": models.meta.get("autoencoder"),
+    }
+    return LDDMModels(config, new.autoencoder, models.denoiser, meta)
+
+
+def bundle(
+    checkpoint: Path,
+    out: Path,
+    *,
+    dtype: torch.dtype,
+    extra: dict,
+    autoencoder: Path | None = None,
+) -> dict[str, str]:
+    """Write ``checkpoint`` (its autoencoder replaced by ``autoencoder``'s, see
+    :func:`with_autoencoder`) to ``out`` with weights in ``dtype`` and ``extra`` merged
     into meta.json; returns the sha256 of every file written."""
-    models = from_pretrained(checkpoint, dtype=dtype)
+    models = from_pretrained(checkpoint)
+    if autoencoder is not None:
+        models = with_autoencoder(models, autoencoder)
+    models.autoencoder.to(dtype)
+    models.denoiser.to(dtype)
     meta = {
         k: v
         for k, v in models.meta.items()
@@ -62,6 +106,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--data-command", default=None, help="the command that made the data")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float16")
+    parser.add_argument(
+        "--autoencoder",
+        type=Path,
+        default=None,
+        metavar="CHECKPOINT",
+        help="take the autoencoder from this checkpoint instead (trained with train-ae "
+        "--init CHECKPOINT --freeze-encoder: its z encoder must be identical)",
+    )
     args = parser.parse_args(argv)
     extra: dict = {}
     if args.report is not None:
@@ -76,7 +128,13 @@ def main(argv: list[str] | None = None) -> int:
             "size": info["config"]["size"],
             "frames": info["config"]["frames"],
         }
-    hashes = bundle(args.checkpoint, args.out, dtype=DTYPES[args.dtype], extra=extra)
+    hashes = bundle(
+        args.checkpoint,
+        args.out,
+        dtype=DTYPES[args.dtype],
+        extra=extra,
+        autoencoder=args.autoencoder,
+    )
     json.dump(hashes, sys.stdout, indent=4)
     print()
     return 0
