@@ -255,13 +255,17 @@ def test_bundle_swaps_in_a_fine_tuned_autoencoder_and_keeps_the_denoiser(tmp_pat
             p.add_(0.01)
     save_pretrained(tmp_path / "tuned", tuned)
 
-    bundle(
-        tmp_path / "stage2",
-        tmp_path / "out",
-        dtype=torch.float32,
-        extra={},
-        autoencoder=tmp_path / "tuned",
-    )
+    def swap(autoencoder: str, out: str) -> None:
+        stage2 = tmp_path / "stage2"
+        bundle(
+            stage2,
+            tmp_path / out,
+            dtype=torch.float32,
+            extra={},
+            autoencoder=tmp_path / autoencoder,
+        )
+
+    swap("tuned", "out")
     got = from_pretrained(tmp_path / "out")
     assert got.config.autoencoder.texture_channels == 2
     assert got.config.latent_scale == 0.5  # the denoiser's latents keep their scale
@@ -276,11 +280,5 @@ def test_bundle_swaps_in_a_fine_tuned_autoencoder_and_keeps_the_denoiser(tmp_pat
         next(tuned.autoencoder.encoder.parameters()).add_(1e-3)
     save_pretrained(tmp_path / "moved", tuned)
     with pytest.raises(ValueError, match="z encoder differs"):
-        bundle(
-            tmp_path / "stage2",
-            tmp_path / "out2",
-            dtype=torch.float32,
-            extra={},
-            autoencoder=tmp_path / "moved",
-        )
+        swap("moved", "out2")
     assert not (tmp_path / "out2").exists()
