@@ -2,6 +2,7 @@
 and the balance is the gradient-norm ratio it claims (a whole run with the term on:
 tests/train/test_train_resume.py)."""
 
+import pytest
 import torch
 
 from lddm_fast.train.discriminator import (
@@ -47,3 +48,31 @@ def test_adaptive_weight_is_the_ratio_of_the_gradient_norms_at_the_layer():
     got = adaptive_weight(rec, adv, layer.weight)
     torch.testing.assert_close(got, want)
     assert not got.requires_grad
+
+
+def test_the_critic_is_clipped_apart_from_the_network():
+    """A large critic gradient must not shrink the autoencoder's step."""
+    from lddm_fast.models import preset
+    from lddm_fast.models.autoencoder import VideoAutoencoder
+    from lddm_fast.train.autoencoder import AutoencoderObjective
+    from lddm_fast.train.loop import clip_gradients, gradient_clip_groups
+
+    ae = VideoAutoencoder(preset("tiny").autoencoder)
+    ae.encoder.requires_grad_(False)
+    objective = AutoencoderObjective(ae, kl_weight=1e-4, ssim_weight=0.0, adv_weight=0.5)
+    network, critic = gradient_clip_groups(objective)
+    assert {id(p) for p in critic} == {id(p) for p in objective.discriminator.parameters()}
+    assert {id(p) for p in network} == {id(p) for p in ae.parameters() if p.requires_grad}
+    for p in network:
+        p.grad = torch.full_like(p, 1e-4)
+    for p in critic:
+        p.grad = torch.full_like(p, 10.0)
+    want = [p.grad.clone() for p in network]
+    norm = clip_gradients([network, critic], 1.0)
+    assert norm == pytest.approx(1e-4 * sum(p.numel() for p in network) ** 0.5, rel=1e-4)
+    for p, g in zip(network, want, strict=True):
+        assert torch.equal(p.grad, g)  # below the limit: untouched
+    critic_norm = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in critic]))
+    assert critic_norm == pytest.approx(1.0, rel=1e-3)  # float32 sum of 10s
+    plain = AutoencoderObjective(ae, kl_weight=1e-4, ssim_weight=0.0)
+    assert len(gradient_clip_groups(plain)) == 1
