@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from lddm_fast import ops
+from lddm_fast.cpu_memory import retain_freed_memory
 from lddm_fast.data.regions import FIT_MODE, check_mode, image_views, read_views
 from lddm_fast.data.transforms import fit_image
 from lddm_fast.data.video_io import LUMA
@@ -214,7 +215,10 @@ class LDDMPipeline:
         backend: force one :mod:`lddm_fast.ops` backend for every op of a call (None:
             the default dispatch, or ``LDDM_BACKEND``).
 
-    The networks are moved to ``device`` / ``dtype`` and put in eval mode.
+    The networks are moved to ``device`` / ``dtype`` and put in eval mode. On the CPU
+    the process keeps freed memory for the next call
+    (:func:`lddm_fast.cpu_memory.retain_freed_memory`; ``LDDM_RETAIN_CPU_MEMORY=0``
+    turns that off).
     """
 
     def __init__(
@@ -227,6 +231,8 @@ class LDDMPipeline:
     ) -> None:
         self.device = _default_device(device)
         self.dtype = _default_dtype(self.device, dtype)
+        if self.device.type == "cpu":
+            retain_freed_memory()
         if backend is not None:
             with ops.use_backend(backend):  # raises BackendError for an unknown name
                 pass
