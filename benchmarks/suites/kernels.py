@@ -79,9 +79,34 @@ def _compiled(fn, name: str, notes: dict, enabled: bool):
 
 # Layouts timed for every shape: the model's (first, so a run stopped by a time limit
 # keeps those rows) and the contiguous one most callers hold (a plain torch.randn, a
-# diffusers video UNet), where a kernel can be several times slower.
+# diffusers video UNet), where a kernel can be several times slower. Attention takes q,
+# k, v as channel slices of one qkv tensor or as three tensors, in either layout.
 GN_LAYOUTS = {"channels_last_3d": torch.channels_last_3d, "contiguous": torch.contiguous_format}
-ATTENTION_LAYOUTS = ("qkv views, channels_last_3d", "qkv views, contiguous", "contiguous")
+ATTENTION_LAYOUTS = (
+    "qkv views, channels_last_3d",
+    "qkv views, contiguous",
+    "channels_last_3d",
+    "contiguous",
+)
+
+
+def _attention_inputs(
+    s, layout: str, device: str, dtype: torch.dtype, requires_grad: bool = False
+) -> tuple:
+    """q, k, v of shape s in `layout` (one of ATTENTION_LAYOUTS); with requires_grad the
+    leaves are the tensors the caller would hold (the qkv tensor for views)."""
+    fmt = torch.channels_last_3d if layout.endswith("channels_last_3d") else torch.contiguous_format
+    if layout.startswith("qkv views"):  # from a 1x1x1 conv: the model's layout
+        qkv = torch.randn(s.b, 3 * s.c, s.t, s.h, s.w, device=device).to(dtype)
+        return qkv.contiguous(memory_format=fmt).requires_grad_(requires_grad).chunk(3, dim=1)
+    # three separate tensors, as a diffusers block has them
+    return tuple(
+        torch.randn(s.shape, device=device)
+        .to(dtype)
+        .contiguous(memory_format=fmt)
+        .requires_grad_(requires_grad)
+        for _ in range(3)
+    )
 
 
 def group_norm_cases(device: str, dtype: torch.dtype, quick: bool, compile_: bool) -> list[Case]:
@@ -155,13 +180,7 @@ def attention_cases(device: str, dtype: torch.dtype, quick: bool, compile_: bool
     for layout, s in itertools.product(ATTENTION_LAYOUTS, shapes):
 
         def make(s=s, layout=layout):
-            if layout == "contiguous":  # three separate tensors, as a diffusers block has
-                return tuple(torch.randn(s.shape, device=device).to(dtype) for _ in range(3))
-            # q, k, v as views of one qkv tensor from a 1x1x1 conv (the model's layout).
-            qkv = torch.randn(s.b, 3 * s.c, s.t, s.h, s.w, device=device).to(dtype)
-            if layout.endswith("channels_last_3d"):
-                qkv = qkv.contiguous(memory_format=torch.channels_last_3d)
-            return qkv.chunk(3, dim=1)
+            return _attention_inputs(s, layout, device, dtype)
 
         heads = s.heads
         providers = {"eager": functools.partial(_eager_attention, heads=heads)}
@@ -317,14 +336,7 @@ def attention_training_cases(
     for layout, s in itertools.product(ATTENTION_LAYOUTS, shapes):
 
         def make(s=s, layout=layout):
-            if layout == "contiguous":
-                q, k, v = (torch.randn(s.shape, device=device).to(dtype) for _ in range(3))
-                q, k, v = (t.requires_grad_() for t in (q, k, v))
-            else:
-                qkv = torch.randn(s.b, 3 * s.c, s.t, s.h, s.w, device=device).to(dtype)
-                if layout.endswith("channels_last_3d"):
-                    qkv = qkv.contiguous(memory_format=torch.channels_last_3d)
-                q, k, v = qkv.requires_grad_().chunk(3, dim=1)
+            q, k, v = _attention_inputs(s, layout, device, dtype, requires_grad=True)
             dy = torch.randn(s.shape, device=device).to(dtype)
             return q, k, v, dy.contiguous(memory_format=attention_output_format(q))
 

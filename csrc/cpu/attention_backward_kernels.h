@@ -65,9 +65,9 @@ static inline void attend_backward(const float* __restrict__ q, const float* __r
   for (int64_t i = 0; i < T * D; ++i) dq[i] *= scale;
 }
 
-// Positions as in attention_impl: (b, y, x, head) when heads_inner, else (b, head, y, x)
-// with runs of up to kAttentionRun neighbouring pixels gathered together, so each cache
-// line of a contiguous [B, C, T, H, W] tensor serves the whole run.
+// Positions (b, y, x, head) when heads_inner, else (b, head, y, x) with runs of up to
+// kAttentionRun neighbouring pixels gathered together, so each cache line of a
+// contiguous [B, C, T, H, W] tensor serves the whole run.
 template <typename T>
 void attention_backward(const AttentionGrad<T>& a, int64_t first, int64_t count, float* work) {
   const int64_t heads = a.heads, D = a.D, T_len = a.T_len, H = a.H, W = a.W;

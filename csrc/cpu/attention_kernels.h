@@ -1,4 +1,4 @@
-// temporal_attention's CPU kernels: strided positions and channels-innermost pixels.
+// temporal_attention's CPU kernels: pixels in the vector lanes, and channels-innermost pixels.
 // See kernel_common.h for how the instruction-set builds include this.
 #pragma once
 
@@ -64,92 +64,161 @@ static inline void attend(const float* __restrict__ q, int64_t q_stride,
   }
 }
 
-// A run of up to kAttentionRun positions (b, head, y, x..x+run) at a time: gather
-// their [T, D] q/k/v through the strides into one float buffer set per position, laid
-// out so every inner loop of the math runs over contiguous memory (k transposed to
-// [D, T]: logits accumulate over keys j, the output over d), which the compiler
-// vectorizes without reassociating a reduction. Softmax in float. When pixels are
-// the innermost dimension (a contiguous [B, C, T, H, W] tensor), the gather and the
-// store walk the run's neighbouring pixels together: each cache line read serves the
-// whole run instead of one position (one position at a time read 4 bytes of every
-// 64-byte line, T * D * 3 lines per position). Positions in heads-inner order
-// (channels nearer than pixels) go one at a time.
-// kT > 0 fixes T at compile time (the denoiser's T=16), so the loops over keys
-// unroll into whole vector registers; kT == 0 takes T_len at run time.
-template <typename T, int kT>
-void attention_impl(const T* q, const T* k, const T* v, T* o, float* lse, Strides5 sq, Strides5 sk,
-                    Strides5 sv, Strides5 so, int64_t heads, int64_t D, int64_t T_run, int64_t H,
-                    int64_t W, int64_t first, int64_t count, float scale, bool heads_inner,
-                    float* work) {
-  const int64_t T_len = kT > 0 ? kT : T_run;
-  // The AVX2 head kernel (any T, D % 8 == 0) takes q transposed ([D, TP], frames
-  // padded to a multiple of 8 with zeros) and k as rows, and applies the scale itself.
-  const bool vector_heads = LDDM_AVX2 && D % 8 == 0;
-  const int64_t TP = (T_len + 7) / 8 * 8;
-  const int64_t per = attention_position_floats(T_len, D);
-  // Slot r of the run: qf [T, D] pre-scaled, or [D, TP]; kt [D, T], or [T, D] for the
-  // AVX2 kernel; vf [T, D]; of [T, D]; p [T, T] logits, then probabilities.
-  auto qf = [&](int64_t r) { return work + r * per; };
-  auto kt = [&](int64_t r) { return work + r * per + TP * D; };
-  auto vf = [&](int64_t r) { return work + r * per + 2 * TP * D; };
-  auto of = [&](int64_t r) { return work + r * per + 3 * TP * D; };
-  auto pp = [&](int64_t r) { return work + r * per + 4 * TP * D; };
-  if (vector_heads)
-    for (int64_t r = 0; r < kAttentionRun; ++r)
-      for (int64_t i = 0; i < TP * D; ++i) qf(r)[i] = 0.0f;  // the padding lanes stay 0
-  const int64_t end = first + count;
-  for (int64_t pos = first; pos < end;) {
-    int64_t b, h, y, x, run = 1;
-    if (heads_inner) {  // order (b, y, x, head)
-      h = pos % heads;
-      x = (pos / heads) % W;
-      y = (pos / (heads * W)) % H;
-      b = pos / (heads * W * H);
-    } else {  // order (b, head, y, x): the next positions are the next pixels of a row
-      x = pos % W;
-      y = (pos / W) % H;
-      h = (pos / (W * H)) % heads;
-      b = pos / (W * H * heads);
-      run = std::min({kAttentionRun, W - x, end - pos});
+// The portable lane_scores and lane_values (avx2_kernels.h), same buffers (q, k, v
+// [D, T, kAttentionLanes], s [T, T, kAttentionLanes], inv [T, kAttentionLanes], one pixel
+// per lane), every loop over the lanes innermost so the compiler vectorizes it without
+// reassociating a sum. Natural-base softmax.
+static inline void lane_scores_portable(const float* __restrict__ q, const float* __restrict__ k,
+                                        int64_t D, int64_t T, float scale,
+                                        float* __restrict__ s, float* __restrict__ inv,
+                                        float* lse, int64_t lse_t, int64_t lse_w, int64_t n) {
+  constexpr int64_t L = kAttentionLanes;
+  for (int64_t i = 0; i < T; ++i)
+    for (int64_t j = 0; j < T; ++j) {
+      float acc[L] = {};
+      for (int64_t d = 0; d < D; ++d) {
+        const float* qi = q + (d * T + i) * L;
+        const float* kj = k + (d * T + j) * L;
+#pragma omp simd
+        for (int64_t l = 0; l < L; ++l) acc[l] += qi[l] * kj[l];
+      }
+#pragma omp simd
+      for (int64_t l = 0; l < L; ++l) s[(i * T + j) * L + l] = acc[l] * scale;
     }
-    const T* qb = q + b * sq.b + h * D * sq.c + y * sq.h + x * sq.w;
-    const T* kb = k + b * sk.b + h * D * sk.c + y * sk.h + x * sk.w;
-    const T* vb = v + b * sv.b + h * D * sv.c + y * sv.h + x * sv.w;
-    T* ob = o + b * so.b + h * D * so.c + y * so.h + x * so.w;
+  for (int64_t i = 0; i < T; ++i) {
+    float* si = s + i * T * L;
+    float mx[L], sum[L] = {};
+    for (int64_t l = 0; l < L; ++l) mx[l] = si[l];
+    for (int64_t j = 1; j < T; ++j)
+#pragma omp simd
+      for (int64_t l = 0; l < L; ++l) mx[l] = si[j * L + l] > mx[l] ? si[j * L + l] : mx[l];
+    for (int64_t j = 0; j < T; ++j)
+#pragma omp simd
+      for (int64_t l = 0; l < L; ++l) {
+        si[j * L + l] = exp_approx(si[j * L + l] - mx[l]);
+        sum[l] += si[j * L + l];
+      }
+#pragma omp simd
+    for (int64_t l = 0; l < L; ++l) inv[i * L + l] = 1.0f / sum[l];
+    if (lse != nullptr)
+      for (int64_t l = 0; l < n; ++l) lse[i * lse_t + l * lse_w] = mx[l] + std::log(sum[l]);
+  }
+}
+
+template <typename U>
+static inline void lane_values_portable(const float* __restrict__ s, const float* __restrict__ inv,
+                                        const float* __restrict__ v, int64_t D, int64_t T, U* o,
+                                        int64_t o_d, int64_t o_t) {
+  constexpr int64_t L = kAttentionLanes;
+  for (int64_t d = 0; d < D; ++d)
+    for (int64_t i = 0; i < T; ++i) {
+      float acc[L] = {};
+      for (int64_t j = 0; j < T; ++j) {
+        const float* pij = s + (i * T + j) * L;
+        const float* vj = v + (d * T + j) * L;
+#pragma omp simd
+        for (int64_t l = 0; l < L; ++l) acc[l] += pij[l] * vj[l];
+      }
+      U* out = o + d * o_d + i * o_t;
+#pragma omp simd
+      for (int64_t l = 0; l < L; ++l) store(out + l, acc[l] * inv[i * L + l]);
+    }
+}
+
+// buf[x / L, d, t, x % L] = src[d * s.c + t * s.t + x * s.w] for the n pixels x of a
+// chunk: tiles [D, T, L] of L = kAttentionLanes pixels, zero past n (finite values: the
+// padding lanes' softmax stays defined, and is never stored). Each source row of the
+// chunk is read once, as whole cache lines where its pixels are adjacent.
+template <typename T>
+static inline void gather_tiles(const T* __restrict__ src, const Strides5& s, int64_t D,
+                                int64_t T_len, int64_t n, float* __restrict__ buf) {
+  constexpr int64_t L = kAttentionLanes;
+  const int64_t tile = D * T_len * L, full = n / L;
+  for (int64_t d = 0; d < D; ++d)
     for (int64_t t = 0; t < T_len; ++t) {
-      for (int64_t d = 0; d < D; ++d) {
-        const T* qtd = qb + t * sq.t + d * sq.c;
-        const T* ktd = kb + t * sk.t + d * sk.c;
-        const T* vtd = vb + t * sv.t + d * sv.c;
-        for (int64_t r = 0; r < run; ++r) {
-          if (vector_heads) {
-            qf(r)[d * TP + t] = load(qtd[r * sq.w]);
-            kt(r)[t * D + d] = load(ktd[r * sk.w]);
-          } else {
-            qf(r)[t * D + d] = load(qtd[r * sq.w]) * scale;
-            kt(r)[d * T_len + t] = load(ktd[r * sk.w]);
-          }
-          vf(r)[t * D + d] = load(vtd[r * sv.w]);
-        }
-      }
-    }
-    // Logsumexp rows [B, heads, T, H, W]: the run's pixels are neighbours along x.
-    float* lse_b = lse ? lse + (b * heads + h) * T_len * H * W + y * W + x : nullptr;
-    for (int64_t r = 0; r < run; ++r) {
-      float* lse_r = lse_b ? lse_b + r : nullptr;
+      const T* __restrict__ row = src + d * s.c + t * s.t;
+      float* __restrict__ out = buf + (d * T_len + t) * L;
+      if (s.w == 1) {
 #if LDDM_AVX2
-      if (vector_heads)
-        attend_head(qf(r), kt(r), D, vf(r), D, of(r), D, D, T_len, scale, pp(r), lse_r, H * W);
-      else
+        // Not the loop below: for float GCC made it 8 scalar moves (row and out may
+        // overlap as far as it knows), and the copy then cost as much as the math.
+        for (int64_t c = 0; c < full; ++c) _mm256_storeu_ps(out + c * tile, load8(row + c * L));
+#else
+        for (int64_t c = 0; c < full; ++c)
+#pragma omp simd
+          for (int64_t l = 0; l < L; ++l) out[c * tile + l] = load(row[c * L + l]);
 #endif
-        attend<kT>(qf(r), D, kt(r), vf(r), D, of(r), D, D, T_len, pp(r), lse_r, H * W);
-    }
-    for (int64_t t = 0; t < T_len; ++t)
-      for (int64_t d = 0; d < D; ++d) {
-        T* otd = ob + t * so.t + d * so.c;
-        for (int64_t r = 0; r < run; ++r) store(otd + r * so.w, of(r)[t * D + d]);
+      } else {
+        for (int64_t c = 0; c < full; ++c)
+          for (int64_t l = 0; l < L; ++l) out[c * tile + l] = load(row[(c * L + l) * s.w]);
       }
-    pos += run;
+      if (full * L < n)
+        for (int64_t l = 0; l < L; ++l)
+          out[full * tile + l] = full * L + l < n ? load(row[(full * L + l) * s.w]) : 0.0f;
+    }
+}
+
+// Channels not innermost (a contiguous [B, C, T, H, W] tensor, channel slices of one,
+// [B * T, C, H, W] frames seen as [B, C, T, H, W], other strided views): pixels go in
+// the vector lanes. One task is one head of a chunk of P = attention_lane_chunk(T, D)
+// neighbouring pixels of a row, (b, head, y, x0 ..) in that order. Its q, k, v are
+// copied into float tiles [D, T, lanes] of kAttentionLanes pixels, reading each (d, t)
+// row of the chunk once, and lane_scores / lane_values compute a tile without
+// transposes. Reading a tile's 8 pixels per row straight from the tensor instead read 32
+// bytes of each cache line, from rows T * H * W values apart (often a multiple of 4 KiB:
+// one L1 set, a page each), and cost more than the math. The output goes straight to
+// the tensor where a tile's pixels are adjacent in it, else through a float tile.
+template <typename T>
+void attention_lanes(const AttentionArgs<T>& a, int64_t first, int64_t count, float* work) {
+  constexpr int64_t L = kAttentionLanes;
+  const int64_t D = a.D, T_len = a.T_len, P = attention_lane_chunk(T_len, D);
+  const int64_t tile = D * T_len * L, chunk_floats = D * T_len * P;
+  const int64_t row_chunks = (a.W + P - 1) / P;
+  float* __restrict__ qb = work;  // q, k, v and output tiles: [P / L][D, T, L] each
+  float* __restrict__ kb = qb + chunk_floats;
+  float* __restrict__ vb = kb + chunk_floats;
+  float* __restrict__ ob = vb + chunk_floats;
+  float* __restrict__ s = ob + chunk_floats;        // [T, T, L] logits, then probabilities
+  float* __restrict__ inv = s + T_len * T_len * L;  // [T, L]
+  for (int64_t chunk = first; chunk < first + count; ++chunk) {
+    const int64_t x0 = chunk % row_chunks * P, y = chunk / row_chunks % a.H;
+    const int64_t h = chunk / (row_chunks * a.H) % a.heads;
+    const int64_t b = chunk / (row_chunks * a.H * a.heads);
+    const int64_t n = std::min(P, a.W - x0);
+    const auto at = [&](const Strides5& st) {
+      return b * st.b + h * D * st.c + y * st.h + x0 * st.w;
+    };
+    gather_tiles(a.q + at(a.sq), a.sq, D, T_len, n, qb);
+    gather_tiles(a.k + at(a.sk), a.sk, D, T_len, n, kb);
+    gather_tiles(a.v + at(a.sv), a.sv, D, T_len, n, vb);
+    T* out = a.o + at(a.so);
+    for (int64_t x = 0; x < n; x += L) {
+      const int64_t lanes = std::min(L, n - x), c = x / L;
+      float* lse = a.lse ? a.lse + b * a.sl.b + h * a.sl.c + y * a.sl.h + (x0 + x) * a.sl.w
+                         : nullptr;
+      const bool direct = a.so.w == 1 && lanes == L;
+#if LDDM_AVX2
+      lane_scores(qb + c * tile, kb + c * tile, D, T_len, a.scale, s, inv, lse, a.sl.t, a.sl.w,
+                  lanes);
+      if (direct)
+        lane_values(s, inv, vb + c * tile, D, T_len, out + x, a.so.c, a.so.t);
+      else
+        lane_values(s, inv, vb + c * tile, D, T_len, ob + c * tile, T_len * L, L);
+#else
+      lane_scores_portable(qb + c * tile, kb + c * tile, D, T_len, a.scale, s, inv, lse, a.sl.t,
+                           a.sl.w, lanes);
+      if (direct)
+        lane_values_portable(s, inv, vb + c * tile, D, T_len, out + x, a.so.c, a.so.t);
+      else
+        lane_values_portable(s, inv, vb + c * tile, D, T_len, ob + c * tile, T_len * L, L);
+#endif
+      if (!direct)
+        for (int64_t d = 0; d < D; ++d)
+          for (int64_t t = 0; t < T_len; ++t)
+            for (int64_t l = 0; l < lanes; ++l)
+              store(out + d * a.so.c + t * a.so.t + (x + l) * a.so.w,
+                    ob[c * tile + (d * T_len + t) * L + l]);
+    }
   }
 }
 
@@ -161,11 +230,12 @@ void attention_impl(const T* q, const T* k, const T* v, T* o, float* lse, Stride
 // With AVX2 and D % 8 == 0, q is copied transposed for attend_head and float outputs
 // are written in place.
 template <typename T, int kT>
-void attention_pixels_impl(const T* q, const T* k, const T* v, T* o, float* lse, Strides5 sq,
-                           Strides5 sk,
-                           Strides5 sv, Strides5 so, int64_t heads, int64_t D, int64_t T_run,
-                           int64_t H, int64_t W, int64_t first, int64_t count, float scale,
-                           float* work) {
+void attention_pixels_impl(const AttentionArgs<T>& a, int64_t first, int64_t count, float* work) {
+  const T *q = a.q, *k = a.k, *v = a.v;
+  T* o = a.o;
+  const Strides5 &sq = a.sq, &sk = a.sk, &sv = a.sv, &so = a.so;
+  const int64_t heads = a.heads, D = a.D, T_run = a.T_len, H = a.H, W = a.W;
+  const float scale = a.scale;
   const int64_t T_len = kT > 0 ? kT : T_run;
   const int64_t C = heads * D, TP = (T_len + 7) / 8 * 8;
   const bool vector_heads = LDDM_AVX2 && D % 8 == 0;
@@ -199,8 +269,8 @@ void attention_pixels_impl(const T* q, const T* k, const T* v, T* o, float* lse,
     };
     const T* qb = q + b * sq.b + y * sq.h + x * sq.w;
     T* ob = o + b * so.b + y * so.h + x * so.w;
-    const auto lse_at = [&](int64_t h) -> float* {  // head h's rows of [B, heads, T, H, W]
-      return lse ? lse + (b * heads + h) * T_len * H * W + y * W + x : nullptr;
+    const auto lse_at = [&](int64_t h) -> float* {  // head h's rows of the logsumexps
+      return a.lse ? a.lse + b * a.sl.b + h * a.sl.c + y * a.sl.h + x * a.sl.w : nullptr;
     };
     for (int64_t t = 0; t < T_len; ++t) {
       const T* kr = k + b * sk.b + t * sk.t + y * sk.h + x * sk.w;
@@ -223,10 +293,10 @@ void attention_pixels_impl(const T* q, const T* k, const T* v, T* o, float* lse,
         float* lse_h = lse_at(h);
         if constexpr (std::is_same_v<T, float>)
           attend_head(qp + c0 * TP, kp + c0, C, vp + c0, C, ob + c0, so.t, D, T_len, scale, p,
-                      lse_h, H * W);
+                      lse_h, a.sl.t);
         else
           attend_head(qp + c0 * TP, kp + c0, C, vp + c0, C, op + c0, C, D, T_len, scale, p,
-                      lse_h, H * W);
+                      lse_h, a.sl.t);
       }
       if constexpr (std::is_same_v<T, float>) continue;
     }
@@ -237,7 +307,7 @@ void attention_pixels_impl(const T* q, const T* k, const T* v, T* o, float* lse,
         prefetch_next(h * T_len / heads, (h + 1) * T_len / heads);
         for (int64_t t = 0; t < T_len; ++t)
           for (int64_t d = 0; d < D; ++d) kt[d * T_len + t] = kp[t * C + c0 + d];
-        attend<kT>(qp + c0, C, kt, vp + c0, C, op + c0, C, D, T_len, p, lse_at(h), H * W);
+        attend<kT>(qp + c0, C, kt, vp + c0, C, op + c0, C, D, T_len, p, lse_at(h), a.sl.t);
       }
     for (int64_t t = 0; t < T_len; ++t) {
 #pragma omp simd
@@ -247,29 +317,11 @@ void attention_pixels_impl(const T* q, const T* k, const T* v, T* o, float* lse,
 }
 
 template <typename T>
-void attention_pixels(const T* q, const T* k, const T* v, T* o, float* lse, Strides5 sq,
-                      Strides5 sk, Strides5 sv, Strides5 so, int64_t heads, int64_t D,
-                      int64_t T_len, int64_t H, int64_t W, int64_t first, int64_t count,
-                      float scale, float* work) {
-  if (T_len == 16)
-    attention_pixels_impl<T, 16>(q, k, v, o, lse, sq, sk, sv, so, heads, D, T_len, H, W, first,
-                                 count, scale, work);
+void attention_pixels(const AttentionArgs<T>& a, int64_t first, int64_t count, float* work) {
+  if (a.T_len == 16)
+    attention_pixels_impl<T, 16>(a, first, count, work);
   else
-    attention_pixels_impl<T, 0>(q, k, v, o, lse, sq, sk, sv, so, heads, D, T_len, H, W, first,
-                                count, scale, work);
-}
-
-template <typename T>
-void attention(const T* q, const T* k, const T* v, T* o, float* lse, Strides5 sq, Strides5 sk,
-               Strides5 sv, Strides5 so, int64_t heads, int64_t D, int64_t T_len, int64_t H,
-               int64_t W, int64_t first, int64_t count, float scale, bool heads_inner,
-               float* work) {
-  if (T_len == 16)
-    attention_impl<T, 16>(q, k, v, o, lse, sq, sk, sv, so, heads, D, T_len, H, W, first, count,
-                          scale, heads_inner, work);
-  else
-    attention_impl<T, 0>(q, k, v, o, lse, sq, sk, sv, so, heads, D, T_len, H, W, first, count,
-                         scale, heads_inner, work);
+    attention_pixels_impl<T, 0>(a, first, count, work);
 }
 
 }  // namespace LDDM_ISA_NAMESPACE

@@ -1,5 +1,5 @@
-// Torch-side helpers shared by the CPU temporal attention launchers (forward and
-// backward): a tensor's strides as the kernels take them, and the order they walk.
+// Torch-side helpers of the CPU temporal attention launchers: a tensor's strides as the
+// kernels take them (forward and backward), and the order the backward walks.
 #pragma once
 
 #include <ATen/core/Tensor.h>

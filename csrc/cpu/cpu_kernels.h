@@ -26,6 +26,21 @@ struct Strides5 {
   int64_t b, c, t, h, w;
 };
 
+// The tensors of one temporal attention forward: q, k, v read and o written, all
+// [B, C, T, H, W] at the given strides with C = heads * D; lse null, or the float
+// logsumexp of each query written at strides sl (its head stride in sl.c).
+template <typename T>
+struct AttentionArgs {
+  const T* q;
+  const T* k;
+  const T* v;
+  T* o;
+  float* lse;
+  Strides5 sq, sk, sv, so, sl;
+  int64_t heads, D, T_len, H, W;
+  float scale;
+};
+
 // The tensors of one temporal attention backward: q, k, v, the output gradient dout,
 // the forward's logsumexp lse ([B, heads, T, H, W] contiguous float), and the gradients
 // dq, dk, dv written; all [B, C, T, H, W] at the given strides.
@@ -89,24 +104,19 @@ struct Kernels {
                            const float* m, const float* r, const float* w, const float* b,
                            const float* s, const float* h, int64_t sh_step, bool silu,
                            const float* c1, const float* c2);
-  // Softmax attention over T for `count` consecutive positions starting at flat
-  // position `first`, ordered (b, y, x, head) when heads_inner (channels innermost in
-  // memory: all heads of a pixel are one contiguous read) else (b, head, y, x).
-  // q/k/v/o are [B, C, T, H, W] with C = heads * D and the given strides; work holds
-  // attention_work_floats(T, D) floats. lse, when not null, receives each query's
-  // log sum_j exp(scale q.k_j) (what the backward needs), [B, heads, T, H, W] contiguous.
-  void (*attention)(const T* q, const T* k, const T* v, T* o, float* lse, Strides5 sq,
-                    Strides5 sk, Strides5 sv, Strides5 so, int64_t heads, int64_t D,
-                    int64_t T_len, int64_t H, int64_t W, int64_t first, int64_t count,
-                    float scale, bool heads_inner, float* work);
-  // The same for `count` consecutive pixels (b, y, x) starting at `first`, all heads
-  // each, when every channel stride is 1; work holds attention_pixel_work_floats.
-  void (*attention_pixels)(const T* q, const T* k, const T* v, T* o, float* lse, Strides5 sq,
-                           Strides5 sk, Strides5 sv, Strides5 so, int64_t heads, int64_t D,
-                           int64_t T_len, int64_t H, int64_t W, int64_t first, int64_t count,
-                           float scale, float* work);
-  // Gradients of q, k, v for `count` consecutive positions from `first` (ordered as in
-  // attention), from the output gradient and the forward's logsumexp; work holds
+  // Softmax attention over T (scale * q.k_j logits); lse, when requested, is each
+  // query's log sum_j exp(scale q.k_j) (what the backward needs). Two walks of the
+  // same math: attention_pixels when every channel stride is 1, `count` consecutive
+  // pixels (b, y, x) from `first`, all heads each, work of attention_pixel_work_floats;
+  // attention_lanes otherwise, `count` consecutive chunks from `first` ordered (b, head,
+  // y, x / chunk), a chunk being one head of attention_lane_chunk(T, D) neighbouring
+  // pixels of a row (fewer at its end), work of attention_lane_work_floats.
+  void (*attention_pixels)(const AttentionArgs<T>& a, int64_t first, int64_t count,
+                           float* work);
+  void (*attention_lanes)(const AttentionArgs<T>& a, int64_t first, int64_t count, float* work);
+  // Gradients of q, k, v for `count` consecutive positions from `first`, ordered (b, y,
+  // x, head) when heads_inner (channels nearer than pixels in memory), else (b, head,
+  // y, x); from the output gradient and the forward's logsumexp; work holds
   // attention_grad_work_floats(T, D) floats.
   void (*attention_backward)(const AttentionGrad<T>& a, int64_t first, int64_t count,
                              float* work);
@@ -117,20 +127,29 @@ struct Kernels {
 
 // Buffers are sized for TP = T rounded up to a multiple of 8 frames (the AVX2 kernel's
 // padded query lanes); the probabilities take T + 1 rows of TP (its normalisers).
-// Positions the strided attention kernel gathers together (neighbouring pixels).
-inline constexpr int64_t kAttentionRun = 8;
-// Float buffers of one position of the strided attention kernel.
-inline int64_t attention_position_floats(int64_t T, int64_t D) {
-  const int64_t TP = (T + 7) / 8 * 8;
-  return 4 * TP * D + (T + 1) * TP;
-}
-inline int64_t attention_work_floats(int64_t T, int64_t D) {
-  return kAttentionRun * attention_position_floats(T, D);
-}
 inline int64_t attention_pixel_work_floats(int64_t T, int64_t C, int64_t D) {
   const int64_t TP = (T + 7) / 8 * 8;
   return 4 * TP * C + TP * D + (T + 1) * TP;
 }
+
+// Pixels per tile of attention_lanes: one 8-float vector of AVX2.
+inline constexpr int64_t kAttentionLanes = 8;
+// Pixels per task of attention_lanes, a multiple of the lanes: q, k and v tiles of at
+// most 64 Ki floats (256 KiB) each, and at most 64 pixels, a whole 8 x 8 latent frame
+// (one run of memory per (d, t) in a contiguous tensor). Measured single-threaded on the
+// kernels suite's shapes (T = 16, head_dim 32 and 64): 128 or 256 pixels ran up to 30%
+// slower (the tiles outgrow L2), 32 pixels up to 10% slower, 16 up to 20%.
+inline int64_t attention_lane_chunk(int64_t T, int64_t D) {
+  const int64_t P = 65536 / (D * T) / kAttentionLanes * kAttentionLanes;
+  return P < kAttentionLanes ? kAttentionLanes : (P > 64 ? 64 : P);
+}
+// The q, k, v and output tiles of a chunk, logits [T, T, lanes], normalisers [T, lanes].
+inline int64_t attention_lane_work_floats(int64_t T, int64_t D) {
+  return 4 * attention_lane_chunk(T, D) * D * T + kAttentionLanes * (T * T + T);
+}
+
+// Positions the attention backward gathers together (neighbouring pixels).
+inline constexpr int64_t kAttentionRun = 8;
 
 // Float buffers of one position of the attention backward: q (pre-scaled), k, v, dout,
 // dq, dk, dv as [T, D], and one query's probabilities and dP [T] each.

@@ -24,8 +24,8 @@ Kernels<T> make_kernels() {
   k.gn_grad_row_dx = &gn_grad_row_dx<T>;
   k.gn_grad_chunk_sums = &gn_grad_chunk_sums<T>;
   k.gn_grad_chunk_dx = &gn_grad_chunk_dx<T>;
-  k.attention = &attention<T>;
   k.attention_pixels = &attention_pixels<T>;
+  k.attention_lanes = &attention_lanes<T>;
   k.attention_backward = &attention_backward<T>;
   k.sampler_step = &sampler_step<T>;
   return k;

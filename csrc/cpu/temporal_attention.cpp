@@ -1,10 +1,10 @@
-// CPU temporal attention over strided [B, C, T, H, W] q/k/v: parallel over the
-// B * heads * H * W independent positions; no permute copies of the inputs.
+// CPU temporal attention over strided [B, C, T, H, W] q/k/v, parallel over independent
+// pixels (channels innermost) or chunks of one head's pixels (any other layout); no
+// permute copies of the inputs.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
-#include <algorithm>
-#include <cstdlib>
+#include <memory>
 #include <tuple>
 #include <vector>
 
@@ -17,36 +17,57 @@
 namespace lddm {
 namespace {
 
-using cpu::heads_inner;
 using cpu::strides_of;
 
-// lse: null, or the float [B, heads, T, H, W] logsumexp output.
+// lse: undefined, or the float [B, heads, T, H, W] logsumexp output.
 template <typename scalar_t>
 void run(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& o,
-         float* lse, int64_t heads, float scale) {
+         const at::Tensor& lse, int64_t heads, float scale) {
   using T = typename cpu::StorageOf<scalar_t>::type;
   const auto& kern = cpu::select_kernels<T>();
+  const bool channels_inner =
+      q.stride(1) == 1 && k.stride(1) == 1 && v.stride(1) == 1 && o.stride(1) == 1;
   const int64_t B = q.size(0), C = q.size(1), T_len = q.size(2), H = q.size(3), W = q.size(4);
   const int64_t D = C / heads;
-  const auto sq = strides_of(q), sk = strides_of(k), sv = strides_of(v), so = strides_of(o);
-  const T* qp = cpu::storage(q.const_data_ptr<scalar_t>());
-  const T* kp = cpu::storage(k.const_data_ptr<scalar_t>());
-  const T* vp = cpu::storage(v.const_data_ptr<scalar_t>());
-  T* op = cpu::storage(o.mutable_data_ptr<scalar_t>());
-  if (sq.c == 1 && sk.c == 1 && sv.c == 1 && so.c == 1) {
+  cpu::AttentionArgs<T> a{cpu::storage(q.const_data_ptr<scalar_t>()),
+                          cpu::storage(k.const_data_ptr<scalar_t>()),
+                          cpu::storage(v.const_data_ptr<scalar_t>()),
+                          cpu::storage(o.mutable_data_ptr<scalar_t>()),
+                          lse.defined() ? lse.mutable_data_ptr<float>() : nullptr,
+                          strides_of(q),
+                          strides_of(k),
+                          strides_of(v),
+                          strides_of(o),
+                          lse.defined() ? strides_of(lse) : cpu::Strides5{},
+                          heads,
+                          D,
+                          T_len,
+                          H,
+                          W,
+                          scale};
+  if (channels_inner) {
     at::parallel_for(0, B * H * W, 4, [&](int64_t begin, int64_t end) {
       std::vector<float> work(cpu::attention_pixel_work_floats(T_len, C, D));
-      kern.attention_pixels(qp, kp, vp, op, lse, sq, sk, sv, so, heads, D, T_len, H, W, begin,
-                            end - begin, scale, work.data());
+      kern.attention_pixels(a, begin, end - begin, work.data());
     });
     return;
   }
-  const int64_t positions = B * heads * H * W;
-  const bool inner = heads_inner(sq);
-  at::parallel_for(0, positions, 16, [&](int64_t begin, int64_t end) {
-    std::vector<float> work(cpu::attention_work_floats(T_len, D));
-    kern.attention(qp, kp, vp, op, lse, sq, sk, sv, so, heads, D, T_len, H, W, begin,
-                   end - begin, scale, inner, work.data());
+  // Frames whose rows follow each other in memory in every tensor are one long row, so
+  // the tiles fill their lanes across row ends and a chunk is one run of memory (rows of
+  // 4 or 12 pixels would leave lanes empty).
+  const auto rows_follow = [&](const cpu::Strides5& s) { return s.h == W * s.w; };
+  if (rows_follow(a.sq) && rows_follow(a.sk) && rows_follow(a.sv) && rows_follow(a.so) &&
+      (!lse.defined() || rows_follow(a.sl))) {
+    a.W = H * W;
+    a.H = 1;
+  }
+  const int64_t chunk = cpu::attention_lane_chunk(T_len, D);
+  const int64_t chunks = B * heads * a.H * ((a.W + chunk - 1) / chunk);
+  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    // Not value-initialised: every tile is written before it is read, and zeroing up to
+    // 1 MiB per call would be wasted.
+    std::unique_ptr<float[]> work(new float[cpu::attention_lane_work_floats(T_len, D)]);
+    kern.attention_lanes(a, begin, end - begin, work.get());
   });
 }
 
@@ -69,8 +90,9 @@ void check_attention_args(const at::Tensor& q, const at::Tensor& k, const at::Te
                     " must be a positive divisor of C=", C);
 }
 
+// lse: undefined, or the logsumexp output (see run).
 at::Tensor attention_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                             int64_t num_heads, double scale, float* lse) {
+                             int64_t num_heads, double scale, const at::Tensor& lse) {
   at::Tensor o = at::empty(q.sizes(), q.options().memory_format(attention_output_format(q)));
   poison_if_requested(o);
   if (o.numel() == 0) return o;
@@ -86,7 +108,7 @@ at::Tensor attention_forward(const at::Tensor& q, const at::Tensor& k, const at:
 at::Tensor temporal_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                   int64_t num_heads, double scale) {
   check_attention_args(q, k, v, num_heads);
-  return attention_forward(q, k, v, num_heads, scale, nullptr);
+  return attention_forward(q, k, v, num_heads, scale, at::Tensor());
 }
 
 std::tuple<at::Tensor, at::Tensor> temporal_attention_lse_cpu(const at::Tensor& q,
@@ -97,7 +119,7 @@ std::tuple<at::Tensor, at::Tensor> temporal_attention_lse_cpu(const at::Tensor& 
   const int64_t B = q.size(0), T = q.size(2), H = q.size(3), W = q.size(4);
   at::Tensor lse = at::empty({B, num_heads, T, H, W}, q.options().dtype(at::kFloat));
   poison_if_requested(lse);
-  at::Tensor o = attention_forward(q, k, v, num_heads, scale, lse.mutable_data_ptr<float>());
+  at::Tensor o = attention_forward(q, k, v, num_heads, scale, lse);
   return {o, lse};
 }
 

@@ -72,6 +72,60 @@ def layout(x: torch.Tensor, fmt: str) -> torch.Tensor:
     return x
 
 
+# Layouts of temporal attention's q, k, v (see attention_qkv).
+ATTENTION_FORMATS = [
+    "contiguous",
+    "qkv_views",
+    "qkv_views_cl",
+    "frames",
+    "frames_cl",
+    "transposed_hw",
+    "mixed",
+    "misaligned",
+]
+
+
+def attention_qkv(B, C, T, hw, fmt, dtype, device="cpu"):
+    """Fresh random q, k, v of shape [B, C, T, *hw] in one of ATTENTION_FORMATS:
+    contiguous (three tensors, as a diffusers block holds them); qkv_views (channel
+    slices of one contiguous [B, 3C, T, H, W] tensor); qkv_views_cl (the same from a
+    channels_last_3d one: the model's layout); frames ([B * T, C, H, W] frames seen as
+    [B, C, T, H, W]); frames_cl (the same from channels_last frames: 4-D channels-last
+    memory); transposed_hw (pixels of a column adjacent); mixed (three unrelated layouts,
+    one with channels 2 apart); misaligned (contiguous, data one element past a 16-byte
+    boundary)."""
+
+    def rand(*size):
+        return torch.randn(*size, device=device).to(dtype)
+
+    if fmt == "contiguous":
+        return [rand(B, C, T, *hw) for _ in range(3)]
+    if fmt == "frames":
+        return [rand(B, T, C, *hw).transpose(1, 2) for _ in range(3)]
+    if fmt == "frames_cl":
+        return [
+            rand(B * T, C, *hw)
+            .contiguous(memory_format=torch.channels_last)
+            .view(B, T, C, *hw)
+            .transpose(1, 2)
+            for _ in range(3)
+        ]
+    if fmt == "transposed_hw":
+        return [rand(B, C, T, *hw[::-1]).transpose(3, 4) for _ in range(3)]
+    if fmt == "mixed":
+        k = rand(B, C, T, *hw).contiguous(memory_format=torch.channels_last_3d)
+        v = rand(B, T, *hw, 2 * C).permute(0, 4, 1, 2, 3)[:, ::2]
+        return [rand(B, C, T, *hw), k, v]
+    if fmt == "misaligned":
+        return [misaligned(rand(B, C, T, *hw)) for _ in range(3)]
+    qkv = rand(B, 3 * C, T, *hw)
+    if fmt == "qkv_views_cl":
+        qkv = qkv.contiguous(memory_format=torch.channels_last_3d)
+    elif fmt != "qkv_views":
+        raise ValueError(fmt)
+    return list(qkv.chunk(3, dim=1))
+
+
 def d64(t):
     return None if t is None else t.double()
 

@@ -8,7 +8,15 @@ from functools import partial
 
 import pytest
 import torch
-from parity import SPATIAL_FORMS, check, layout, rel, spatial_modulation
+from parity import (
+    ATTENTION_FORMATS,
+    SPATIAL_FORMS,
+    attention_qkv,
+    check,
+    layout,
+    rel,
+    spatial_modulation,
+)
 
 from lddm_fast import ops
 
@@ -135,23 +143,12 @@ def _attn_fn(heads):
     return fn
 
 
-def _qkv(B, C, T, hw, fmt, dtype):
-    if fmt == "contiguous":
-        return [torch.randn(B, C, T, *hw).to(dtype) for _ in range(3)]
-    if fmt == "transposed_hw":
-        return [torch.randn(B, C, T, *hw[::-1]).to(dtype).transpose(3, 4) for _ in range(3)]
-    qkv = torch.randn(B, 3 * C, T, *hw).to(dtype)
-    if fmt == "qkv_views_cl":
-        qkv = qkv.contiguous(memory_format=torch.channels_last_3d)
-    return list(qkv.chunk(3, dim=1))
-
-
 @pytest.mark.parametrize("T,heads,d,hw", ATTN_CASES)
 @pytest.mark.parametrize("fmt", ["contiguous", "qkv_views", "qkv_views_cl", "transposed_hw"])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_temporal_attention_grad(T, heads, d, hw, fmt, dtype, isa):
     B, C = 2, heads * d
-    q, k, v = _qkv(B, C, T, hw, fmt, dtype)
+    q, k, v = attention_qkv(B, C, T, hw, fmt, dtype)
     # An output gradient in yet another layout (channels-last), read through its strides.
     go = torch.randn(B, C, T, *hw).to(dtype).contiguous(memory_format=torch.channels_last_3d)
     check_grads(_attn_fn(heads), [q, k, v], go)
@@ -172,8 +169,10 @@ def test_temporal_attention_grad_through_qkv_views(isa):
     assert rel(leaf.grad, ref.grad) <= 1e-5
 
 
-def test_logsumexp_matches_reference(isa):
-    q, k, v = _qkv(2, 24, 7, (3, 5), "qkv_views_cl", torch.float32)
+@pytest.mark.parametrize("hw", [(3, 5), (9, 9)])  # 81 pixels: a 64-pixel chunk, then 17
+@pytest.mark.parametrize("fmt", ATTENTION_FORMATS)
+def test_logsumexp_matches_reference(fmt, hw, isa):
+    q, k, v = attention_qkv(2, 24, 7, hw, fmt, torch.float32)
     out, lse = torch.ops.lddm.temporal_attention_lse(q, k, v, 2, 0.3)
     B, C, T, H, W = q.shape
     qs, ks = (t.double().reshape(B, 2, C // 2, T, H, W) for t in (q, k))

@@ -5,7 +5,17 @@ AVX2)."""
 
 import pytest
 import torch
-from parity import FP32_TOL, SPATIAL_FORMS, check, check_group_norm, layout, rel, spatial_modulation
+from parity import (
+    ATTENTION_FORMATS,
+    FP32_TOL,
+    SPATIAL_FORMS,
+    attention_qkv,
+    check,
+    check_group_norm,
+    layout,
+    rel,
+    spatial_modulation,
+)
 
 from lddm_fast import ops
 from lddm_fast.layout import attention_output_format, memory_format_of
@@ -133,29 +143,23 @@ def test_group_norm_no_affine_matches_torch(isa):
 
 ATTN_CASES = [
     (7, 2, 24, (3, 5)),  # odd T, head_dim 24
+    (7, 3, 5, (3, 5)),  # odd channel count (C = 15), head_dim 5
     (1, 1, 16, (2, 2)),  # T = 1
     (16, 4, 32, (1, 1)),  # 1-pixel frames
     (17, 3, 16, (2, 3)),
     (16, 2, 64, (3, 2)),  # the denoiser's T, head_dim 64
     (9, 2, 12, (2, 3)),  # head_dim not a multiple of 8: the portable loops in every build
-    (5, 2, 16, (3, 11)),  # rows longer than the strided kernel's runs of 8 pixels
+    (5, 2, 16, (3, 11)),  # rows of 11 pixels: tiles across row ends, a partial last tile
+    (16, 2, 40, (9, 9)),  # head_dim 40 (a 32-channel slice and 8); chunks of 48 + 33 pixels
+    (3, 1, 8, (13, 13)),  # 169 pixels: 64-pixel chunks and a partial one
 ]
 
 
 @pytest.mark.parametrize("T,heads,d,hw", ATTN_CASES)
-@pytest.mark.parametrize("fmt", ["contiguous", "qkv_views", "qkv_views_cl", "transposed_hw"])
+@pytest.mark.parametrize("fmt", ATTENTION_FORMATS)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_temporal_attention(T, heads, d, hw, fmt, dtype, isa):
-    B, C = 2, heads * d
-    if fmt == "contiguous":
-        q, k, v = (torch.randn(B, C, T, *hw).to(dtype) for _ in range(3))
-    elif fmt == "transposed_hw":  # pixels of a row hw[1] apart: strided runs
-        q, k, v = (torch.randn(B, C, T, *hw[::-1]).to(dtype).transpose(3, 4) for _ in range(3))
-    else:
-        qkv = torch.randn(B, 3 * C, T, *hw).to(dtype)
-        if fmt == "qkv_views_cl":
-            qkv = qkv.contiguous(memory_format=torch.channels_last_3d)
-        q, k, v = qkv.chunk(3, dim=1)
+    q, k, v = attention_qkv(2, heads * d, T, hw, fmt, dtype)
     y = ops.temporal_attention(q, k, v, num_heads=heads, backend="cpp")
     eager = ops.temporal_attention(q, k, v, num_heads=heads, backend="reference")
     ref = ops.temporal_attention(
