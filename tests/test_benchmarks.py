@@ -257,3 +257,16 @@ def test_train_suite_times_a_step_per_backend_with_grad_parity(monkeypatch, tmp_
             assert by[name]["parity_ok"] and by[name]["clips_per_s"] > 0, by[name]
         # The default training backend is one with a backward (cpp on this CPU).
         assert by["default"]["default_backends"]["group_norm"] != "none"
+
+
+def test_synthesis_suite_times_the_engine_against_the_sampler(monkeypatch, tmp_path):
+    run = _load_run_module()
+    monkeypatch.setattr(run.harness, "measure_ceilings", lambda device, quick: {"copy_gbs": 10.0})
+    out = tmp_path / "bench.json"
+    argv = ["--suite", "synthesis", "--device", "cpu", "--quick", "--no-compile"]
+    assert run.main([*argv, "--filter", "tiny", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["results"]
+    by = {r["provider"]: r for r in rows if r["op"] == "synthesize"}
+    assert set(by) == {"sampler only", "engine"}
+    for r in by.values():
+        assert r["parity_ok"] and r["median_ms"] > 0 and r["faults_per_call"] >= 0, r

@@ -70,7 +70,7 @@ def cases(device: str, dtype: torch.dtype, quick: bool, compile_: bool = True) -
             images = torch.stack(
                 [load_image(i.path, sampler.size, sampler.channels) for i in items]
             )
-            return images, [seeds.video_seed(SEED, i.rel, 0) for i in items]
+            return images, [seeds.input_video_seed(SEED, i.rel, 0) for i in items]
 
         def sampler_only(images, video_seeds, sampler=sampler, batch=batch):
             parts = [
