@@ -117,6 +117,10 @@ def run(args: argparse.Namespace) -> int:
     from lddm_fast.train.data import data_hash, open_splits
     from lddm_fast.train.loop import train
 
+    if args.freeze_encoder and args.init is None:
+        raise SystemExit(
+            "error: --freeze-encoder needs --init CHECKPOINT (a random encoder would stay random)"
+        )
     setup_logging()
     config = resolve_config(args)
     splits = open_splits(
@@ -129,21 +133,24 @@ def run(args: argparse.Namespace) -> int:
     digest = data_hash(args.data, splits.train, splits.val)
     s = settings(args)
     torch.manual_seed(args.seed)
-    stage = AutoencoderStage(
-        config,
-        splits.train,
-        splits.val,
-        kl_weight=args.kl_weight,
-        ssim_weight=args.ssim_weight,
-        adv_weight=args.adv_weight,
-        adv_start=args.adv_start,
-        warp_weight=args.warp_weight,
-        texture_kl_weight=args.texture_kl_weight,
-        texture_kl_warmup=args.texture_kl_warmup,
-        init=args.init,
-        freeze_encoder=args.freeze_encoder,
-        eval_clips=args.eval_clips,
-    )
+    try:
+        stage = AutoencoderStage(
+            config,
+            splits.train,
+            splits.val,
+            kl_weight=args.kl_weight,
+            ssim_weight=args.ssim_weight,
+            adv_weight=args.adv_weight,
+            adv_start=args.adv_start,
+            warp_weight=args.warp_weight,
+            texture_kl_weight=args.texture_kl_weight,
+            texture_kl_warmup=args.texture_kl_warmup,
+            init=args.init,
+            freeze_encoder=args.freeze_encoder,
+            eval_clips=args.eval_clips,
+        )
+    except ValueError as err:  # an --init checkpoint that does not fit this config
+        raise SystemExit(f"error: {err}") from None
     meta = run_meta(args, splits, digest)
     meta["losses"] = {"l1": 1.0, "kl": args.kl_weight, "ssim": args.ssim_weight}
     if config.autoencoder.warp:
