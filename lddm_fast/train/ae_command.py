@@ -117,10 +117,6 @@ def run(args: argparse.Namespace) -> int:
     from lddm_fast.train.data import data_hash, open_splits
     from lddm_fast.train.loop import train
 
-    if args.freeze_encoder and args.init is None:
-        raise SystemExit(
-            "error: --freeze-encoder needs --init CHECKPOINT (a random encoder would stay random)"
-        )
     setup_logging()
     config = resolve_config(args)
     splits = open_splits(
@@ -149,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
             freeze_encoder=args.freeze_encoder,
             eval_clips=args.eval_clips,
         )
-    except ValueError as err:  # an --init checkpoint that does not fit this config
+    except ValueError as err:  # --init: a checkpoint that does not fit, or none given
         raise SystemExit(f"error: {err}") from None
     meta = run_meta(args, splits, digest)
     meta["losses"] = {"l1": 1.0, "kl": args.kl_weight, "ssim": args.ssim_weight}

@@ -296,7 +296,10 @@ class AutoencoderStage:
             load_autoencoder_init(self.network, init)
         if freeze_encoder:
             if init is None:
-                raise ValueError("freeze_encoder needs init: a random encoder would stay random")
+                raise ValueError(
+                    "freezing the encoder needs an init checkpoint (--init): a random "
+                    "encoder would stay random"
+                )
             self.network.encoder.requires_grad_(False)
         self.objective = AutoencoderObjective(
             self.network,

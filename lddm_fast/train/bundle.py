@@ -25,6 +25,7 @@ import torch
 from lddm_fast.data.atomic import atomic_folder
 from lddm_fast.data.digest import sha256_file
 from lddm_fast.models.checkpoint import LDDMModels, from_pretrained, save_pretrained
+from lddm_fast.train.export import autoencoder_record
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -45,12 +46,7 @@ def with_autoencoder(models: LDDMModels, checkpoint: Path) -> LDDMModels:
     config = dataclasses.replace(models.config, autoencoder=new.config.autoencoder)
     meta = dict(models.meta)
     meta["autoencoder"] = {
-        "checkpoint": str(Path(checkpoint).resolve()),
-        "sha256": new.meta["sha256"]["autoencoder.safetensors"],
-        "meta": {
-            k: new.meta.get(k)
-            for k in ("command", "steps", "wall_time_s", "heldout_metrics", "hardware", "init")
-        },
+        **autoencoder_record(checkpoint, new),
         "replaces": models.meta.get("autoencoder"),
     }
     return LDDMModels(config, new.autoencoder, models.denoiser, meta)

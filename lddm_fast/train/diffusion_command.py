@@ -106,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
         cache_key,
         latent_scale,
     )
+    from lddm_fast.train.export import autoencoder_record
     from lddm_fast.train.loop import train
 
     setup_logging()
@@ -166,14 +167,7 @@ def run(args: argparse.Namespace) -> int:
         device=device,
     )
     meta = run_meta(args, splits, digest)
-    meta["autoencoder"] = {
-        "checkpoint": str(ckpt.resolve()),
-        "sha256": ae_sha,
-        "meta": {
-            k: loaded.meta.get(k)
-            for k in ("command", "steps", "wall_time_s", "heldout_metrics", "hardware")
-        },
-    }
+    meta["autoencoder"] = autoencoder_record(ckpt, loaded)
     meta["latent_scale"] = scale
     meta["latent_cache"] = {"variants": args.cache_variants} if cache is not None else None
     summary = train(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -13,7 +14,7 @@ from lddm_fast.models.checkpoint import LDDMModels, save_pretrained
 from lddm_fast.models.config import LDDMConfig
 from lddm_fast.models.denoiser import LatentDenoiser
 
-__all__ = ["export_checkpoint"]
+__all__ = ["autoencoder_record", "export_checkpoint"]
 
 
 def export_checkpoint(
@@ -34,3 +35,14 @@ def export_checkpoint(
     models = LDDMModels(config, autoencoder, denoiser)
     with atomic_folder(directory) as tmp:
         save_pretrained(tmp, models, meta=meta)
+
+
+def autoencoder_record(checkpoint: str | os.PathLike, loaded: LDDMModels) -> dict[str, Any]:
+    """What a checkpoint's ``meta.json`` says of the autoencoder it was built on: the
+    folder, its weights' sha256 and how that autoencoder was trained."""
+    keys = ("command", "steps", "wall_time_s", "heldout_metrics", "hardware", "init")
+    return {
+        "checkpoint": str(Path(checkpoint).resolve()),
+        "sha256": loaded.meta["sha256"]["autoencoder.safetensors"],
+        "meta": {k: loaded.meta.get(k) for k in keys},
+    }

@@ -270,6 +270,9 @@ def test_bundle_swaps_in_a_fine_tuned_autoencoder_and_keeps_the_denoiser(tmp_pat
     assert got.config.autoencoder.texture_channels == 2
     assert got.config.latent_scale == 0.5  # the denoiser's latents keep their scale
     assert got.meta["autoencoder"]["replaces"] is None
+    tuned_meta = from_pretrained(tmp_path / "tuned").meta
+    assert got.meta["autoencoder"]["sha256"] == tuned_meta["sha256"]["autoencoder.safetensors"]
+    assert got.meta["autoencoder"]["checkpoint"] == str((tmp_path / "tuned").resolve())
     for name, p in base.denoiser.state_dict().items():
         assert torch.equal(got.denoiser.state_dict()[name], p), name
     for name, p in tuned.autoencoder.state_dict().items():

@@ -60,7 +60,9 @@ def test_fine_tune_with_a_texture_code_keeps_z(phantom_root, tmp_path):
 
 
 def test_bad_starts_are_refused_with_the_reason(phantom_root, tmp_path):
-    with pytest.raises(SystemExit, match="--freeze-encoder needs --init"):
+    with pytest.raises(
+        SystemExit, match=r"error: freezing the encoder needs an init checkpoint \(--init\)"
+    ):
         _train(phantom_root, tmp_path / "run", "--preset", "tiny", "--freeze-encoder")
     plain = tmp_path / "plain"
     _train(phantom_root, plain, "--preset", "tiny", "--steps", "1")  # no warp head
