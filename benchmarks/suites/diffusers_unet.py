@@ -292,15 +292,13 @@ def _random_unet(config: dict):
     """SVD's UNet with ``config`` over its defaults, seeded, every weight random."""
     from diffusers import UNetSpatioTemporalConditionModel
 
+    from lddm_fast.models.layers import draw_zero_parameters
+
     torch.manual_seed(0)
     unet = UNetSpatioTemporalConditionModel(**config).eval()
     # diffusers zero-initialises some output projections, which would hide their
     # branches from the parity check.
-    with torch.no_grad():
-        for p in unet.parameters():
-            if p.abs().max() == 0:
-                p.normal_(0.0, 0.02)
-    return unet
+    return draw_zero_parameters(unet)
 
 
 def _shape_cases(shape: UNetShape, device, dtype, quick, compile_) -> list[Case]:

@@ -15,22 +15,12 @@ from harness import Case
 from lddm_fast import ops
 from lddm_fast.models import LatentDenoiser, VideoAutoencoder, preset
 from lddm_fast.models.autoencoder import SpadeNorm
+from lddm_fast.models.layers import draw_zero_parameters
 from lddm_fast.models.summary import denoiser_flops
 from lddm_fast.ops import dispatch
 from shapes import MODEL
 
 MODEL_OPS = ("group_norm", "temporal_attention")
-
-
-def randomized(model: torch.nn.Module) -> torch.nn.Module:
-    """A fresh model zero-initialises its output projections, which would make
-    every branch behind them compute nothing; give those weights random values so
-    parity covers every op."""
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.abs().max() == 0:
-                p.normal_(0.0, 0.02)
-    return model
 
 
 def _forward_under(model, backend: str | None):
@@ -68,7 +58,7 @@ def decode_cases(device: str, dtype: torch.dtype, quick: bool) -> list[Case]:
     for name, batch in MODEL[device][: 1 if quick else None]:
         config = preset(name)
         torch.manual_seed(0)
-        base = randomized(VideoAutoencoder(config.autoencoder)).eval()
+        base = draw_zero_parameters(VideoAutoencoder(config.autoencoder)).eval()
         model = copy.deepcopy(base).to(device=device, dtype=dtype)
         model64 = copy.deepcopy(base).to(device=device, dtype=torch.float64)
 
@@ -112,7 +102,7 @@ def cases(device: str, dtype: torch.dtype, quick: bool, compile_: bool = True) -
     for name, batch in MODEL[device][: 1 if quick else None]:
         config = preset(name)
         torch.manual_seed(0)
-        base = randomized(LatentDenoiser(config.denoiser)).eval()
+        base = draw_zero_parameters(LatentDenoiser(config.denoiser)).eval()
         model = copy.deepcopy(base).to(device=device, dtype=dtype)
         model64 = copy.deepcopy(base).to(device=device, dtype=torch.float64)
 

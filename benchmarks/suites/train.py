@@ -15,9 +15,9 @@ from torch import nn
 from harness import Case
 from lddm_fast import ops
 from lddm_fast.models import LatentDenoiser, VideoAutoencoder, preset
+from lddm_fast.models.layers import draw_zero_parameters
 from lddm_fast.train.autoencoder import AutoencoderObjective
 from lddm_fast.train.diffusion import DiffusionObjective
-from suites.model import randomized
 
 PRESET = "phantom64"
 BATCH = {"cpu": 4, "cuda": 16}
@@ -97,9 +97,9 @@ def cases(device: str, dtype: torch.dtype, quick: bool, compile_: bool = True) -
     batch = BATCH[device]
     c_z, t, h, w = config.latent_shape
     torch.manual_seed(0)
-    ae = randomized(VideoAutoencoder(config.autoencoder))
+    ae = draw_zero_parameters(VideoAutoencoder(config.autoencoder))
     ae_objective = AutoencoderObjective(ae, kl_weight=1e-4, ssim_weight=0.0)
-    dn_objective = DiffusionObjective(randomized(LatentDenoiser(config.denoiser)), config)
+    dn_objective = DiffusionObjective(draw_zero_parameters(LatentDenoiser(config.denoiser)), config)
 
     def ae_inputs():
         clip = torch.rand(batch, config.channels, t + 1, config.size, config.size) * 2 - 1

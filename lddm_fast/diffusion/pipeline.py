@@ -45,6 +45,7 @@ from lddm_fast.diffusion.schedules import (
 from lddm_fast.models import LDDMModels, build_models, preset
 from lddm_fast.models import from_pretrained as load_checkpoint
 from lddm_fast.models.bundled import BUNDLED_MODEL_DIR, bundled_checkpoint
+from lddm_fast.models.layers import draw_zero_parameters
 from lddm_fast.ops.dispatch import requested_backend
 
 __all__ = ["BUNDLED_MODEL_DIR", "LDDMPipeline", "LDDMPipelineOutput"]
@@ -296,11 +297,8 @@ class LDDMPipeline:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             models = build_models(config)
-            with torch.no_grad():
-                for module in (models.autoencoder, models.denoiser):
-                    for p in module.parameters():
-                        if not p.any():
-                            p.normal_(0.0, 0.02)
+            for module in (models.autoencoder, models.denoiser):
+                draw_zero_parameters(module)
         return cls(models, device=device, dtype=dtype, backend=backend)
 
     # ------------------------------------------------------------------- stages

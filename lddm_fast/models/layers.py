@@ -159,6 +159,17 @@ def zero_init(module: nn.Module) -> nn.Module:
     return module
 
 
+def draw_zero_parameters(module: nn.Module, std: float = 0.02) -> nn.Module:
+    """Undo :func:`zero_init` for tests and benchmarks: every all-zero parameter of
+    ``module`` gets N(0, std^2) values from the global RNG, so no branch of an untrained
+    model computes nothing and parity checks cover every op. Returns ``module``."""
+    with torch.no_grad():
+        for p in module.parameters():
+            if not p.any():
+                p.normal_(0.0, std)
+    return module
+
+
 def sinusoidal_embedding(
     positions: torch.Tensor, dim: int, max_period: float = 10000.0
 ) -> torch.Tensor:

@@ -13,6 +13,7 @@ from lddm_fast.diffusion import LDDMPipeline, PerSampleNoise, video_seed
 from lddm_fast.models import LDDMConfig, preset
 from lddm_fast.models.autoencoder import VideoAutoencoder
 from lddm_fast.models.checkpoint import build_models, from_pretrained, save_pretrained
+from lddm_fast.models.layers import draw_zero_parameters
 from lddm_fast.train.autoencoder import (
     AutoencoderObjective,
     load_autoencoder_init,
@@ -32,15 +33,6 @@ def _clip(config: LDDMConfig, batch: int = 2, seed: int = 0) -> torch.Tensor:
     return torch.rand(shape, generator=g) * 2 - 1
 
 
-def _draw_zero_inits(module: torch.nn.Module, seed: int = 0) -> None:
-    """Give every all-zero parameter random values, so no output is trivially zero."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            if not p.any():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-
-
 @pytest.mark.parametrize(
     ("fields", "match"),
     [
@@ -58,7 +50,7 @@ def test_shapes_and_the_code_changes_the_frames(warp):
     config = _config(warp=warp)
     torch.manual_seed(0)
     ae = VideoAutoencoder(config.autoencoder).eval()
-    _draw_zero_inits(ae)
+    draw_zero_parameters(ae)
     clip = _clip(config)
     x0, frames = clip[:, :, 0], clip[:, :, 1:]
     q = ae.encode_texture(frames, x0)
@@ -95,7 +87,7 @@ def test_a_fresh_texture_head_leaves_a_trained_decoder_unchanged(tmp_path):
     conv is zero, so every code decodes to exactly the trained model's frames."""
     torch.manual_seed(1)
     trained = build_models(_config(0))
-    _draw_zero_inits(trained.autoencoder)
+    draw_zero_parameters(trained.autoencoder)
     save_pretrained(tmp_path / "trained", trained)
 
     ae = VideoAutoencoder(_config(2).autoencoder)
@@ -133,7 +125,7 @@ def test_objective_trains_the_code_and_a_frozen_encoder_stays_fixed():
     config = _config()
     torch.manual_seed(2)
     ae = VideoAutoencoder(config.autoencoder)
-    _draw_zero_inits(ae)
+    draw_zero_parameters(ae)
     ae.encoder.requires_grad_(False)
     objective = AutoencoderObjective(ae, kl_weight=1e-4, ssim_weight=0.0, texture_kl_weight=0.1)
     clip = _clip(config)
@@ -159,7 +151,7 @@ def test_reconstruction_metrics_use_the_inferred_code():
     config = _config()
     torch.manual_seed(3)
     ae = VideoAutoencoder(config.autoencoder).eval()
-    _draw_zero_inits(ae)
+    draw_zero_parameters(ae)
     clips = [(c, 0) for c in _clip(config, batch=3)]
     rebuilt = []
     metrics = reconstruction_metrics(ae, clips, torch.device("cpu"), rebuilt=rebuilt)
@@ -174,7 +166,7 @@ def test_reconstruction_metrics_use_the_inferred_code():
 
 def test_checkpoint_round_trip(tmp_path):
     models = build_models(_config())
-    _draw_zero_inits(models.autoencoder)
+    draw_zero_parameters(models.autoencoder)
     save_pretrained(tmp_path / "ckpt", models)
     loaded = from_pretrained(tmp_path / "ckpt")
     assert loaded.config.autoencoder.texture_channels == 2
@@ -188,8 +180,8 @@ def test_pipeline_draws_the_code_last_from_each_videos_generator():
     config = _config()
     torch.manual_seed(4)
     models = build_models(config)
-    _draw_zero_inits(models.autoencoder)
-    _draw_zero_inits(models.denoiser)
+    draw_zero_parameters(models.autoencoder)
+    draw_zero_parameters(models.denoiser)
     pipe = LDDMPipeline(models, device="cpu")
     images = torch.randint(0, 256, (2, 1, config.size, config.size), dtype=torch.uint8)
     out = pipe(images, steps=2, sampler="ddim", seed=5, output="float").videos
@@ -243,8 +235,8 @@ def test_bundle_swaps_in_a_fine_tuned_autoencoder_and_keeps_the_denoiser(tmp_pat
 
     torch.manual_seed(5)
     base = build_models(_config(0))
-    _draw_zero_inits(base.autoencoder)
-    _draw_zero_inits(base.denoiser)
+    draw_zero_parameters(base.autoencoder)
+    draw_zero_parameters(base.denoiser)
     base.config = dataclasses.replace(base.config, latent_scale=0.5)
     save_pretrained(tmp_path / "stage2", base, meta={"denoiser_trained": True})
 
