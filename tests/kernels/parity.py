@@ -1,7 +1,22 @@
 """Helpers shared by the kernel tests (cpp, cuda and triton backends): the error
 measure, the one per-dtype acceptance rule and the input layouts every op is run on."""
 
+import pytest
 import torch
+
+from lddm_fast import ops
+
+# The module marks of the cpp backend's tests: skipped (with the reason) where the
+# extension is not built, and every kernel output NaN-poisoned before its launch.
+CPP_TEST_MARKS = [
+    pytest.mark.skipif(
+        ops.available_backends()["cpp"] != "ok",
+        reason=f"cpp backend unavailable: {ops.available_backends()['cpp']}",
+    ),
+    pytest.mark.usefixtures("poisoned_outputs"),
+]
+# The dtypes the cpp kernels take.
+CPP_DTYPES = [torch.float32, torch.bfloat16]
 
 FP32_TOL = 1e-5  # max|y - ref| / max|ref|
 # One rounding step of the storage dtype, relative: the least a low-precision result

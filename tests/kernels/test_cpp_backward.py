@@ -10,6 +10,8 @@ import pytest
 import torch
 from parity import (
     ATTENTION_FORMATS,
+    CPP_DTYPES,
+    CPP_TEST_MARKS,
     SPATIAL_FORMS,
     attention_qkv,
     check,
@@ -20,15 +22,7 @@ from parity import (
 
 from lddm_fast import ops
 
-pytestmark = [
-    pytest.mark.skipif(
-        ops.available_backends()["cpp"] != "ok",
-        reason=f"cpp backend unavailable: {ops.available_backends()['cpp']}",
-    ),
-    pytest.mark.usefixtures("poisoned_outputs"),
-]
-
-DTYPES = [torch.float32, torch.bfloat16]
+pytestmark = CPP_TEST_MARKS
 
 
 def grads(fn, inputs, grad_out, backend):
@@ -81,7 +75,7 @@ def _gn_fn(groups, silu):
     "affine,film,silu",
     [(True, True, True), (False, False, False), (True, False, True), (False, True, False)],
 )
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", CPP_DTYPES)
 def test_group_norm_grad(shape, groups, fmt, affine, film, silu, dtype, isa):
     n, c = shape[:2]
     x = layout(torch.randn(shape).to(dtype), fmt)
@@ -94,7 +88,7 @@ def test_group_norm_grad(shape, groups, fmt, affine, film, silu, dtype, isa):
 @pytest.mark.parametrize("shape,groups", GN_SHAPES[:4])
 @pytest.mark.parametrize("fmt", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("form", SPATIAL_FORMS)
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", CPP_DTYPES)
 def test_group_norm_grad_spatial(shape, groups, fmt, form, dtype, isa):
     """Spatial (SPADE) scale/shift: per-element grads summed over their broadcast dims
     (T for [N, C, 1, H, W]; N, T, H for film_and_broadcast's shift)."""
@@ -145,7 +139,7 @@ def _attn_fn(heads):
 
 @pytest.mark.parametrize("T,heads,d,hw", ATTN_CASES)
 @pytest.mark.parametrize("fmt", ["contiguous", "qkv_views", "qkv_views_cl", "transposed_hw"])
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", CPP_DTYPES)
 def test_temporal_attention_grad(T, heads, d, hw, fmt, dtype, isa):
     B, C = 2, heads * d
     q, k, v = attention_qkv(B, C, T, hw, fmt, dtype)

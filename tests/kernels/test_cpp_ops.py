@@ -7,6 +7,8 @@ import pytest
 import torch
 from parity import (
     ATTENTION_FORMATS,
+    CPP_DTYPES,
+    CPP_TEST_MARKS,
     FP32_TOL,
     SPATIAL_FORMS,
     attention_qkv,
@@ -20,16 +22,7 @@ from parity import (
 from lddm_fast import ops
 from lddm_fast.layout import attention_output_format, memory_format_of
 
-pytestmark = [
-    pytest.mark.skipif(
-        ops.available_backends()["cpp"] != "ok",
-        reason=f"cpp backend unavailable: {ops.available_backends()['cpp']}",
-    ),
-    pytest.mark.usefixtures("poisoned_outputs"),
-]
-
-
-DTYPES = [torch.float32, torch.bfloat16]
+pytestmark = CPP_TEST_MARKS
 
 
 GN_SHAPES = [
@@ -45,7 +38,7 @@ GN_SHAPES = [
 @pytest.mark.parametrize("shape,groups", GN_SHAPES)
 @pytest.mark.parametrize("fmt", ["contiguous", "channels_last", "strided"])
 @pytest.mark.parametrize("film,silu", [(False, False), (True, True), (False, True), (True, False)])
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", CPP_DTYPES)
 def test_group_norm(shape, groups, fmt, film, silu, dtype, isa):
     n, c = shape[:2]
     x = layout(torch.randn(shape).to(dtype), fmt)
@@ -60,7 +53,7 @@ def test_group_norm(shape, groups, fmt, film, silu, dtype, isa):
 @pytest.mark.parametrize("fmt", ["contiguous", "channels_last", "strided"])
 @pytest.mark.parametrize("form", SPATIAL_FORMS)
 @pytest.mark.parametrize("silu", [False, True])
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", CPP_DTYPES)
 def test_group_norm_spatial(shape, groups, fmt, form, silu, dtype, isa):
     """The spatial (SPADE) scale/shift: per-element coefficients of one period (H * W
     positions when broadcast over T, else all of them), in both output passes."""
@@ -157,7 +150,7 @@ ATTN_CASES = [
 
 @pytest.mark.parametrize("T,heads,d,hw", ATTN_CASES)
 @pytest.mark.parametrize("fmt", ATTENTION_FORMATS)
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", CPP_DTYPES)
 def test_temporal_attention(T, heads, d, hw, fmt, dtype, isa):
     q, k, v = attention_qkv(2, heads * d, T, hw, fmt, dtype)
     y = ops.temporal_attention(q, k, v, num_heads=heads, backend="cpp")
@@ -172,7 +165,7 @@ def test_temporal_attention(T, heads, d, hw, fmt, dtype, isa):
 
 @pytest.mark.parametrize("noise", [False, True])
 @pytest.mark.parametrize("fmt", ["contiguous", "channels_last", "strided", "strided_cl"])
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", CPP_DTYPES)
 def test_sampler_step(noise, fmt, dtype, isa):
     x, eps, nz = (layout(torch.randn(3, 4, 7, 5, 5).to(dtype), fmt) for _ in range(3))
     a, b, c = torch.rand(3), torch.rand(3), torch.rand(3)
