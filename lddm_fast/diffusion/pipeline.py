@@ -611,8 +611,8 @@ class LDDMPipeline:
             texture = None
             if autoencoder.config.texture_channels:
                 # The texture code is each video's last draw, after the sampler's.
-                like = torch.empty(autoencoder.texture_shape(z), device=self.device)
-                like = like.contiguous(memory_format=_CL3D)
+                shape = autoencoder.texture_shape(z)
+                like = torch.empty(shape, device=self.device, memory_format=_CL3D)
                 texture = PerSampleNoise(generators, like).draw().to(self.dtype)
             z_model = (z / cfg.latent_scale).to(self.dtype)
             decoded = autoencoder.decode(z_model, x0_model, texture).sample
