@@ -75,9 +75,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     dtype = DTYPES[args.dtype or ("bfloat16" if args.device == "cuda" else "float32")]
     env = envinfo.environment()
+    gpu = env["gpu"] if isinstance(env["gpu"], str) else env["gpu"][0]["name"]
     print(
         f"lddm_fast {env['lddm_fast']} | torch {env['torch']} | {env['cpu']} x{env['cpu_count']} "
-        f"| gpu: {env['gpu'] if isinstance(env['gpu'], str) else env['gpu'][0]['name']}"
+        f"(cpp kernels: {env['cpu_kernels']}) | gpu: {gpu}"
     )
     ceilings = harness.measure_ceilings(args.device, args.quick)
     print("ceilings measured now: " + ", ".join(f"{k} {v:.2f}" for k, v in ceilings.items()))

@@ -5,6 +5,7 @@
 
 #include <torch/library.h>
 
+#include "cpu/dispatch.h"
 #include "ops.h"
 
 TORCH_LIBRARY(lddm, m) {
@@ -44,10 +45,25 @@ TORCH_LIBRARY_IMPL(lddm, CUDA, m) {
 #endif
 
 // `import lddm_fast._C` runs the registrations above; the module itself only reports
-// how the CUDA part was built (decided by CMake).
+// how the CUDA part was built (decided by CMake) and which CPU kernel build the ops call.
+static PyObject* cpu_isa(PyObject*, PyObject*) {
+  try {
+    return PyUnicode_FromString(lddm::cpu::isa_name(lddm::cpu::selected_isa()));
+  } catch (const c10::Error& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what_without_backtrace());
+    return nullptr;
+  }
+}
+
+static PyMethodDef lddm_methods[] = {
+    {"cpu_isa", cpu_isa, METH_NOARGS,
+     "cpu_isa() -> str: the CPU kernel build the ops call now: 'avx512', 'avx2' or "
+     "'default' (the widest this CPU runs, or the one LDDM_CPU_ISA names)."},
+    {nullptr, nullptr, 0, nullptr}};
+
 static PyModuleDef lddm_module = {PyModuleDef_HEAD_INIT, "_C",
                                   "lddm_fast compiled ops (registered as torch.ops.lddm)", -1,
-                                  nullptr};
+                                  lddm_methods};
 
 PyMODINIT_FUNC PyInit__C() {
   PyObject* module = PyModule_Create(&lddm_module);

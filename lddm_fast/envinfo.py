@@ -41,6 +41,19 @@ def _triton_version() -> str:
     return triton.__version__
 
 
+def cpu_kernels() -> str:
+    """The build of the extension's CPU kernels the ops call ("avx512", "avx2", "default",
+    or why there is none): benchmark figures depend on it."""
+    try:
+        from lddm_fast import _C
+    except ImportError as exc:
+        return f"none (extension not built: {exc})"
+    try:
+        return _C.cpu_isa()
+    except RuntimeError as exc:  # a bad LDDM_CPU_ISA
+        return f"none ({exc})"
+
+
 def gpu_info() -> list[dict[str, Any]] | str:
     """One dict per GPU from NVML (name, memory, driver, clocks, power limit), or a
     string saying why there is none."""
@@ -96,6 +109,7 @@ def environment() -> dict[str, Any]:
         "platform": platform.platform(),
         "cpu": _cpu_model(),
         "cpu_count": os.cpu_count(),
+        "cpu_kernels": cpu_kernels(),
         "torch_threads": torch.get_num_threads(),
         "gpu": gpu_info(),
     }

@@ -9,6 +9,7 @@
 // 3 significant digits), so it is summed from the float P and dP of the row instead.
 #pragma once
 
+#include "cpu/attention_kernels.h"
 #include "cpu/kernel_common.h"
 
 namespace lddm {
@@ -118,6 +119,131 @@ void attention_backward(const AttentionGrad<T>& a, int64_t first, int64_t count,
     pos += run;
   }
 }
+
+#if LDDM_SIMD
+// dst[j, i] = src[i, j] for T x T vectors of lanes.
+static inline void transpose_lanes(const float* __restrict__ src, int64_t T,
+                                   float* __restrict__ dst) {
+  for (int64_t i = 0; i < T; ++i)
+    for (int64_t j = 0; j < T; ++j)
+      Vec::store(dst + (j * T + i) * kLanes, Vec::load(src + (i * T + j) * kLanes));
+}
+
+// The gradients of one head of a vector of pixels, one per lane, from its tiles q, k, v,
+// go [D, T, L] and logsumexps lse [T, L] (natural units), into dq, dk, dv [D, T, L]. The
+// formulas of attend_backward, each product a vertical one (the forward's lane kernels):
+//   P = 2^(log2(e) (scale q.k - lse)), each row divided by its sum (see attend_backward),
+//   dP = go . v,  dS = P (dP - sum_j P dP),  dv = P^T go,  dq = scale dS k,  dk = scale dS^T q.
+// p, ds, pt: [T, T, L] scratch; scales, ones: [T, L] filled with scale and 1.
+static inline void lane_backward(const float* q, const float* k, const float* v,
+                                 const float* go, const float* lse, const float* scales,
+                                 const float* ones, int64_t D, int64_t T, float scale,
+                                 float* __restrict__ p, float* __restrict__ ds,
+                                 float* __restrict__ pt, float* dq, float* dk, float* dv) {
+  constexpr int64_t L = kLanes;
+  const float log2e = 1.44269504088896341f;
+  lane_products(q, k, D, T, scale * log2e, p);
+  lane_products(go, v, D, T, 1.0f, ds);
+  for (int64_t i = 0; i < T; ++i) {
+    float* pi = p + i * T * L;
+    float* dsi = ds + i * T * L;
+    const Vec::reg shift = Vec::mul(Vec::load(lse + i * L), Vec::set1(log2e));
+    Vec::reg sum = Vec::zero();
+    for (int64_t j = 0; j < T; j += 4) {
+      const int64_t m = std::min<int64_t>(4, T - j);
+      Vec::reg e[4];
+      for (int u = 0; u < 4; ++u)
+        e[u] = u < m ? Vec::sub(Vec::load(pi + (j + u) * L), shift) : Vec::zero();
+      exp2_clamped<Vec, 4>(e);
+      for (int u = 0; u < m; ++u) {
+        Vec::store(pi + (j + u) * L, e[u]);
+        sum = Vec::add(sum, e[u]);
+      }
+    }
+    const Vec::reg inv = Vec::div(Vec::set1(1.0f), sum);
+    Vec::reg di = Vec::zero();
+    for (int64_t j = 0; j < T; ++j) {
+      const Vec::reg pij = Vec::mul(Vec::load(pi + j * L), inv);
+      Vec::store(pi + j * L, pij);
+      di = Vec::fmadd(pij, Vec::load(dsi + j * L), di);
+    }
+    for (int64_t j = 0; j < T; ++j)
+      Vec::store(dsi + j * L,
+                 Vec::mul(Vec::load(pi + j * L), Vec::sub(Vec::load(dsi + j * L), di)));
+  }
+  lane_values(ds, scales, k, D, T, dq, T * L, L);
+  transpose_lanes(p, T, pt);
+  lane_values(pt, ones, go, D, T, dv, T * L, L);
+  transpose_lanes(ds, T, pt);
+  lane_values(pt, scales, q, D, T, dk, T * L, L);
+}
+
+// The backward in the forward's tiles (attention_lanes): one task is one head of a chunk
+// of P = attention_lane_chunk(T, D) neighbouring pixels of a row, tasks ordered (b, y,
+// chunk, head) when heads_inner (a pixel's channels are adjacent: its heads share cache
+// lines), else (b, head, y, chunk). q, k, v and the output gradient are gathered into
+// float tiles, each tile's gradients computed by lane_backward, and dq, dk, dv scattered
+// back through their strides. a.H, a.W: the launcher may merge rows into one (see
+// temporal_attention.cpp); the logsumexps are contiguous [B, heads, T, a.H, a.W].
+template <typename T>
+void attention_backward_lanes(const AttentionGrad<T>& a, int64_t first, int64_t count,
+                              float* work) {
+  constexpr int64_t L = kLanes;
+  const int64_t D = a.D, T_len = a.T_len, P = attention_lane_chunk(T_len, D);
+  const int64_t tile = D * T_len * L, chunk_floats = D * T_len * P;
+  const int64_t row_chunks = (a.W + P - 1) / P, TTL = T_len * T_len * L;
+  float* const qb = work;  // q, k, v, go, dq, dk, dv tiles: [P / L][D, T, L] each
+  float* const kb = qb + chunk_floats;
+  float* const vb = kb + chunk_floats;
+  float* const gb = vb + chunk_floats;
+  float* const dqb = gb + chunk_floats;
+  float* const dkb = dqb + chunk_floats;
+  float* const dvb = dkb + chunk_floats;
+  float* const p = dvb + chunk_floats;  // [T, T, L] each
+  float* const ds = p + TTL;
+  float* const pt = ds + TTL;
+  float* const lse = pt + TTL;  // [T, L] each
+  float* const scales = lse + T_len * L;
+  float* const ones = scales + T_len * L;
+  for (int64_t i = 0; i < T_len * L; ++i) scales[i] = a.scale, ones[i] = 1.0f;
+  for (int64_t task = first; task < first + count; ++task) {
+    int64_t h, chunk, y, b;
+    if (a.heads_inner) {
+      h = task % a.heads;
+      chunk = task / a.heads % row_chunks;
+      y = task / (a.heads * row_chunks) % a.H;
+      b = task / (a.heads * row_chunks * a.H);
+    } else {
+      chunk = task % row_chunks;
+      y = task / row_chunks % a.H;
+      h = task / (row_chunks * a.H) % a.heads;
+      b = task / (row_chunks * a.H * a.heads);
+    }
+    const int64_t x0 = chunk * P;
+    const int64_t n = std::min(P, a.W - x0);
+    const auto at = [&](const Strides5& st) {
+      return b * st.b + h * D * st.c + y * st.h + x0 * st.w;
+    };
+    gather_tiles(a.q + at(a.sq), a.sq, D, T_len, n, qb);
+    gather_tiles(a.k + at(a.sk), a.sk, D, T_len, n, kb);
+    gather_tiles(a.v + at(a.sv), a.sv, D, T_len, n, vb);
+    gather_tiles(a.dout + at(a.sdo), a.sdo, D, T_len, n, gb);
+    const float* lse_rows = a.lse + ((b * a.heads + h) * T_len * a.H + y) * a.W + x0;
+    for (int64_t x = 0; x < n; x += L) {
+      const int64_t lanes = std::min(L, n - x), c = x / L;
+      for (int64_t t = 0; t < T_len; ++t)
+        for (int64_t l = 0; l < L; ++l)
+          lse[t * L + l] = l < lanes ? lse_rows[t * a.H * a.W + x + l] : 0.0f;
+      lane_backward(qb + c * tile, kb + c * tile, vb + c * tile, gb + c * tile, lse, scales,
+                    ones, D, T_len, a.scale, p, ds, pt, dqb + c * tile, dkb + c * tile,
+                    dvb + c * tile);
+    }
+    scatter_tiles(dqb, a.sdq, D, T_len, 0, n, a.dq + at(a.sdq));
+    scatter_tiles(dkb, a.sdk, D, T_len, 0, n, a.dk + at(a.sdk));
+    scatter_tiles(dvb, a.sdv, D, T_len, 0, n, a.dv + at(a.sdv));
+  }
+}
+#endif
 
 }  // namespace LDDM_ISA_NAMESPACE
 }  // namespace cpu

@@ -64,15 +64,15 @@ static inline void attend(const float* __restrict__ q, int64_t q_stride,
   }
 }
 
-// The portable lane_scores and lane_values (avx2_kernels.h), same buffers (q, k, v
-// [D, T, kAttentionLanes], s [T, T, kAttentionLanes], inv [T, kAttentionLanes], one pixel
+// The portable lane_scores and lane_values (vector_kernels.h), same buffers (q, k, v
+// [D, T, kLanes], s [T, T, kLanes], inv [T, kLanes], one pixel
 // per lane), every loop over the lanes innermost so the compiler vectorizes it without
 // reassociating a sum. Natural-base softmax.
 static inline void lane_scores_portable(const float* __restrict__ q, const float* __restrict__ k,
                                         int64_t D, int64_t T, float scale,
                                         float* __restrict__ s, float* __restrict__ inv,
                                         float* lse, int64_t lse_t, int64_t lse_w, int64_t n) {
-  constexpr int64_t L = kAttentionLanes;
+  constexpr int64_t L = kLanes;
   for (int64_t i = 0; i < T; ++i)
     for (int64_t j = 0; j < T; ++j) {
       float acc[L] = {};
@@ -109,7 +109,7 @@ template <typename U>
 static inline void lane_values_portable(const float* __restrict__ s, const float* __restrict__ inv,
                                         const float* __restrict__ v, int64_t D, int64_t T, U* o,
                                         int64_t o_d, int64_t o_t) {
-  constexpr int64_t L = kAttentionLanes;
+  constexpr int64_t L = kLanes;
   for (int64_t d = 0; d < D; ++d)
     for (int64_t i = 0; i < T; ++i) {
       float acc[L] = {};
@@ -126,35 +126,88 @@ static inline void lane_values_portable(const float* __restrict__ s, const float
 }
 
 // buf[x / L, d, t, x % L] = src[d * s.c + t * s.t + x * s.w] for the n pixels x of a
-// chunk: tiles [D, T, L] of L = kAttentionLanes pixels, zero past n (finite values: the
-// padding lanes' softmax stays defined, and is never stored). Each source row of the
-// chunk is read once, as whole cache lines where its pixels are adjacent.
+// chunk: tiles [D, T, L] of L = kLanes pixels, zero past n (finite values: the padding
+// lanes' softmax stays defined, and is never stored). Each source row of the chunk is
+// read once, as whole cache lines where its pixels are adjacent; where its channels are
+// (channels_last_3d), 8 pixels x 8 channels at a time, transposed in registers.
 template <typename T>
 static inline void gather_tiles(const T* __restrict__ src, const Strides5& s, int64_t D,
                                 int64_t T_len, int64_t n, float* __restrict__ buf) {
-  constexpr int64_t L = kAttentionLanes;
+  constexpr int64_t L = kLanes;
   const int64_t tile = D * T_len * L, full = n / L;
+  int64_t x_done = 0;  // pixels [0, x_done) are gathered by the transposing loop
+#if LDDM_SIMD
+  if (s.c == 1 && s.w != 1 && D % 8 == 0) {
+    x_done = n / 8 * 8;
+    for (int64_t t = 0; t < T_len; ++t)
+      for (int64_t x = 0; x < x_done; x += 8)
+        for (int64_t d0 = 0; d0 < D; d0 += 8) {
+          __m256 r[8];
+          for (int l = 0; l < 8; ++l) r[l] = V8::load(src + t * s.t + (x + l) * s.w + d0);
+          transpose8(r);
+          float* out = buf + x / L * tile + t * L + x % L;
+          for (int c = 0; c < 8; ++c) V8::store(out + (d0 + c) * T_len * L, r[c]);
+        }
+  }
+#endif
   for (int64_t d = 0; d < D; ++d)
     for (int64_t t = 0; t < T_len; ++t) {
       const T* __restrict__ row = src + d * s.c + t * s.t;
       float* __restrict__ out = buf + (d * T_len + t) * L;
       if (s.w == 1) {
-#if LDDM_AVX2
-        // Not the loop below: for float GCC made it 8 scalar moves (row and out may
+#if LDDM_SIMD
+        // Not the loop below: for float GCC made it scalar moves (row and out may
         // overlap as far as it knows), and the copy then cost as much as the math.
-        for (int64_t c = 0; c < full; ++c) _mm256_storeu_ps(out + c * tile, load8(row + c * L));
+        for (int64_t c = 0; c < full; ++c) Vec::store(out + c * tile, Vec::load(row + c * L));
 #else
         for (int64_t c = 0; c < full; ++c)
 #pragma omp simd
           for (int64_t l = 0; l < L; ++l) out[c * tile + l] = load(row[c * L + l]);
 #endif
       } else {
-        for (int64_t c = 0; c < full; ++c)
-          for (int64_t l = 0; l < L; ++l) out[c * tile + l] = load(row[(c * L + l) * s.w]);
+        for (int64_t x = x_done; x < full * L; ++x)
+          out[x / L * tile + x % L] = load(row[x * s.w]);
       }
       if (full * L < n)
-        for (int64_t l = 0; l < L; ++l)
-          out[full * tile + l] = full * L + l < n ? load(row[(full * L + l) * s.w]) : 0.0f;
+        for (int64_t l = 0; l < L; ++l) {
+          const int64_t x = full * L + l;
+          if (x >= x_done) out[full * tile + l] = x < n ? load(row[x * s.w]) : 0.0f;
+        }
+    }
+}
+
+// The inverse for pixels [x0, x1) of a chunk: dst[d * s.c + t * s.t + x * s.w] =
+// buf[x / L, d, t, x % L], transposing 8 x 8 blocks where channels are innermost.
+template <typename T>
+static inline void scatter_tiles(const float* __restrict__ buf, const Strides5& s, int64_t D,
+                                 int64_t T_len, int64_t x0, int64_t x1, T* __restrict__ dst) {
+  constexpr int64_t L = kLanes;
+  const int64_t tile = D * T_len * L;
+  int64_t x = x0;
+#if LDDM_SIMD
+  if (s.c == 1 && s.w != 1 && D % 8 == 0 && x0 % 8 == 0) {
+    for (; x + 8 <= x1; x += 8)
+      for (int64_t t = 0; t < T_len; ++t)
+        for (int64_t d0 = 0; d0 < D; d0 += 8) {
+          __m256 r[8];
+          const float* in = buf + x / L * tile + t * L + x % L;
+          for (int c = 0; c < 8; ++c) r[c] = V8::load(in + (d0 + c) * T_len * L);
+          transpose8(r);
+          for (int l = 0; l < 8; ++l) V8::store(dst + t * s.t + (x + l) * s.w + d0, r[l]);
+        }
+  }
+#endif
+  for (int64_t d = 0; d < D; ++d)
+    for (int64_t t = 0; t < T_len; ++t) {
+      T* __restrict__ row = dst + d * s.c + t * s.t;
+      const float* __restrict__ in = buf + (d * T_len + t) * L;
+      int64_t xx = x;
+#if LDDM_SIMD
+      if (s.w == 1)
+        for (; xx % L == 0 && xx + L <= x1; xx += L)
+          Vec::store(row + xx, Vec::load(in + xx / L * tile));
+#endif
+      for (; xx < x1; ++xx) store(row + xx * s.w, in[xx / L * tile + xx % L]);
     }
 }
 
@@ -162,7 +215,7 @@ static inline void gather_tiles(const T* __restrict__ src, const Strides5& s, in
 // [B * T, C, H, W] frames seen as [B, C, T, H, W], other strided views): pixels go in
 // the vector lanes. One task is one head of a chunk of P = attention_lane_chunk(T, D)
 // neighbouring pixels of a row, (b, head, y, x0 ..) in that order. Its q, k, v are
-// copied into float tiles [D, T, lanes] of kAttentionLanes pixels, reading each (d, t)
+// copied into float tiles [D, T, lanes] of kLanes pixels, reading each (d, t)
 // row of the chunk once, and lane_scores / lane_values compute a tile without
 // transposes. Reading a tile's 8 pixels per row straight from the tensor instead read 32
 // bytes of each cache line, from rows T * H * W values apart (often a multiple of 4 KiB:
@@ -170,7 +223,7 @@ static inline void gather_tiles(const T* __restrict__ src, const Strides5& s, in
 // the tensor where a tile's pixels are adjacent in it, else through a float tile.
 template <typename T>
 void attention_lanes(const AttentionArgs<T>& a, int64_t first, int64_t count, float* work) {
-  constexpr int64_t L = kAttentionLanes;
+  constexpr int64_t L = kLanes;
   const int64_t D = a.D, T_len = a.T_len, P = attention_lane_chunk(T_len, D);
   const int64_t tile = D * T_len * L, chunk_floats = D * T_len * P;
   const int64_t row_chunks = (a.W + P - 1) / P;
@@ -197,7 +250,7 @@ void attention_lanes(const AttentionArgs<T>& a, int64_t first, int64_t count, fl
       float* lse = a.lse ? a.lse + b * a.sl.b + h * a.sl.c + y * a.sl.h + (x0 + x) * a.sl.w
                          : nullptr;
       const bool direct = a.so.w == 1 && lanes == L;
-#if LDDM_AVX2
+#if LDDM_SIMD
       lane_scores(qb + c * tile, kb + c * tile, D, T_len, a.scale, s, inv, lse, a.sl.t, a.sl.w,
                   lanes);
       if (direct)
@@ -212,12 +265,7 @@ void attention_lanes(const AttentionArgs<T>& a, int64_t first, int64_t count, fl
       else
         lane_values_portable(s, inv, vb + c * tile, D, T_len, ob + c * tile, T_len * L, L);
 #endif
-      if (!direct)
-        for (int64_t d = 0; d < D; ++d)
-          for (int64_t t = 0; t < T_len; ++t)
-            for (int64_t l = 0; l < lanes; ++l)
-              store(out + d * a.so.c + t * a.so.t + (x + l) * a.so.w,
-                    ob[c * tile + (d * T_len + t) * L + l]);
+      if (!direct) scatter_tiles(ob, a.so, D, T_len, x, x + lanes, out);
     }
   }
 }
@@ -227,8 +275,8 @@ void attention_lanes(const AttentionArgs<T>& a, int64_t first, int64_t count, fl
 // float buffers (streaming reads; per-head gathers of 128 bytes from T far-apart rows
 // are latency-bound, and rows a multiple of 4 KiB apart fight over the same L1 sets),
 // then each head is computed from the buffers and the result rows are stored whole.
-// With AVX2 and D % 8 == 0, q is copied transposed for attend_head and float outputs
-// are written in place.
+// In the vector builds with D % 8 == 0, q is copied transposed for attend_head and
+// float outputs are written in place.
 template <typename T, int kT>
 void attention_pixels_impl(const AttentionArgs<T>& a, int64_t first, int64_t count, float* work) {
   const T *q = a.q, *k = a.k, *v = a.v;
@@ -237,14 +285,20 @@ void attention_pixels_impl(const AttentionArgs<T>& a, int64_t first, int64_t cou
   const int64_t heads = a.heads, D = a.D, T_run = a.T_len, H = a.H, W = a.W;
   const float scale = a.scale;
   const int64_t T_len = kT > 0 ? kT : T_run;
-  const int64_t C = heads * D, TP = (T_len + 7) / 8 * 8;
-  const bool vector_heads = LDDM_AVX2 && D % 8 == 0;
-  float* __restrict__ qp = work;            // [T, C] pre-scaled, or [C, TP] (AVX2)
+  const int64_t C = heads * D;
+#if LDDM_SIMD
+  const int64_t TP = padded_frames(T_len);
+  const bool vector_heads = D % 8 == 0;
+#else
+  const int64_t TP = T_len;
+  const bool vector_heads = false;
+#endif
+  float* __restrict__ qp = work;            // [T, C] pre-scaled, or [C, TP] (vector)
   float* __restrict__ kp = qp + TP * C;     // [T, C]
   float* __restrict__ vp = kp + TP * C;     // [T, C]
   float* __restrict__ op = vp + TP * C;     // [T, C]
   float* __restrict__ kt = op + TP * C;     // [D, T] one head's keys, transposed
-  float* __restrict__ p = kt + TP * D;      // [T, T] and the AVX2 kernel's scratch
+  float* __restrict__ p = kt + TP * D;      // [T, T] and the vector kernel's scratch
   for (int64_t pix = first; pix < first + count; ++pix) {
     const int64_t x = pix % W, y = (pix / W) % H, b = pix / (W * H);
     // The next pixel's rows are requested while this one is computed, a share of the
@@ -284,19 +338,22 @@ void attention_pixels_impl(const AttentionArgs<T>& a, int64_t first, int64_t cou
 #pragma omp simd
       for (int64_t c = 0; c < C; ++c) vp[t * C + c] = load(vr[c]);
     }
-#if LDDM_AVX2
+#if LDDM_SIMD
     if (vector_heads) {
       transpose_rows(qb, sq.t, T_len, C, qp, TP);
       for (int64_t h = 0; h < heads; ++h) {
         const int64_t c0 = h * D;
         prefetch_next(h * T_len / heads, (h + 1) * T_len / heads);
-        float* lse_h = lse_at(h);
-        if constexpr (std::is_same_v<T, float>)
-          attend_head(qp + c0 * TP, kp + c0, C, vp + c0, C, ob + c0, so.t, D, T_len, scale, p,
-                      lse_h, a.sl.t);
+        float* out = op + c0;
+        int64_t out_stride = C;
+        if constexpr (std::is_same_v<T, float>) out = ob + c0, out_stride = so.t;
+        // Channels of the values in whole vectors: the build's widest where D allows.
+        if (D % Vec::W == 0)
+          attend_head<Vec>(qp + c0 * TP, kp + c0, C, vp + c0, C, out, out_stride, D, T_len,
+                           scale, p, lse_at(h), a.sl.t);
         else
-          attend_head(qp + c0 * TP, kp + c0, C, vp + c0, C, op + c0, C, D, T_len, scale, p,
-                      lse_h, a.sl.t);
+          attend_head<V8>(qp + c0 * TP, kp + c0, C, vp + c0, C, out, out_stride, D, T_len,
+                          scale, p, lse_at(h), a.sl.t);
       }
       if constexpr (std::is_same_v<T, float>) continue;
     }

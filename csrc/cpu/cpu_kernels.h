@@ -120,32 +120,46 @@ struct Kernels {
   // attention_grad_work_floats(T, D) floats.
   void (*attention_backward)(const AttentionGrad<T>& a, int64_t first, int64_t count,
                              float* work);
+  // The same in the forward's pixel tiles (vector builds; null in the portable one): tasks
+  // [first, first + count) of B * heads * a.H * ceil(a.W / attention_lane_chunk) chunks,
+  // logsumexps contiguous [B, heads, T, a.H, a.W]; work: attention_grad_lane_work_floats.
+  void (*attention_backward_lanes)(const AttentionGrad<T>& a, int64_t first, int64_t count,
+                                   float* work);
   // out[i] = a * x[i] + b * eps[i] (+ c * noise[i] when noise is not null), n values.
   void (*sampler_step)(const T* x, const T* eps, const T* noise, T* out, int64_t n, float a,
                        float b, float c);
 };
 
-// Buffers are sized for TP = T rounded up to a multiple of 8 frames (the AVX2 kernel's
+// Floats in the widest vector of any build (AVX-512): the vector kernels pad frames to
+// whole vectors of queries and tile pixels by whole vectors, and the buffers the torch
+// side allocates are sized for the widest.
+inline constexpr int64_t kMaxVectorFloats = 16;
+
+// Buffers are sized for TP = T rounded up to whole vectors of frames (the vector kernel's
 // padded query lanes); the probabilities take T + 1 rows of TP (its normalisers).
 inline int64_t attention_pixel_work_floats(int64_t T, int64_t C, int64_t D) {
-  const int64_t TP = (T + 7) / 8 * 8;
+  const int64_t TP = (T + kMaxVectorFloats - 1) / kMaxVectorFloats * kMaxVectorFloats;
   return 4 * TP * C + TP * D + (T + 1) * TP;
 }
 
-// Pixels per tile of attention_lanes: one 8-float vector of AVX2.
-inline constexpr int64_t kAttentionLanes = 8;
-// Pixels per task of attention_lanes, a multiple of the lanes: q, k and v tiles of at
-// most 64 Ki floats (256 KiB) each, and at most 64 pixels, a whole 8 x 8 latent frame
-// (one run of memory per (d, t) in a contiguous tensor). Measured single-threaded on the
+// Pixels per task of attention_lanes, a multiple of every build's lanes: q, k and v
+// tiles of at most 64 Ki floats (256 KiB) each, and at most 64 pixels, a whole 8 x 8
+// latent frame (one run of memory per (d, t) in a contiguous tensor). Measured single-threaded on the
 // kernels suite's shapes (T = 16, head_dim 32 and 64): 128 or 256 pixels ran up to 30%
 // slower (the tiles outgrow L2), 32 pixels up to 10% slower, 16 up to 20%.
 inline int64_t attention_lane_chunk(int64_t T, int64_t D) {
-  const int64_t P = 65536 / (D * T) / kAttentionLanes * kAttentionLanes;
-  return P < kAttentionLanes ? kAttentionLanes : (P > 64 ? 64 : P);
+  const int64_t P = 65536 / (D * T) / kMaxVectorFloats * kMaxVectorFloats;
+  return P < kMaxVectorFloats ? kMaxVectorFloats : (P > 64 ? 64 : P);
 }
 // The q, k, v and output tiles of a chunk, logits [T, T, lanes], normalisers [T, lanes].
 inline int64_t attention_lane_work_floats(int64_t T, int64_t D) {
-  return 4 * attention_lane_chunk(T, D) * D * T + kAttentionLanes * (T * T + T);
+  return 4 * attention_lane_chunk(T, D) * D * T + kMaxVectorFloats * (T * T + T);
+}
+
+// attention_backward_lanes: q, k, v, output-gradient and dq, dk, dv tiles of a chunk,
+// probabilities, dS and a transpose [T, T, lanes], logsumexps, scales, ones [T, lanes].
+inline int64_t attention_grad_lane_work_floats(int64_t T, int64_t D) {
+  return 7 * attention_lane_chunk(T, D) * D * T + kMaxVectorFloats * (3 * T * T + 3 * T);
 }
 
 // Positions the attention backward gathers together (neighbouring pixels).
@@ -170,6 +184,13 @@ namespace isa_avx2 {
 const Kernels<float>* kernels_f32();
 const Kernels<bf16_t>* kernels_bf16();
 }  // namespace isa_avx2
+
+namespace isa_avx512 {
+// Null when this build has no AVX-512 variant (non-x86 compilers, or one without
+// AVX512-BF16 support).
+const Kernels<float>* kernels_f32();
+const Kernels<bf16_t>* kernels_bf16();
+}  // namespace isa_avx512
 
 }  // namespace cpu
 }  // namespace lddm

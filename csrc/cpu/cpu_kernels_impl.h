@@ -27,6 +27,11 @@ Kernels<T> make_kernels() {
   k.attention_pixels = &attention_pixels<T>;
   k.attention_lanes = &attention_lanes<T>;
   k.attention_backward = &attention_backward<T>;
+#if LDDM_SIMD
+  k.attention_backward_lanes = &attention_backward_lanes<T>;
+#else
+  k.attention_backward_lanes = nullptr;
+#endif
   k.sampler_step = &sampler_step<T>;
   return k;
 }

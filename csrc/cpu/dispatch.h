@@ -6,22 +6,49 @@
 #include <cstring>
 
 #include <c10/util/BFloat16.h>
+#include <c10/util/Exception.h>
 
 #include "cpu/cpu_kernels.h"
 
 namespace lddm {
 namespace cpu {
 
-// The AVX2 build when the CPU has AVX2 and FMA, unless LDDM_CPU_ISA=default forces
-// the baseline build (tests use it to check both).
-inline bool use_avx2() {
-  const char* forced = std::getenv("LDDM_CPU_ISA");
-  if (forced != nullptr && std::strcmp(forced, "default") == 0) return false;
+// The CPU kernel builds, narrowest first.
+enum class Isa { kDefault = 0, kAvx2 = 1, kAvx512 = 2 };
+
+inline const char* isa_name(Isa isa) {
+  return isa == Isa::kAvx512 ? "avx512" : (isa == Isa::kAvx2 ? "avx2" : "default");
+}
+
+// The widest build this CPU runs: AVX-512 needs F, BW, VL, DQ and BF16 (its bf16 stores
+// are one conversion instruction), AVX2 needs AVX2 and FMA.
+inline Isa cpu_supported_isa() {
 #if defined(__x86_64__) || defined(__i386__)
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#else
-  return false;
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+      __builtin_cpu_supports("avx512bf16") && isa_avx512::kernels_f32() != nullptr)
+    return Isa::kAvx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+      isa_avx2::kernels_f32() != nullptr)
+    return Isa::kAvx2;
 #endif
+  return Isa::kDefault;
+}
+
+// The build the ops call: the widest the CPU runs, or a narrower one named by
+// LDDM_CPU_ISA=default|avx2|avx512 (tests check each; a name wider than the CPU runs, or
+// an unknown one, is an error rather than a silent fallback).
+inline Isa selected_isa() {
+  static const Isa supported = cpu_supported_isa();
+  const char* forced = std::getenv("LDDM_CPU_ISA");
+  if (forced == nullptr || forced[0] == '\0') return supported;
+  for (Isa isa : {Isa::kDefault, Isa::kAvx2, Isa::kAvx512}) {
+    if (std::strcmp(forced, isa_name(isa)) != 0) continue;
+    TORCH_CHECK(int(isa) <= int(supported), "LDDM_CPU_ISA=", forced,
+                ": this CPU (or this build of lddm_fast) only runs up to ", isa_name(supported));
+    return isa;
+  }
+  TORCH_CHECK(false, "LDDM_CPU_ISA=", forced, " is not one of default, avx2, avx512");
 }
 
 template <typename T>
@@ -29,14 +56,26 @@ const Kernels<T>& select_kernels();
 
 template <>
 inline const Kernels<float>& select_kernels<float>() {
-  const Kernels<float>* k = use_avx2() ? isa_avx2::kernels_f32() : nullptr;
-  return k != nullptr ? *k : isa_default::kernels_f32();
+  switch (selected_isa()) {
+    case Isa::kAvx512:
+      return *isa_avx512::kernels_f32();
+    case Isa::kAvx2:
+      return *isa_avx2::kernels_f32();
+    default:
+      return isa_default::kernels_f32();
+  }
 }
 
 template <>
 inline const Kernels<bf16_t>& select_kernels<bf16_t>() {
-  const Kernels<bf16_t>* k = use_avx2() ? isa_avx2::kernels_bf16() : nullptr;
-  return k != nullptr ? *k : isa_default::kernels_bf16();
+  switch (selected_isa()) {
+    case Isa::kAvx512:
+      return *isa_avx512::kernels_bf16();
+    case Isa::kAvx2:
+      return *isa_avx2::kernels_bf16();
+    default:
+      return isa_default::kernels_bf16();
+  }
 }
 
 // Storage type the kernels use for a torch element type.

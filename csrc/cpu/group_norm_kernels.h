@@ -34,48 +34,45 @@ Moments row_moments(const T* __restrict__ x, int64_t n) {
   return m;
 }
 
-#if LDDM_AVX2
-// chunk_moments for the channels [0, C8), C8 a multiple of 8. Pass 1 streams the chunk
+#if LDDM_SIMD
+// chunk_moments for the channels [0, CV), CV a multiple of V::W. Pass 1 streams the chunk
 // row by row (sequential reads, the first touch of the chunk in memory) into per-channel
-// sums kept in s1; pass 2 re-reads it from cache in blocks of 32 channels whose
+// sums kept in s1; pass 2 re-reads it from cache in blocks of 4 vectors of channels whose
 // accumulators stay in registers for all positions.
-template <typename T>
-static void chunk_moments_avx2(const T* __restrict__ x, int64_t positions, int64_t C, int64_t C8,
-                               float* __restrict__ shift, float* __restrict__ s1,
-                               float* __restrict__ s2) {
-  for (int64_t c = 0; c < C8; c += 8) _mm256_storeu_ps(s1 + c, _mm256_setzero_ps());
+template <typename V, typename T>
+static void chunk_moments_vec(const T* __restrict__ x, int64_t positions, int64_t C, int64_t CV,
+                              float* __restrict__ shift, float* __restrict__ s1,
+                              float* __restrict__ s2) {
+  using R = typename V::reg;
+  constexpr int W = V::W;
+  for (int64_t c = 0; c < CV; c += W) V::store(s1 + c, V::zero());
   for (int64_t p = 1; p < positions; ++p)
-    for (int64_t c = 0; c < C8; c += 8)
-      _mm256_storeu_ps(s1 + c, _mm256_add_ps(_mm256_loadu_ps(s1 + c),
-                                             _mm256_sub_ps(load8(x + p * C + c), load8(x + c))));
-  const __m256 inv_n = _mm256_set1_ps(1.0f / float(positions));
-  for (int64_t c = 0; c < C8; c += 8)
-    _mm256_storeu_ps(shift + c, _mm256_fmadd_ps(_mm256_loadu_ps(s1 + c), inv_n, load8(x + c)));
-  const auto block = [&](auto nv) {
+    for (int64_t c = 0; c < CV; c += W)
+      V::store(s1 + c, V::add(V::load(s1 + c), V::sub(V::load(x + p * C + c), V::load(x + c))));
+  const R inv_n = V::set1(1.0f / float(positions));
+  for (int64_t c = 0; c < CV; c += W)
+    V::store(shift + c, V::fmadd(V::load(s1 + c), inv_n, V::load(x + c)));
+  const auto block = [&](auto nv, int64_t c0) {
     constexpr int NV = decltype(nv)::value;
-    return [&](int64_t c0) {
-      __m256 sh[NV], a1[NV], a2[NV];
+    R sh[NV], a1[NV], a2[NV];
+    for (int v = 0; v < NV; ++v) {
+      sh[v] = V::load(shift + c0 + W * v);
+      a1[v] = a2[v] = V::zero();
+    }
+    for (int64_t p = 0; p < positions; ++p)
       for (int v = 0; v < NV; ++v) {
-        sh[v] = _mm256_loadu_ps(shift + c0 + 8 * v);
-        a1[v] = a2[v] = _mm256_setzero_ps();
+        const R d = V::sub(V::load(x + p * C + c0 + W * v), sh[v]);
+        a1[v] = V::add(a1[v], d);
+        a2[v] = V::fmadd(d, d, a2[v]);
       }
-      for (int64_t p = 0; p < positions; ++p)
-        for (int v = 0; v < NV; ++v) {
-          const __m256 d = _mm256_sub_ps(load8(x + p * C + c0 + 8 * v), sh[v]);
-          a1[v] = _mm256_add_ps(a1[v], d);
-          a2[v] = _mm256_fmadd_ps(d, d, a2[v]);
-        }
-      for (int v = 0; v < NV; ++v) {
-        _mm256_storeu_ps(s1 + c0 + 8 * v, a1[v]);
-        _mm256_storeu_ps(s2 + c0 + 8 * v, a2[v]);
-      }
-    };
+    for (int v = 0; v < NV; ++v) {
+      V::store(s1 + c0 + W * v, a1[v]);
+      V::store(s2 + c0 + W * v, a2[v]);
+    }
   };
-  const auto block4 = block(std::integral_constant<int, 4>{});
-  const auto block1 = block(std::integral_constant<int, 1>{});
   int64_t c0 = 0;
-  for (; c0 + 32 <= C8; c0 += 32) block4(c0);
-  for (; c0 < C8; c0 += 8) block1(c0);
+  for (; c0 + 4 * W <= CV; c0 += 4 * W) block(std::integral_constant<int, 4>{}, c0);
+  for (; c0 < CV; c0 += W) block(std::integral_constant<int, 1>{}, c0);
 }
 #endif
 
@@ -111,31 +108,57 @@ template <typename T>
 void chunk_moments(const T* __restrict__ x, int64_t positions, int64_t C, float* shift, float* s1,
                    float* s2) {
   int64_t c0 = 0;
-#if LDDM_AVX2
-  c0 = C / 8 * 8;
-  if (c0 > 0) chunk_moments_avx2(x, positions, C, c0, shift, s1, s2);
+#if LDDM_SIMD
+  // Whole vectors of the build's width, then (AVX-512) one of 8 channels, then the tail.
+  c0 = C / Vec::W * Vec::W;
+  if (c0 > 0) chunk_moments_vec<Vec>(x, positions, C, c0, shift, s1, s2);
+  if (Vec::W > 8 && C - c0 >= 8) {
+    chunk_moments_vec<V8>(x + c0, positions, C, 8, shift + c0, s1 + c0, s2 + c0);
+    c0 += 8;
+  }
 #endif
   chunk_moments_tail(x, positions, C, c0, shift, s1, s2);
 }
+
+#if LDDM_SIMD
+// y[j] = f(V{}, j) (+ SiLU) for j from i on, in blocks of 4 vectors of V and then one:
+// f gives the V::W values before the activation at j. Returns the first j not written
+// (fewer than V::W are left).
+template <typename V, bool Silu, typename U, typename F>
+static inline int64_t affine_vectors(U* y, int64_t i, int64_t n, const F& f) {
+  using R = typename V::reg;
+  for (; i + 4 * V::W <= n; i += 4 * V::W) {
+    R v[4];
+    for (int u = 0; u < 4; ++u) v[u] = f(V{}, i + V::W * u);
+    if (Silu) silu<V, 4>(v);
+    for (int u = 0; u < 4; ++u) V::store(y + i + V::W * u, v[u]);
+  }
+  for (; i + V::W <= n; i += V::W) {
+    R v = f(V{}, i);
+    if (Silu) silu<V, 1>(&v);
+    V::store(y + i, v);
+  }
+  return i;
+}
+
+// affine_vectors in the build's widest vectors, then (AVX-512) in one of 8 floats.
+template <bool Silu, typename U, typename F>
+static inline int64_t affine_simd(U* y, int64_t n, const F& f) {
+  int64_t i = affine_vectors<Vec, Silu>(y, 0, n, f);
+  if constexpr (Vec::W > 8) i = affine_vectors<V8, Silu>(y, i, n, f);
+  return i;
+}
+#endif
 
 template <typename T, bool Silu>
 static void affine_row_impl(const T* __restrict__ x, T* __restrict__ y, int64_t n, float a, float m,
                             float b) {
   int64_t i = 0;
-#if LDDM_AVX2
-  const __m256 va = _mm256_set1_ps(a), vm = _mm256_set1_ps(m), vb = _mm256_set1_ps(b);
-  for (; i + 32 <= n; i += 32) {
-    __m256 v[4];
-    for (int u = 0; u < 4; ++u)
-      v[u] = _mm256_fmadd_ps(va, _mm256_sub_ps(load8(x + i + 8 * u), vm), vb);
-    if (Silu) silu<4>(v);
-    for (int u = 0; u < 4; ++u) store8(y + i + 8 * u, v[u]);
-  }
-  for (; i + 8 <= n; i += 8) {
-    __m256 v = _mm256_fmadd_ps(va, _mm256_sub_ps(load8(x + i), vm), vb);
-    if (Silu) silu<1>(&v);
-    store8(y + i, v);
-  }
+#if LDDM_SIMD
+  i = affine_simd<Silu>(y, n, [&](auto vec, int64_t j) {
+    using V = decltype(vec);
+    return V::fmadd(V::set1(a), V::sub(V::load(x + j), V::set1(m)), V::set1(b));
+  });
 #endif
 #pragma omp simd
   for (int64_t j = i; j < n; ++j) {
@@ -158,23 +181,11 @@ static void affine_row_varying_impl(const T* __restrict__ x, T* __restrict__ y, 
                                     const float* __restrict__ a, float m,
                                     const float* __restrict__ b) {
   int64_t i = 0;
-#if LDDM_AVX2
-  const __m256 vm = _mm256_set1_ps(m);
-  const auto affine8 = [&](int64_t j) {
-    return _mm256_fmadd_ps(_mm256_loadu_ps(a + j), _mm256_sub_ps(load8(x + j), vm),
-                           _mm256_loadu_ps(b + j));
-  };
-  for (; i + 32 <= n; i += 32) {
-    __m256 v[4];
-    for (int u = 0; u < 4; ++u) v[u] = affine8(i + 8 * u);
-    if (Silu) silu<4>(v);
-    for (int u = 0; u < 4; ++u) store8(y + i + 8 * u, v[u]);
-  }
-  for (; i + 8 <= n; i += 8) {
-    __m256 v = affine8(i);
-    if (Silu) silu<1>(&v);
-    store8(y + i, v);
-  }
+#if LDDM_SIMD
+  i = affine_simd<Silu>(y, n, [&](auto vec, int64_t j) {
+    using V = decltype(vec);
+    return V::fmadd(V::load(a + j), V::sub(V::load(x + j), V::set1(m)), V::load(b + j));
+  });
 #endif
 #pragma omp simd
   for (int64_t j = i; j < n; ++j) {
@@ -203,23 +214,11 @@ static void affine_chunk_impl(const T* __restrict__ x, T* __restrict__ y, int64_
     const float* __restrict__ a = a_in + p * ab_step;
     const float* __restrict__ b = b_in + p * ab_step;
     int64_t c0 = 0;
-#if LDDM_AVX2
-    const auto affine8 = [&](int64_t c) {
-      return _mm256_fmadd_ps(_mm256_loadu_ps(a + c),
-                             _mm256_sub_ps(load8(xr + c), _mm256_loadu_ps(m + c)),
-                             _mm256_loadu_ps(b + c));
-    };
-    for (; c0 + 32 <= C; c0 += 32) {
-      __m256 v[4];
-      for (int u = 0; u < 4; ++u) v[u] = affine8(c0 + 8 * u);
-      if (Silu) silu<4>(v);
-      for (int u = 0; u < 4; ++u) store8(yr + c0 + 8 * u, v[u]);
-    }
-    for (; c0 + 8 <= C; c0 += 8) {
-      __m256 v = affine8(c0);
-      if (Silu) silu<1>(&v);
-      store8(yr + c0, v);
-    }
+#if LDDM_SIMD
+    c0 = affine_simd<Silu>(yr, C, [&](auto vec, int64_t c) {
+      using V = decltype(vec);
+      return V::fmadd(V::load(a + c), V::sub(V::load(xr + c), V::load(m + c)), V::load(b + c));
+    });
 #endif
 #pragma omp simd
     for (int64_t c = c0; c < C; ++c) {

@@ -3,9 +3,9 @@
 // (through the family headers) once per instruction set by isa_<name>.cpp, which names
 // the namespace (LDDM_ISA_NAMESPACE), so each build has its own symbols. Portable loops
 // are written so the compiler vectorizes them without -ffast-math: fixed-width partial
-// accumulators, no cross-lane dependencies. The AVX2 build (LDDM_AVX2) takes the hot
-// loops through the intrinsics of avx2_kernels.h and leaves tails and odd sizes to the
-// portable code.
+// accumulators, no cross-lane dependencies. The AVX2 and AVX-512 builds (LDDM_SIMD) take
+// the hot loops through the intrinsics of vector_kernels.h and leave tails and odd sizes
+// to the portable code.
 #pragma once
 
 #include <algorithm>
@@ -16,15 +16,20 @@
 #include "cpu/cpu_kernels.h"
 
 #if defined(__AVX2__) && defined(__FMA__)
-#include "cpu/avx2_kernels.h"
-#define LDDM_AVX2 1
+#include "cpu/vector_kernels.h"
+#define LDDM_SIMD 1
 #else
-#define LDDM_AVX2 0
+#define LDDM_SIMD 0
 #endif
 
 namespace lddm {
 namespace cpu {
 namespace LDDM_ISA_NAMESPACE {
+
+#if !LDDM_SIMD
+// Pixels per tile of attention_lanes (the vector builds: one vector, vector_kernels.h).
+inline constexpr int64_t kLanes = 8;
+#endif
 
 static inline float load(float v) { return v; }
 static inline float load(bf16_t v) {

@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <memory>
 #include <tuple>
 #include <vector>
 
@@ -26,7 +27,7 @@ void run(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at
   const int64_t B = q.size(0), C = q.size(1), T_len = q.size(2), H = q.size(3), W = q.size(4);
   const auto in = [](const at::Tensor& t) { return cpu::storage(t.const_data_ptr<scalar_t>()); };
   const auto out = [](at::Tensor& t) { return cpu::storage(t.mutable_data_ptr<scalar_t>()); };
-  const cpu::AttentionGrad<T> args{in(q),
+  cpu::AttentionGrad<T> args{in(q),
                                    in(k),
                                    in(v),
                                    in(dout),
@@ -48,9 +49,27 @@ void run(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at
                                    W,
                                    scale,
                                    cpu::heads_inner(cpu::strides_of(q))};
-  at::parallel_for(0, B * heads * H * W, 16, [&](int64_t begin, int64_t end) {
-    std::vector<float> work(cpu::attention_grad_work_floats(T_len, C / heads));
-    kern.attention_backward(args, begin, end - begin, work.data());
+  if (kern.attention_backward_lanes == nullptr) {
+    at::parallel_for(0, B * heads * H * W, 16, [&](int64_t begin, int64_t end) {
+      std::vector<float> work(cpu::attention_grad_work_floats(T_len, C / heads));
+      kern.attention_backward(args, begin, end - begin, work.data());
+    });
+    return;
+  }
+  // Rows that follow each other in every tensor are one long row (as in the forward).
+  const auto rows_follow = [&](const cpu::Strides5& s) { return s.h == W * s.w; };
+  if (rows_follow(args.sq) && rows_follow(args.sk) && rows_follow(args.sv) &&
+      rows_follow(args.sdo) && rows_follow(args.sdq) && rows_follow(args.sdk) &&
+      rows_follow(args.sdv)) {
+    args.W = H * W;
+    args.H = 1;
+  }
+  const int64_t chunk = cpu::attention_lane_chunk(T_len, args.D);
+  const int64_t tasks = B * heads * args.H * ((args.W + chunk - 1) / chunk);
+  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+    // Not value-initialised: every tile is written before it is read.
+    std::unique_ptr<float[]> work(new float[cpu::attention_grad_lane_work_floats(T_len, args.D)]);
+    kern.attention_backward_lanes(args, begin, end - begin, work.get());
   });
 }
 

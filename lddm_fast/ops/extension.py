@@ -96,8 +96,24 @@ CPP_OPS = {
     "sampler_step": sampler_step,
 }
 CUDA_OPS = {name: CPP_OPS[name] for name in _CUDA_OPS}
+
+
+def vector_cpu_kernels() -> bool:
+    """Whether the ops call a vector build of the CPU kernels (AVX2 or AVX-512; see
+    ``lddm_fast._C.cpu_isa()``), decided once, at import."""
+    if _ext.EXTENSION is None:
+        return False
+    try:
+        return _ext.EXTENSION.cpu_isa() != "default"
+    except RuntimeError:  # a bad LDDM_CPU_ISA: the ops will say so when called
+        return False
+
+
 # The ops whose CPU kernels have a backward (registered in lddm_fast/_ext.py), and
-# those a default training call takes: the attention backward (one position at a
-# time, portable loops) runs at 0.44-0.89x eager autograd (benchmarks/RESULTS.md).
+# those a default training call takes. The attention backward of the vector builds
+# (pixels in the lanes) runs at 2-5x eager autograd; the portable one (one position at
+# a time) at 0.7-1.8x, slower than eager at most shapes (benchmarks/RESULTS.md).
 CPP_BACKWARD_OPS = ("group_norm", "temporal_attention")
-CPP_GRAD_DEFAULT_OPS = ("group_norm",)
+CPP_GRAD_DEFAULT_OPS = (
+    ("group_norm", "temporal_attention") if vector_cpu_kernels() else ("group_norm",)
+)

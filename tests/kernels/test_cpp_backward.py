@@ -127,6 +127,7 @@ ATTN_CASES = [
     (16, 4, 8, (1, 1)),  # 1-pixel frames
     (16, 2, 32, (3, 2)),  # the denoiser's T
     (9, 3, 12, (2, 11)),  # head_dim 12, C = 36; rows longer than the runs of 8 pixels
+    (5, 2, 16, (9, 9)),  # 81 pixels: a 64-pixel chunk of whole vectors, then 17
 ]
 
 

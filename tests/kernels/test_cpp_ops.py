@@ -224,3 +224,21 @@ def test_op_rejects_mismatched_attention_inputs():
         torch.ops.lddm.temporal_attention(q, torch.randn(1, 8, 4, 2, 2), q, 2, 1.0)
     with pytest.raises(ValueError, match="num_heads=3"):
         torch.ops.lddm.temporal_attention(q, q, q, 3, 1.0)
+
+
+def test_cpu_isa_names_the_build_and_refuses_unknown_names(monkeypatch):
+    """LDDM_CPU_ISA picks a build by name; an unknown name is an error that says which
+    names exist, not a silent fallback, for cpu_isa() and for the ops alike."""
+    from lddm_fast import _C
+
+    monkeypatch.delenv("LDDM_CPU_ISA", raising=False)
+    widest = _C.cpu_isa()
+    assert widest in ("default", "avx2", "avx512")
+    monkeypatch.setenv("LDDM_CPU_ISA", "default")
+    assert _C.cpu_isa() == "default"
+    monkeypatch.setenv("LDDM_CPU_ISA", "sse9")
+    with pytest.raises(RuntimeError, match="sse9 is not one of default, avx2, avx512"):
+        _C.cpu_isa()
+    x = torch.randn(1, 8, 2, 2, 2)
+    with pytest.raises(RuntimeError, match="sse9 is not one of"):
+        torch.ops.lddm.group_norm(x, 2, None, None, 1e-5, None, None, False)

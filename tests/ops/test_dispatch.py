@@ -2,6 +2,10 @@
 reason, never fall back silently; the default choice falls back; arguments are
 validated with errors naming them."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -32,17 +36,42 @@ def _which(op="group_norm", x=None, **kw):
 @needs_cpp
 def test_default_on_cpu_is_cpp_for_inference_and_training():
     # cpp has a backward for group_norm and temporal_attention; training takes the
-    # group_norm one by default, the attention one only when asked for (it measured
-    # slower than the reference's autograd).
+    # group_norm one by default, and the attention one where the CPU kernels are a
+    # vector build (the portable one measured slower than the reference's autograd).
+    from lddm_fast import _C
+
+    vector = _C.cpu_isa() != "default"
     assert _which() == "cpp"
     x = torch.randn(2, 8, 3, 4, 4, requires_grad=True)
     assert _which(x=x) == "cpp"
-    assert _which("temporal_attention", x=x) == "reference"
+    assert _which("temporal_attention", x=x) == ("cpp" if vector else "reference")
     assert _which("temporal_attention", x=x, backend="cpp") == "cpp"
     with torch.no_grad():
         assert _which("temporal_attention", x=x) == "cpp"
     assert dispatch.default_choice("group_norm", "cpu", torch.float32, needs_grad=True) == "cpp"
-    assert dispatch.default_choice("temporal_attention", "cpu", torch.bfloat16, True) == "reference"
+    assert dispatch.default_choice("temporal_attention", "cpu", torch.bfloat16, True) == (
+        "cpp" if vector else "reference"
+    )
+
+
+@needs_cpp
+@pytest.mark.parametrize("isa", ["default", "widest"])
+def test_attention_training_default_follows_the_cpu_kernel_build(isa):
+    # Decided at import from the build the ops call: a fresh process per setting.
+    env = {k: v for k, v in os.environ.items() if k != "LDDM_CPU_ISA"}
+    if isa == "default":
+        env["LDDM_CPU_ISA"] = "default"
+    code = (
+        "import torch; from lddm_fast import _C; from lddm_fast.ops import dispatch; "
+        "print(_C.cpu_isa(), dispatch.default_choice('temporal_attention', 'cpu', "
+        "torch.float32, True))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out[1] == ("reference" if out[0] == "default" else "cpp"), out
+    if isa == "default":
+        assert out == ["default", "reference"]
 
 
 @needs_cpp
