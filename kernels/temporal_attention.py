@@ -14,6 +14,13 @@ A tile is (batch, head, P neighbouring positions); each program takes SUB consec
 tiles per turn, programs go on grid axis 0 and loop when there are more tiles than
 that axis allows (:func:`attention_grid`). BLOCK, SUB and the warps are autotuned per
 (T, head_dim, layout, dtype).
+
+Backward (:func:`temporal_attention_backward`), FlashAttention-style: for training the
+forward also writes the logsumexp of each query's logits (``[B, heads, T, H, W]``
+float32, 1/head_dim of o's size), and the backward kernel, on the same tiles, reads q,
+k, v, do and it once, recomputes ``P = exp(scale q k^T - lse)`` and writes dq, dk and
+dv once each. A tile holds whole sequences, so no program shares a row of dk or dv
+with another: no atomics, deterministic.
 """
 
 from __future__ import annotations
@@ -40,8 +47,9 @@ from .utils import (
 MAX_FRAMES = 128
 MAX_HEAD_DIM = 128
 _LOG2E = math.log2(math.e)
+# The same constants inside the kernels (globals a kernel reads must be constexprs).
 _LN2 = tl.constexpr(math.log(2.0))
-_LOG2E_C = tl.constexpr(_LOG2E)
+_LOG2E_JIT = tl.constexpr(_LOG2E)
 
 
 @triton.jit
@@ -233,7 +241,7 @@ def _temporal_attention_bwd_kernel(
             vt = tl.load(v_ptr + v_off, mask=mask, other=0.0)  # [BLOCK_D, BLOCK]
             do = tl.trans(tl.load(do_ptr + do_off, mask=mask, other=0.0))  # [BLOCK, BLOCK_D]
             l_off = b * sl_b + (bh % HEADS) * sl_n + t64 * sl_t + y * sl_h + x * sl_w
-            lse = tl.load(lse_ptr + l_off, mask=rows, other=0.0) * _LOG2E_C
+            lse = tl.load(lse_ptr + l_off, mask=rows, other=0.0) * _LOG2E_JIT
 
             scores = _dot(q, kt, DOT_F32) * qk_scale
             scores = tl.where(same_seq, scores, float("-inf"))
