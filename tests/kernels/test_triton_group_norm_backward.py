@@ -179,3 +179,18 @@ def test_backward_op_opcheck():
         args,
         test_utils=("test_schema", "test_faketensor"),
     )
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("fmt", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize(
+    "shape,groups", [((2, 320, 16, 32, 32), 32), ((8, 1280, 16, 8, 8), 32)], ids=str
+)
+def test_full_size_grads(shape, groups, dtype, fmt):
+    """The denoiser's shapes: several strips per channel block, autotuned configs."""
+    n, c = shape[:2]
+    x = layout(randn(*shape, dtype=dtype) + 3, fmt)
+    args = [x, randn(c), randn(c), randn(n, c) * 0.5, randn(n, c)]
+    check_grads(gn_fn(groups, "silu"), args, layout(randn(*shape, dtype=dtype), fmt))

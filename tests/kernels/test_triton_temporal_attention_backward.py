@@ -117,11 +117,12 @@ def test_finite_differences():
 @pytest.mark.parametrize("fmt", ["qkv_views_cl", "contiguous"])
 def test_opcheck(fmt):
     """Schema, fake implementations and autograd registration of the custom ops."""
-    q, k, v = (t.requires_grad_() for t in attention_qkv(2, 8, 5, (3, 3), fmt, torch.float32))
+    qkv = attention_qkv(2, 8, 5, (3, 3), fmt, torch.float32, DEVICE)
+    q, k, v = (t.requires_grad_() for t in qkv)
     torch.library.opcheck(torch.ops.lddm_triton.temporal_attention_lse.default, (q, k, v, 2, 0.25))
     with torch.no_grad():
         _, lse = torch.ops.lddm_triton.temporal_attention_lse(q, k, v, 2, 0.25)
-    args = (torch.randn(q.shape), q.detach(), k.detach(), v.detach(), lse, 2, 0.25)
+    args = (torch.randn(q.shape, device=DEVICE), q.detach(), k.detach(), v.detach(), lse, 2, 0.25)
     torch.library.opcheck(
         torch.ops.lddm_triton.temporal_attention_backward.default,
         args,
@@ -132,3 +133,17 @@ def test_opcheck(fmt):
 def test_default_training_call_takes_triton_on_cuda():
     assert ops.default_choice("temporal_attention", "cuda", torch.bfloat16, True) == "triton"
     assert ops.default_choice("group_norm", "cuda", torch.float32, True) == "triton"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("fmt", ["qkv_views", "qkv_views_cl"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize(
+    "T,heads,d,hw", [(16, 5, 64, (32, 32)), (16, 8, 128, (8, 8)), (64, 8, 64, (16, 16))], ids=str
+)
+def test_full_size_grads(T, heads, d, hw, dtype, fmt):
+    """The denoiser's shapes (head_dim 128, T = 64: 128-row tiles), autotuned configs."""
+    q, k, v = attention_qkv(2, heads * d, T, hw, fmt, dtype, DEVICE)
+    go = torch.randn(q.shape, device=DEVICE).to(dtype)
+    check_grads(attn_fn(heads), [q, k, v], go)
