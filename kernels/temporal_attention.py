@@ -14,6 +14,13 @@ A tile is (batch, head, P neighbouring positions); each program takes SUB consec
 tiles per turn, programs go on grid axis 0 and loop when there are more tiles than
 that axis allows (:func:`attention_grid`). BLOCK, SUB and the warps are autotuned per
 (T, head_dim, layout, dtype).
+
+Backward (:func:`temporal_attention_backward`), FlashAttention-style: for training the
+forward also writes the logsumexp of each query's logits (``[B, heads, T, H, W]``
+float32, 1/head_dim of o's size), and the backward kernel, on the same tiles, reads q,
+k, v, do and it once, recomputes ``P = exp(scale q k^T - lse)`` and writes dq, dk and
+dv once each. A tile holds whole sequences, so no program shares a row of dk or dv
+with another: no atomics, deterministic.
 """
 
 from __future__ import annotations
@@ -26,12 +33,23 @@ import triton.language as tl
 
 from lddm_fast.layout import attention_output_format
 
-from .utils import INTERPRET, MAX_GRID_X, cast_to, cdiv, device_guard, prune
+from .utils import (
+    INTERPRET,
+    MAX_GRID_X,
+    cast_to,
+    cdiv,
+    device_guard,
+    poison_if_requested,
+    prune,
+)
 
 # The row block must hold a whole sequence: T up to this many frames.
 MAX_FRAMES = 128
 MAX_HEAD_DIM = 128
 _LOG2E = math.log2(math.e)
+# The same constants inside the kernels (globals a kernel reads must be constexprs).
+_LN2 = tl.constexpr(math.log(2.0))
+_LOG2E_JIT = tl.constexpr(_LOG2E)
 
 
 @triton.jit
@@ -43,35 +61,51 @@ def _dot(a, b, F32: tl.constexpr):
     return tl.dot(a, b)
 
 
+@triton.jit
+def _dot_split(a, b, SPLIT: tl.constexpr, F32: tl.constexpr):
+    """``a @ b`` for an fp32 ``a`` (probabilities or their gradients) and a 16-bit ``b``:
+    SPLIT feeds a as hi + lo halves in b's dtype. a rounded to 8 or 11 bits would cost as
+    much error as the result's rounding itself; the halves carry ~16 bits through two
+    products."""
+    if SPLIT:
+        a_hi = a.to(b.dtype)
+        a_lo = (a - a_hi.to(tl.float32)).to(b.dtype)
+        return _dot(a_hi, b, F32) + _dot(a_lo, b, F32)
+    return _dot(a, b, F32)
+
+
+_CONFIGS = [
+    # Interpreter: the first config whose BLOCK holds T (SUB = 2 runs the tile loop).
+    triton.Config({"BLOCK": 64, "SUB": 2}, num_warps=4, num_stages=1),
+    triton.Config({"BLOCK": 64, "SUB": 1}, num_warps=4, num_stages=1),
+    triton.Config({"BLOCK": 64, "SUB": 4}, num_warps=4, num_stages=1),
+    triton.Config({"BLOCK": 64, "SUB": 2}, num_warps=8, num_stages=1),
+    triton.Config({"BLOCK": 128, "SUB": 2}, num_warps=8, num_stages=1),
+    triton.Config({"BLOCK": 128, "SUB": 1}, num_warps=8, num_stages=1),
+]
+_PRUNE = prune(lambda cfg, args: cfg.kwargs["BLOCK"] >= args["T"])
+_HEURISTICS = {
+    # Both depend on the autotuned BLOCK.
+    "TILES_PER_SEQ": lambda a: cdiv(a["H"] * a["W"], a["BLOCK"] // a["T"]),
+    "N_TILES": lambda a: attention_grid(
+        a["q_ptr"].shape[0], a["HEADS"], a["H"], a["W"], a["BLOCK"] // a["T"]
+    )[1],
+}
+
+
 @triton.autotune(
-    configs=[
-        # Interpreter: the first config whose BLOCK holds T (SUB = 2 runs the tile loop).
-        triton.Config({"BLOCK": 64, "SUB": 2}, num_warps=4, num_stages=1),
-        triton.Config({"BLOCK": 64, "SUB": 1}, num_warps=4, num_stages=1),
-        triton.Config({"BLOCK": 64, "SUB": 4}, num_warps=4, num_stages=1),
-        triton.Config({"BLOCK": 64, "SUB": 2}, num_warps=8, num_stages=1),
-        triton.Config({"BLOCK": 128, "SUB": 2}, num_warps=8, num_stages=1),
-        triton.Config({"BLOCK": 128, "SUB": 1}, num_warps=8, num_stages=1),
-    ],
-    key=["T", "HEAD_DIM", "CHANNELS_INNER"],
-    prune_configs_by=prune(lambda cfg, args: cfg.kwargs["BLOCK"] >= args["T"]),
+    configs=_CONFIGS, key=["T", "HEAD_DIM", "CHANNELS_INNER"], prune_configs_by=_PRUNE
 )
-@triton.heuristics(
-    {
-        # Both depend on the autotuned BLOCK.
-        "TILES_PER_SEQ": lambda a: cdiv(a["H"] * a["W"], a["BLOCK"] // a["T"]),
-        "N_TILES": lambda a: attention_grid(
-            a["q_ptr"].shape[0], a["HEADS"], a["H"], a["W"], a["BLOCK"] // a["T"]
-        )[1],
-    }
-)
+@triton.heuristics(_HEURISTICS)
 @triton.jit
 def _temporal_attention_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr,  # [B, C, T, H, W] each, read/written through strides
+    lse_ptr,  # [B, HEADS, T, H, W] float32 out (STORE_LSE): logsumexp of the logits
     sq_b, sq_c, sq_t, sq_h, sq_w,
     sk_b, sk_c, sk_t, sk_h, sk_w,
     sv_b, sv_c, sv_t, sv_h, sv_w,
     so_b, so_c, so_t, so_h, so_w,
+    sl_b, sl_n, sl_t, sl_h, sl_w,
     HEADS, H, W,
     qk_scale,  # scale * log2(e): the softmax runs on exp2
     N_TILES, TILES_PER_SEQ,  # tiles of P positions: all of them, and per (batch, head)
@@ -79,6 +113,7 @@ def _temporal_attention_kernel(
     T: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     DOT_F32: tl.constexpr,  # multiply in fp32 (fp32 inputs; bf16 under the interpreter)
     SPLIT_P: tl.constexpr,  # 16-bit inputs: feed P to the PV product as hi + lo halves
+    STORE_LSE: tl.constexpr,  # for the backward, which recomputes P from it
     BLOCK: tl.constexpr,  # rows per tile: P = BLOCK // T positions of T frames
     SUB: tl.constexpr,  # consecutive tiles per program (per loop turn of the grid)
 ):
@@ -107,7 +142,8 @@ def _temporal_attention_kernel(
             c = (bh % HEADS) * HEAD_DIM + d64
             # flat y * W + x of each row's position (< H * W + P: int32)
             s = (tile % TILES_PER_SEQ).to(tl.int32) * P + p
-            mask = d_ok[:, None] & (row_ok & (s < H * W))[None, :]
+            rows = row_ok & (s < H * W)
+            mask = d_ok[:, None] & rows[None, :]
             y = (s // W).to(tl.int64)
             x = (s % W).to(tl.int64)
             # Tiles are [BLOCK_D, BLOCK]: the unit-stride axis is the channel in
@@ -124,18 +160,109 @@ def _temporal_attention_kernel(
             row_max = tl.max(scores, axis=1)
             prob = tl.exp2(scores - row_max[:, None])  # unnormalised, in [0, 1]
             denom = tl.sum(prob, axis=1)
-            if SPLIT_P:
-                # P rounded to 8 or 11 bits would cost as much error as the output
-                # rounding itself; hi + lo halves carry ~16 bits through two products.
-                p_hi = prob.to(v.dtype)
-                p_lo = (prob - p_hi.to(tl.float32)).to(v.dtype)
-                acc = _dot(p_hi, v, DOT_F32) + _dot(p_lo, v, DOT_F32)
-            else:
-                acc = _dot(prob, v, DOT_F32)
-            o = acc / denom[:, None]
+            o = _dot_split(prob, v, SPLIT_P, DOT_F32) / denom[:, None]
+            if STORE_LSE:
+                lse = (row_max + tl.log2(denom)) * _LN2
+                l_off = b * sl_b + (bh % HEADS) * sl_n + t64 * sl_t + y * sl_h + x * sl_w
+                tl.store(lse_ptr + l_off, lse, mask=rows)
 
             o_off = b * so_b + c[:, None] * so_c + (t64 * so_t + y * so_h + x * so_w)[None, :]
             tl.store(o_ptr + o_off, cast_to(tl.trans(o), o_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.autotune(
+    configs=_CONFIGS,
+    key=["T", "HEAD_DIM", "CHANNELS_INNER"],
+    # Each trial run writes all of dq, dk and dv (no accumulation): nothing to reset.
+    prune_configs_by=_PRUNE,
+)
+@triton.heuristics(_HEURISTICS)
+@triton.jit
+def _temporal_attention_bwd_kernel(
+    q_ptr, k_ptr, v_ptr, do_ptr,  # [B, C, T, H, W] each, read through strides
+    lse_ptr,  # [B, HEADS, T, H, W] float32 from the forward
+    dq_ptr, dk_ptr, dv_ptr,  # [B, C, T, H, W] each, written through strides
+    sq_b, sq_c, sq_t, sq_h, sq_w,
+    sk_b, sk_c, sk_t, sk_h, sk_w,
+    sv_b, sv_c, sv_t, sv_h, sv_w,
+    sdo_b, sdo_c, sdo_t, sdo_h, sdo_w,
+    sl_b, sl_n, sl_t, sl_h, sl_w,
+    sdq_b, sdq_c, sdq_t, sdq_h, sdq_w,
+    sdk_b, sdk_c, sdk_t, sdk_h, sdk_w,
+    sdv_b, sdv_c, sdv_t, sdv_h, sdv_w,
+    HEADS, H, W,
+    scale,  # the logit scale
+    qk_scale,  # scale * log2(e): probabilities are recomputed with exp2
+    N_TILES, TILES_PER_SEQ,
+    CHANNELS_INNER: tl.constexpr,
+    T: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    DOT_F32: tl.constexpr,
+    SPLIT_P: tl.constexpr,  # 16-bit inputs: P and dS enter the products as hi + lo halves
+    BLOCK: tl.constexpr,
+    SUB: tl.constexpr,
+):
+    """FlashAttention's backward on the forward's block-diagonal tiles, whole sequences
+    on chip (no atomics: each program owns its positions' dq, dk and dv):
+    ``P = exp(scale q k^T - lse)``, ``dv = P^T do``, ``dP = do v^T``,
+    ``dS = P (dP - rowsum(P dP))``, ``dq = scale dS k``, ``dk = scale dS^T q``."""
+    P: tl.constexpr = BLOCK // T
+    r = tl.arange(0, BLOCK)
+    t = r // P
+    p = r % P
+    row_ok = t < T
+    d = tl.arange(0, BLOCK_D)
+    d_ok = d < HEAD_DIM
+    same_seq = (p[:, None] == p[None, :]) & row_ok[None, :]
+    t64 = t.to(tl.int64)
+    d64 = d.to(tl.int64)
+
+    start = tl.program_id(0).to(tl.int64) * SUB
+    step = tl.num_programs(0).to(tl.int64) * SUB
+    for first in range(start, N_TILES, step):
+        for tile in range(first, tl.minimum(first + SUB, N_TILES)):
+            bh = tile // TILES_PER_SEQ
+            b = bh // HEADS
+            c = (bh % HEADS) * HEAD_DIM + d64
+            s = (tile % TILES_PER_SEQ).to(tl.int32) * P + p
+            rows = row_ok & (s < H * W)
+            mask = d_ok[:, None] & rows[None, :]
+            y = (s // W).to(tl.int64)
+            x = (s % W).to(tl.int64)
+            q_off = b * sq_b + c[:, None] * sq_c + (t64 * sq_t + y * sq_h + x * sq_w)[None, :]
+            k_off = b * sk_b + c[:, None] * sk_c + (t64 * sk_t + y * sk_h + x * sk_w)[None, :]
+            v_off = b * sv_b + c[:, None] * sv_c + (t64 * sv_t + y * sv_h + x * sv_w)[None, :]
+            do_off = (
+                b * sdo_b + c[:, None] * sdo_c + (t64 * sdo_t + y * sdo_h + x * sdo_w)[None, :]
+            )
+            # Masked rows load zeros: their do, hence dP and dS, vanish, so they add
+            # nothing to the valid rows' dk and dv.
+            q = tl.trans(tl.load(q_ptr + q_off, mask=mask, other=0.0))  # [BLOCK, BLOCK_D]
+            kt = tl.load(k_ptr + k_off, mask=mask, other=0.0)  # [BLOCK_D, BLOCK]
+            vt = tl.load(v_ptr + v_off, mask=mask, other=0.0)  # [BLOCK_D, BLOCK]
+            do = tl.trans(tl.load(do_ptr + do_off, mask=mask, other=0.0))  # [BLOCK, BLOCK_D]
+            l_off = b * sl_b + (bh % HEADS) * sl_n + t64 * sl_t + y * sl_h + x * sl_w
+            lse = tl.load(lse_ptr + l_off, mask=rows, other=0.0) * _LOG2E_JIT
+
+            scores = _dot(q, kt, DOT_F32) * qk_scale
+            scores = tl.where(same_seq, scores, float("-inf"))
+            prob = tl.exp2(scores - lse[:, None])  # [BLOCK, BLOCK], rows sum to 1
+            dprob = _dot(do, vt, DOT_F32)
+            delta = tl.sum(prob * dprob, axis=1)
+            dscores = prob * (dprob - delta[:, None]) * scale
+
+            dv = _dot_split(tl.trans(prob), do, SPLIT_P, DOT_F32)
+            dq = _dot_split(dscores, tl.trans(kt), SPLIT_P, DOT_F32)
+            dk = _dot_split(tl.trans(dscores), q, SPLIT_P, DOT_F32)
+
+            pos = t64 * sdq_t + y * sdq_h + x * sdq_w
+            dq_off = b * sdq_b + c[:, None] * sdq_c + pos[None, :]
+            tl.store(dq_ptr + dq_off, cast_to(tl.trans(dq), dq_ptr.dtype.element_ty), mask=mask)
+            pos = t64 * sdk_t + y * sdk_h + x * sdk_w
+            dk_off = b * sdk_b + c[:, None] * sdk_c + pos[None, :]
+            tl.store(dk_ptr + dk_off, cast_to(tl.trans(dk), dk_ptr.dtype.element_ty), mask=mask)
+            pos = t64 * sdv_t + y * sdv_h + x * sdv_w
+            dv_off = b * sdv_b + c[:, None] * sdv_c + pos[None, :]
+            tl.store(dv_ptr + dv_off, cast_to(tl.trans(dv), dv_ptr.dtype.element_ty), mask=mask)
 
 
 def attention_grid(
@@ -166,6 +293,7 @@ def temporal_attention(
     scale: float | None = None,
     out: torch.Tensor | None = None,
     max_programs: int = MAX_GRID_X,
+    lse: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Multi-head softmax attention over T at every spatial position
     (see :func:`lddm_fast.ops.temporal_attention`).
@@ -180,6 +308,9 @@ def temporal_attention(
             channel stride is 1, else contiguous.
         max_programs: cap on the launch grid (tests use a small one to exercise the
             loop that covers more tiles than programs).
+        lse: optional ``[B, num_heads, T, H, W]`` float32 tensor that receives the
+            logsumexp of each query's scaled logits (what
+            :func:`temporal_attention_backward` needs).
 
     Returns:
         ``out``: ``[B, C, T, H, W]`` in q's dtype.
@@ -207,6 +338,13 @@ def temporal_attention(
         )
     elif any(out.untyped_storage().data_ptr() == t.untyped_storage().data_ptr() for t in (q, k, v)):
         raise ValueError("out must not share storage with q, k or v")
+    if lse is not None and (
+        lse.shape != (bsz, num_heads, frames, height, width) or lse.dtype != torch.float32
+    ):
+        raise ValueError(
+            f"lse must be {(bsz, num_heads, frames, height, width)} float32, "
+            f"got {tuple(lse.shape)} {lse.dtype}"
+        )
     if out.numel() == 0:
         return out
 
@@ -217,13 +355,70 @@ def temporal_attention(
     sixteen_bit = q.dtype in (torch.bfloat16, torch.float16)
     with device_guard(q):
         _temporal_attention_kernel[grid](
-            q, k, v, out, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+            q, k, v, out, lse if lse is not None else out,
+            *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+            *(lse.stride() if lse is not None else (0,) * 5),
             num_heads, height, width, float(scale) * _LOG2E,
             CHANNELS_INNER=q.stride(1) == 1, T=frames, HEAD_DIM=head_dim,
             BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
             # The interpreter's dot multiplies bf16 bit patterns as integers: bf16 -> fp32
             # is exact, so multiplying in fp32 there computes the same products.
             DOT_F32=not sixteen_bit or (INTERPRET and q.dtype == torch.bfloat16),
-            SPLIT_P=sixteen_bit,
+            SPLIT_P=sixteen_bit, STORE_LSE=lse is not None,
         )
     return out
+
+
+def temporal_attention_backward(
+    grad_out: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    lse: torch.Tensor,
+    *,
+    num_heads: int,
+    scale: float | None = None,
+    max_programs: int = MAX_GRID_X,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of :func:`temporal_attention` w.r.t. q, k and v.
+
+    Args:
+        grad_out: ``[B, C, T, H, W]`` of q's dtype, any strides.
+        q, k, v, num_heads, scale, max_programs: as for the forward.
+        lse: ``[B, num_heads, T, H, W]`` float32, filled by the forward's ``lse=``.
+
+    Returns:
+        ``(dq, dk, dv)``, each in q's dtype and the layout the forward would give its
+        input (channels_last_3d when that input's channel stride is 1, else contiguous).
+    """
+    bsz, c, frames, height, width = q.shape
+    head_dim = c // num_heads
+    if scale is None:
+        scale = head_dim**-0.5
+    grads = [
+        torch.empty(t.shape, dtype=t.dtype, device=t.device,
+                    memory_format=attention_output_format(t))
+        for t in (q, k, v)
+    ]
+    poison_if_requested(*grads)
+    if q.numel() == 0:
+        return tuple(grads)
+
+    def grid(meta):
+        return attention_grid(
+            bsz, num_heads, height, width, meta["BLOCK"] // frames, meta["SUB"], max_programs
+        )[0]
+
+    sixteen_bit = q.dtype in (torch.bfloat16, torch.float16)
+    with device_guard(q):
+        _temporal_attention_bwd_kernel[grid](
+            q, k, v, grad_out, lse, *grads,
+            *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *lse.stride(),
+            *(s for g in grads for s in g.stride()),
+            num_heads, height, width, float(scale), float(scale) * _LOG2E,
+            CHANNELS_INNER=q.stride(1) == 1, T=frames, HEAD_DIM=head_dim,
+            BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
+            DOT_F32=not sixteen_bit or (INTERPRET and q.dtype == torch.bfloat16),
+            SPLIT_P=sixteen_bit,
+        )
+    return tuple(grads)

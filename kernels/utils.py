@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from collections.abc import Callable
 
 import torch
@@ -79,6 +80,15 @@ def prune(valid: Callable[[triton.Config, dict], bool] | None = None) -> dict:
 def device_guard(t: torch.Tensor) -> contextlib.AbstractContextManager:
     """Make t's GPU current for the launch (Triton launches on the current device)."""
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
+def poison_if_requested(*outputs: torch.Tensor) -> None:
+    """With ``LDDM_POISON_OUTPUTS=1`` (set by the tests) fill freshly allocated outputs
+    with NaN before the launch, so a test sees any element a kernel failed to write (as
+    the C++ ops do, csrc/checks.h)."""
+    if os.environ.get("LDDM_POISON_OUTPUTS") == "1":
+        for t in outputs:
+            t.fill_(float("nan"))
 
 
 @triton.jit

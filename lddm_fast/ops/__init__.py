@@ -83,6 +83,8 @@ register(
         dtypes=_FLOATS,
         status=triton_backend.status,
         limits=triton_backend.limits,
+        differentiable=triton_backend.BACKWARD_OPS,
+        grad_default=triton_backend.GRAD_DEFAULT_OPS,
     ),
     default_for={"cuda": 0},
 )

@@ -41,6 +41,48 @@ def check(fast: torch.Tensor, eager: torch.Tensor, ref: torch.Tensor) -> None:
         assert err <= bound, (err, bound)
 
 
+def grads(fn, inputs, grad_out, backend):
+    """Gradients of sum(fn(*inputs, backend=backend) * grad_out) w.r.t. inputs (None
+    entries skipped)."""
+    leaves = [None if t is None else t.detach().requires_grad_() for t in inputs]
+    out = fn(*leaves, backend=backend)
+    out.backward(grad_out)
+    return [None if t is None else t.grad for t in leaves]
+
+
+def check_grads(fn, inputs, grad_out, backend):
+    """``backend``'s grads against autograd through the float64 reference by
+    :func:`check`, the reference backend's grads in the inputs' dtypes being the
+    low-precision yardstick; each grad must have its input's shape and dtype."""
+    fast = grads(fn, inputs, grad_out, backend)
+    eager = grads(fn, inputs, grad_out, "reference")
+    ref = grads(fn, [d64(t) for t in inputs], grad_out.double(), "reference")
+    for i, (f, e, r) in enumerate(zip(fast, eager, ref, strict=True)):
+        if r is None:
+            continue
+        assert f.shape == r.shape and f.dtype == inputs[i].dtype, i
+        check(f, e, r)
+
+
+def directional_check(fn, ref, inputs, eps=1e-6):
+    """<grad, u> from fn's backward (inputs in float32) against the central difference
+    of <ref, g> along a random direction u, with ref the same function evaluated in
+    float64 by the reference backend (so the difference itself is accurate to ~1e-9):
+    the gradient check for backends that take no float64 (no torch.autograd.gradcheck)."""
+    leaves = [t.detach().clone().requires_grad_() for t in inputs]
+    out = fn(*leaves)
+    g = torch.randn(out.shape, dtype=torch.float64, device=out.device)
+    (out.double() * g).sum().backward()
+    dirs = [torch.randn_like(t, dtype=torch.float64) for t in inputs]
+    analytic = sum((t.grad.double() * u).sum() for t, u in zip(leaves, dirs, strict=True))
+    with torch.no_grad():
+        plus = ref(*[t.double() + eps * u for t, u in zip(inputs, dirs, strict=True)])
+        minus = ref(*[t.double() - eps * u for t, u in zip(inputs, dirs, strict=True)])
+    numeric = ((plus - minus) * g).sum() / (2 * eps)
+    # float32 kernels: the gradient's rounding is ~1e-6 relative per term.
+    assert abs(analytic - numeric) <= 1e-4 * abs(numeric).clamp_min(1.0), (analytic, numeric)
+
+
 def check_group_norm(x, groups, weight, bias, backend, *, scale=None, shift=None, activation=None):
     """ops.group_norm on ``backend`` against the float64 reference by :func:`check`,
     with the eager reference backend in x's dtype as the low-precision yardstick; the

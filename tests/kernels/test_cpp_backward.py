@@ -6,6 +6,7 @@ the fp32 kernels (the backend takes no float64, so no torch.autograd.gradcheck).
 
 from functools import partial
 
+import parity
 import pytest
 import torch
 from parity import (
@@ -14,7 +15,7 @@ from parity import (
     CPP_TEST_MARKS,
     SPATIAL_FORMS,
     attention_qkv,
-    check,
+    directional_check,
     layout,
     rel,
     spatial_modulation,
@@ -25,26 +26,7 @@ from lddm_fast import ops
 pytestmark = CPP_TEST_MARKS
 
 
-def grads(fn, inputs, grad_out, backend):
-    """Gradients of sum(fn(*inputs) * grad_out) w.r.t. inputs (None entries skipped)."""
-    leaves = [None if t is None else t.detach().requires_grad_() for t in inputs]
-    out = fn(*leaves, backend=backend)
-    out.backward(grad_out)
-    return [None if t is None else t.grad for t in leaves]
-
-
-def check_grads(fn, inputs, grad_out):
-    """cpp grads vs float64 reference autograd (fp32: FP32_TOL; low precision: 2x the
-    reference backend's error in that dtype)."""
-    fast = grads(fn, inputs, grad_out, "cpp")
-    eager = grads(fn, inputs, grad_out, "reference")
-    d64 = [None if t is None else t.double() for t in inputs]
-    ref = grads(fn, d64, grad_out.double(), "reference")
-    for i, (f, e, r) in enumerate(zip(fast, eager, ref, strict=True)):
-        if r is None:
-            continue
-        assert f.shape == r.shape and f.dtype == inputs[i].dtype, i
-        check(f, e, r)
+check_grads = partial(parity.check_grads, backend="cpp")
 
 
 # ---- group_norm -------------------------------------------------------------------
@@ -187,24 +169,6 @@ def test_logsumexp_matches_reference(fmt, hw, isa):
 # ---- finite differences ---------------------------------------------------------------
 
 
-def _directional_check(fn, ref, inputs, eps=1e-6):
-    """<grad, u> from the cpp backward (inputs in float32) against the central difference
-    of <ref, g> along a random direction u, with ref the same function evaluated in
-    float64 by the reference backend (so the difference itself is accurate to ~1e-9)."""
-    leaves = [t.detach().clone().requires_grad_() for t in inputs]
-    out = fn(*leaves)
-    g = torch.randn(out.shape, dtype=torch.float64)
-    (out.double() * g).sum().backward()
-    dirs = [torch.randn_like(t, dtype=torch.float64) for t in inputs]
-    analytic = sum((t.grad.double() * u).sum() for t, u in zip(leaves, dirs, strict=True))
-    with torch.no_grad():
-        plus = ref(*[t.double() + eps * u for t, u in zip(inputs, dirs, strict=True)])
-        minus = ref(*[t.double() - eps * u for t, u in zip(inputs, dirs, strict=True)])
-    numeric = ((plus - minus) * g).sum() / (2 * eps)
-    # float32 kernels: the gradient's rounding is ~1e-6 relative per term.
-    assert abs(analytic - numeric) <= 1e-4 * abs(numeric).clamp_min(1.0), (analytic, numeric)
-
-
 def test_group_norm_finite_differences(isa):
     x = torch.randn(2, 12, 3, 2, 3)
     params = [
@@ -219,7 +183,7 @@ def test_group_norm_finite_differences(isa):
             x, 3, w, b, scale=scale, shift=shift, activation="silu", backend=backend
         )
 
-    _directional_check(fn, partial(fn, backend="reference"), [x, *params])
+    directional_check(fn, partial(fn, backend="reference"), [x, *params])
 
 
 def test_temporal_attention_finite_differences(isa):
@@ -228,4 +192,4 @@ def test_temporal_attention_finite_differences(isa):
     def fn(q, k, v, backend="cpp"):
         return ops.temporal_attention(q, k, v, num_heads=2, backend=backend)
 
-    _directional_check(fn, partial(fn, backend="reference"), [q, k, v])
+    directional_check(fn, partial(fn, backend="reference"), [q, k, v])

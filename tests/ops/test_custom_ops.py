@@ -170,13 +170,30 @@ def test_compiled_default_dispatch_follows_use_backend():
     torch.testing.assert_close(inside, expected, rtol=1e-5, atol=1e-5)
 
 
+TRITON_STATUS = ops.available_backends()["triton"]
+
+
 @pytest.mark.slow
-def test_compile_fullgraph_backward_matches_eager():
-    """A training step through torch.compile(fullgraph=True): the cpp forward and backward
-    ops are traced (fake kernels, registered autograd) and give eager's gradients."""
+@pytest.mark.parametrize(
+    "backend",
+    [
+        "cpp",
+        # lddm_triton:: custom ops, on CPU through the interpreter (TRITON_INTERPRET=1).
+        pytest.param(
+            "triton",
+            marks=pytest.mark.skipif(
+                TRITON_STATUS != "ok (interpreter)", reason=f"triton on CPU: {TRITON_STATUS}"
+            ),
+        ),
+    ],
+)
+def test_compile_fullgraph_backward_matches_eager(backend):
+    """A training step through torch.compile(fullgraph=True): the backend's forward and
+    backward ops are traced (fake kernels, registered autograd) and give eager's
+    gradients."""
     torch._dynamo.reset()
     torch.manual_seed(0)
-    block = Block("cpp").train()
+    block = Block(backend).train()
     x = torch.randn(2, 16, 5, 4, 4).contiguous(memory_format=torch.channels_last_3d)
     scale, shift = torch.randn(2, 16), torch.randn(2, 16)
 
