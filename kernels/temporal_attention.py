@@ -93,6 +93,44 @@ _HEURISTICS = {
 }
 
 
+@triton.jit
+def _tile_rows(T: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK: tl.constexpr):
+    """Row and channel indices of a tile, shared by every tile of a program: row r is
+    frame r // P of position r % P (P = BLOCK // T positions); ``same_seq`` masks the
+    logits to the frames of a row's own position."""
+    P: tl.constexpr = BLOCK // T
+    r = tl.arange(0, BLOCK)
+    t = r // P
+    p = r % P
+    row_ok = t < T
+    d = tl.arange(0, BLOCK_D)
+    d_ok = d < HEAD_DIM
+    same_seq = (p[:, None] == p[None, :]) & row_ok[None, :]
+    return p, row_ok, d_ok, same_seq, t.to(tl.int64), d.to(tl.int64)
+
+
+@triton.jit
+def _tile_place(tile, p, row_ok, d_ok, d64, TILES_PER_SEQ, HEADS, H, W, HEAD_DIM: tl.constexpr,
+                P: tl.constexpr):
+    """Where tile ``tile`` lies: its (batch, head) index bh, batch b, channels c
+    [BLOCK_D], rows that exist, the [BLOCK_D, BLOCK] load/store mask and each row's
+    y, x (int64)."""
+    bh = tile // TILES_PER_SEQ
+    b = bh // HEADS
+    c = (bh % HEADS) * HEAD_DIM + d64
+    # flat y * W + x of each row's position (< H * W + P: int32)
+    s = (tile % TILES_PER_SEQ).to(tl.int32) * P + p
+    rows = row_ok & (s < H * W)
+    mask = d_ok[:, None] & rows[None, :]
+    return bh, b, c, rows, mask, (s // W).to(tl.int64), (s % W).to(tl.int64)
+
+
+@triton.jit
+def _offsets(b, c, t64, y, x, s_b, s_c, s_t, s_h, s_w):
+    """[BLOCK_D, BLOCK] element offsets of a tile in a strided [B, C, T, H, W] tensor."""
+    return b * s_b + c[:, None] * s_c + (t64 * s_t + y * s_h + x * s_w)[None, :]
+
+
 @triton.autotune(
     configs=_CONFIGS, key=["T", "HEAD_DIM", "CHANNELS_INNER"], prune_configs_by=_PRUNE
 )
@@ -118,16 +156,7 @@ def _temporal_attention_kernel(
     SUB: tl.constexpr,  # consecutive tiles per program (per loop turn of the grid)
 ):
     P: tl.constexpr = BLOCK // T
-    r = tl.arange(0, BLOCK)
-    t = r // P
-    p = r % P
-    row_ok = t < T
-    d = tl.arange(0, BLOCK_D)
-    d_ok = d < HEAD_DIM
-    # Keys a query row may attend to: frames of its own position.
-    same_seq = (p[:, None] == p[None, :]) & row_ok[None, :]
-    t64 = t.to(tl.int64)
-    d64 = d.to(tl.int64)
+    p, row_ok, d_ok, same_seq, t64, d64 = _tile_rows(T, HEAD_DIM, BLOCK_D, BLOCK)
 
     # A tile's rows of one frame are P neighbouring positions: in the contiguous layout
     # they share DRAM sectors with the next tile's, which the same program reads next
@@ -137,20 +166,14 @@ def _temporal_attention_kernel(
     step = tl.num_programs(0).to(tl.int64) * SUB
     for first in range(start, N_TILES, step):
         for tile in range(first, tl.minimum(first + SUB, N_TILES)):
-            bh = tile // TILES_PER_SEQ
-            b = bh // HEADS
-            c = (bh % HEADS) * HEAD_DIM + d64
-            # flat y * W + x of each row's position (< H * W + P: int32)
-            s = (tile % TILES_PER_SEQ).to(tl.int32) * P + p
-            rows = row_ok & (s < H * W)
-            mask = d_ok[:, None] & rows[None, :]
-            y = (s // W).to(tl.int64)
-            x = (s % W).to(tl.int64)
+            bh, b, c, rows, mask, y, x = _tile_place(
+                tile, p, row_ok, d_ok, d64, TILES_PER_SEQ, HEADS, H, W, HEAD_DIM, P
+            )
             # Tiles are [BLOCK_D, BLOCK]: the unit-stride axis is the channel in
             # channels_last_3d and the position (within rows of one frame) otherwise.
-            q_off = b * sq_b + c[:, None] * sq_c + (t64 * sq_t + y * sq_h + x * sq_w)[None, :]
-            k_off = b * sk_b + c[:, None] * sk_c + (t64 * sk_t + y * sk_h + x * sk_w)[None, :]
-            v_off = b * sv_b + c[:, None] * sv_c + (t64 * sv_t + y * sv_h + x * sv_w)[None, :]
+            q_off = _offsets(b, c, t64, y, x, sq_b, sq_c, sq_t, sq_h, sq_w)
+            k_off = _offsets(b, c, t64, y, x, sk_b, sk_c, sk_t, sk_h, sk_w)
+            v_off = _offsets(b, c, t64, y, x, sv_b, sv_c, sv_t, sv_h, sv_w)
             q = tl.trans(tl.load(q_ptr + q_off, mask=mask, other=0.0))  # [BLOCK, BLOCK_D]
             kt = tl.load(k_ptr + k_off, mask=mask, other=0.0)  # [BLOCK_D, BLOCK]
             v = tl.trans(tl.load(v_ptr + v_off, mask=mask, other=0.0))  # [BLOCK, BLOCK_D]
@@ -166,7 +189,7 @@ def _temporal_attention_kernel(
                 l_off = b * sl_b + (bh % HEADS) * sl_n + t64 * sl_t + y * sl_h + x * sl_w
                 tl.store(lse_ptr + l_off, lse, mask=rows)
 
-            o_off = b * so_b + c[:, None] * so_c + (t64 * so_t + y * so_h + x * so_w)[None, :]
+            o_off = _offsets(b, c, t64, y, x, so_b, so_c, so_t, so_h, so_w)
             tl.store(o_ptr + o_off, cast_to(tl.trans(o), o_ptr.dtype.element_ty), mask=mask)
 
 
@@ -206,34 +229,19 @@ def _temporal_attention_bwd_kernel(
     ``P = exp(scale q k^T - lse)``, ``dv = P^T do``, ``dP = do v^T``,
     ``dS = P (dP - rowsum(P dP))``, ``dq = scale dS k``, ``dk = scale dS^T q``."""
     P: tl.constexpr = BLOCK // T
-    r = tl.arange(0, BLOCK)
-    t = r // P
-    p = r % P
-    row_ok = t < T
-    d = tl.arange(0, BLOCK_D)
-    d_ok = d < HEAD_DIM
-    same_seq = (p[:, None] == p[None, :]) & row_ok[None, :]
-    t64 = t.to(tl.int64)
-    d64 = d.to(tl.int64)
+    p, row_ok, d_ok, same_seq, t64, d64 = _tile_rows(T, HEAD_DIM, BLOCK_D, BLOCK)
 
     start = tl.program_id(0).to(tl.int64) * SUB
     step = tl.num_programs(0).to(tl.int64) * SUB
     for first in range(start, N_TILES, step):
         for tile in range(first, tl.minimum(first + SUB, N_TILES)):
-            bh = tile // TILES_PER_SEQ
-            b = bh // HEADS
-            c = (bh % HEADS) * HEAD_DIM + d64
-            s = (tile % TILES_PER_SEQ).to(tl.int32) * P + p
-            rows = row_ok & (s < H * W)
-            mask = d_ok[:, None] & rows[None, :]
-            y = (s // W).to(tl.int64)
-            x = (s % W).to(tl.int64)
-            q_off = b * sq_b + c[:, None] * sq_c + (t64 * sq_t + y * sq_h + x * sq_w)[None, :]
-            k_off = b * sk_b + c[:, None] * sk_c + (t64 * sk_t + y * sk_h + x * sk_w)[None, :]
-            v_off = b * sv_b + c[:, None] * sv_c + (t64 * sv_t + y * sv_h + x * sv_w)[None, :]
-            do_off = (
-                b * sdo_b + c[:, None] * sdo_c + (t64 * sdo_t + y * sdo_h + x * sdo_w)[None, :]
+            bh, b, c, rows, mask, y, x = _tile_place(
+                tile, p, row_ok, d_ok, d64, TILES_PER_SEQ, HEADS, H, W, HEAD_DIM, P
             )
+            q_off = _offsets(b, c, t64, y, x, sq_b, sq_c, sq_t, sq_h, sq_w)
+            k_off = _offsets(b, c, t64, y, x, sk_b, sk_c, sk_t, sk_h, sk_w)
+            v_off = _offsets(b, c, t64, y, x, sv_b, sv_c, sv_t, sv_h, sv_w)
+            do_off = _offsets(b, c, t64, y, x, sdo_b, sdo_c, sdo_t, sdo_h, sdo_w)
             # Masked rows load zeros: their do, hence dP and dS, vanish, so they add
             # nothing to the valid rows' dk and dv.
             q = tl.trans(tl.load(q_ptr + q_off, mask=mask, other=0.0))  # [BLOCK, BLOCK_D]
@@ -254,14 +262,11 @@ def _temporal_attention_bwd_kernel(
             dq = _dot_split(dscores, tl.trans(kt), SPLIT_P, DOT_F32)
             dk = _dot_split(tl.trans(dscores), q, SPLIT_P, DOT_F32)
 
-            pos = t64 * sdq_t + y * sdq_h + x * sdq_w
-            dq_off = b * sdq_b + c[:, None] * sdq_c + pos[None, :]
+            dq_off = _offsets(b, c, t64, y, x, sdq_b, sdq_c, sdq_t, sdq_h, sdq_w)
             tl.store(dq_ptr + dq_off, cast_to(tl.trans(dq), dq_ptr.dtype.element_ty), mask=mask)
-            pos = t64 * sdk_t + y * sdk_h + x * sdk_w
-            dk_off = b * sdk_b + c[:, None] * sdk_c + pos[None, :]
+            dk_off = _offsets(b, c, t64, y, x, sdk_b, sdk_c, sdk_t, sdk_h, sdk_w)
             tl.store(dk_ptr + dk_off, cast_to(tl.trans(dk), dk_ptr.dtype.element_ty), mask=mask)
-            pos = t64 * sdv_t + y * sdv_h + x * sdv_w
-            dv_off = b * sdv_b + c[:, None] * sdv_c + pos[None, :]
+            dv_off = _offsets(b, c, t64, y, x, sdv_b, sdv_c, sdv_t, sdv_h, sdv_w)
             tl.store(dv_ptr + dv_off, cast_to(tl.trans(dv), dv_ptr.dtype.element_ty), mask=mask)
 
 

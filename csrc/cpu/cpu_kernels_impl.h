@@ -36,6 +36,13 @@ Kernels<T> make_kernels() {
   return k;
 }
 
+// The build's table for T, made once.
+template <typename T>
+const Kernels<T>* kernel_table() {
+  static const Kernels<T> k = make_kernels<T>();
+  return &k;
+}
+
 }  // namespace LDDM_ISA_NAMESPACE
 }  // namespace cpu
 }  // namespace lddm

@@ -16,15 +16,8 @@ namespace cpu {
 namespace isa_avx512 {
 
 #ifdef LDDM_HAVE_AVX512_BUILD
-const Kernels<float>* kernels_f32() {
-  static const Kernels<float> k = make_kernels<float>();
-  return &k;
-}
-
-const Kernels<bf16_t>* kernels_bf16() {
-  static const Kernels<bf16_t> k = make_kernels<bf16_t>();
-  return &k;
-}
+const Kernels<float>* kernels_f32() { return kernel_table<float>(); }
+const Kernels<bf16_t>* kernels_bf16() { return kernel_table<bf16_t>(); }
 #else
 const Kernels<float>* kernels_f32() { return nullptr; }
 const Kernels<bf16_t>* kernels_bf16() { return nullptr; }
