@@ -30,6 +30,21 @@ def test_info_json_via_module():
     assert data["defaults"]["group_norm cpu float32"] in data["backends"]
 
 
+def test_the_parser_is_built_once_and_calls_share_no_arguments(capsys, monkeypatch):
+    builds = []
+    build = cli.build_parser
+    monkeypatch.setattr(cli, "build_parser", lambda: builds.append(1) or build())
+    cli._parser.cache_clear()
+    try:
+        assert cli.main(["info", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["backends"]
+        assert cli.main(["info"]) == 0  # --json is not remembered
+        assert "torch:" in capsys.readouterr().out
+        assert builds == [1]
+    finally:
+        cli._parser.cache_clear()
+
+
 def test_no_command_prints_help(capsys):
     assert cli.main([]) == 2
     assert "usage: lddm-fast" in capsys.readouterr().out
