@@ -408,10 +408,21 @@ def merge_logs(out_dir: str, videos_per_image: int) -> tuple[int, int]:
     for path in _parts(out_dir, MANIFEST):
         os.remove(path)
 
-    done = set(keys)
+    return len(keys), _merge_failures(out_dir, set(keys), viewed, videos_per_image)
+
+
+def _merge_failures(
+    out_dir: str, done: set[tuple[str, int]], viewed: set[str], videos_per_image: int
+) -> int:
+    """:func:`merge_logs`' second half: ``failed.jsonl`` without what is now done.
+    Returns the failures written."""
+    path = os.path.join(out_dir, FAILED)
+    parts = _parts(out_dir, FAILED)
+    if not parts and _empty_file(path):
+        return 0  # the usual clean run: nothing to merge, and no fsyncs to pay
     failures: dict[tuple[str, int | None], tuple[float, bytes]] = {}
-    for path in [os.path.join(out_dir, FAILED), *_parts(out_dir, FAILED)]:
-        for _, line in _lines(path):
+    for source in [path, *parts]:
+        for _, line in _lines(source):
             record = _parse(line)
             if record is None or not isinstance(record.get("input"), str):
                 continue
@@ -427,15 +438,22 @@ def merge_logs(out_dir: str, videos_per_image: int) -> tuple[int, int]:
             if old is None or time_ >= old[0]:
                 failures[(rel, k)] = (time_, line)
     order = sorted(failures, key=lambda key: (key[0], -1 if key[1] is None else key[1]))
-    with atomic_file(os.path.join(out_dir, FAILED)) as tmp, open(tmp, "wb") as f:
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
         for key in order:
             f.write(failures[key][1])
         f.flush()
         os.fsync(f.fileno())
     fsync_dir(out_dir)
-    for path in _parts(out_dir, FAILED):
-        os.remove(path)
-    return len(keys), len(order)
+    for part in parts:
+        os.remove(part)
+    return len(order)
+
+
+def _empty_file(path: str) -> bool:
+    try:
+        return os.path.getsize(path) == 0
+    except OSError:
+        return False
 
 
 def gather_summaries(

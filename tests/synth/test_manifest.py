@@ -140,6 +140,22 @@ def test_merge_sorts_dedupes_drops_done_failures_and_removes_parts(tmp_path):
     assert sorted(os.listdir(out)) == ["a_k0.npz", "a_k1.npz", "b_k0.npz", FAILED, MANIFEST]
 
 
+def test_merge_leaves_an_empty_failure_log_without_parts_alone(tmp_path):
+    # A clean single-process run: failed.jsonl is empty and has no parts, so the
+    # merge skips its atomic rewrite (and the two fsyncs); with a part it merges.
+    out = str(tmp_path)
+    path = os.path.join(out, FAILED)
+    JsonlLog(path).close()
+    inode = os.stat(path).st_ino
+    assert merge_logs(out, videos_per_image=1) == (0, 0)
+    assert os.stat(path).st_ino == inode and os.path.getsize(path) == 0
+    with open(part_path(out, FAILED, 0), "w") as f:
+        f.write(json.dumps({"input": "c.png", "k": None, "reason": "corrupt"}) + "\n")
+    assert merge_logs(out, videos_per_image=1) == (0, 1)
+    assert [r["input"] for r in _read_jsonl(path)] == ["c.png"]
+    assert not os.path.exists(part_path(out, FAILED, 0))
+
+
 def test_sweep_removes_only_atomic_write_temporaries(tmp_path):
     keep = ["v_k0.mp4", ".hidden.mp4", "notes.tmp", ".a.b.tmp"]
     gone = [".v_k0.abcd_123.tmp.mp4", ".manifest.x1y2z3w4.tmp.jsonl"]
