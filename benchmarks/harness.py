@@ -138,12 +138,17 @@ def _flat(t: torch.Tensor | tuple | list) -> torch.Tensor:
 
 
 def parity(
-    out: torch.Tensor | tuple[torch.Tensor, ...], expected: torch.Tensor | tuple[torch.Tensor, ...]
+    out: torch.Tensor | tuple[torch.Tensor, ...] | Callable[[], torch.Tensor],
+    expected: torch.Tensor | tuple[torch.Tensor, ...],
 ) -> tuple[float, float]:
     """(max-abs, max-rel) error, max-rel normalised by max|expected| (elementwise
     relative error is meaningless where the result crosses zero). A provider that returns
     several tensors (the grads of a training call) is compared on all of them, flattened
-    here rather than in the timed call: flattening a channels-last grad is a copy."""
+    here rather than in the timed call: flattening a channels-last grad is a copy. One
+    that returns a function (the synthesis engine: read its files back) is compared on
+    what the function returns, so the reading is not timed either."""
+    if callable(out):
+        out = out()
     out, expected = _flat(out), _flat(expected)
     diff = (out.double() - expected).abs()
     if not torch.isfinite(out).all():
