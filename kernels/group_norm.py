@@ -505,6 +505,33 @@ def _gn_channel_coefficients(
     return k, mean, rstd, w, b, film_s, film_h
 
 
+@triton.jit
+def _gn_bwd_program(N_CH_BLOCKS, N_STRIPS, C, BLOCK_CH: tl.constexpr):
+    """This program's sample n, spatial strip and block of channels (both backward
+    passes split the work alike)."""
+    pid = tl.program_id(0)
+    strip = (pid // N_CH_BLOCKS) % N_STRIPS
+    n = pid // (N_CH_BLOCKS * N_STRIPS)
+    ch = (pid % N_CH_BLOCKS) * BLOCK_CH + tl.arange(0, BLOCK_CH)
+    return n, strip, ch, ch < C
+
+
+@triton.jit
+def _gn_bwd_rows(
+    x_ptr, dy_ptr, scale_ptr, shift_ptr, n, ch, stride_xn, stride_xc, stride_dyn, stride_dyc,
+    stride_scale_n, stride_scale_c, stride_shift_n, stride_shift_c,
+):
+    """Row pointers of sample n's channels ch in x and dy ([BLOCK_CH, 1]) and in the
+    modulation ([BLOCK_CH])."""
+    n64 = n.to(tl.int64)
+    return (
+        x_ptr + n64 * stride_xn + ch[:, None] * stride_xc,
+        dy_ptr + n64 * stride_dyn + ch[:, None] * stride_dyc,
+        scale_ptr + n64 * stride_scale_n + ch * stride_scale_c,
+        shift_ptr + n64 * stride_shift_n + ch * stride_shift_c,
+    )
+
+
 @triton.autotune(
     configs=[
         triton.Config({}, num_warps=4),
@@ -537,23 +564,17 @@ def _gn_bwd_sums_kernel(
     SPATIAL: tl.constexpr, GS_FULL: tl.constexpr, GH_FULL: tl.constexpr,
     BLOCK_CH: tl.constexpr, BLOCK_SP: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    ch_block = pid % N_CH_BLOCKS
-    strip = (pid // N_CH_BLOCKS) % N_STRIPS
-    n = pid // (N_CH_BLOCKS * N_STRIPS)
-    ch = ch_block * BLOCK_CH + tl.arange(0, BLOCK_CH)
-    ch_ok = ch < C
-
+    n, strip, ch, ch_ok = _gn_bwd_program(N_CH_BLOCKS, N_STRIPS, C, BLOCK_CH)
     k, mean, rstd, w, b, film_s, film_h = _gn_channel_coefficients(
         x_ptr, stats_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr,
         n, ch, ch_ok, stride_xn, stride_xc, stride_w, stride_b,
         stride_scale_n, stride_scale_c, stride_shift_n, stride_shift_c, G,
         CG, HAS_W, HAS_B, HAS_SCALE, HAS_SHIFT, SPATIAL,
     )
-    x_rows = x_ptr + n.to(tl.int64) * stride_xn + ch[:, None] * stride_xc
-    dy_rows = dy_ptr + n.to(tl.int64) * stride_dyn + ch[:, None] * stride_dyc
-    scale_rows = scale_ptr + n.to(tl.int64) * stride_scale_n + ch * stride_scale_c
-    shift_rows = shift_ptr + n.to(tl.int64) * stride_shift_n + ch * stride_shift_c
+    x_rows, dy_rows, scale_rows, shift_rows = _gn_bwd_rows(
+        x_ptr, dy_ptr, scale_ptr, shift_ptr, n, ch, stride_xn, stride_xc, stride_dyn,
+        stride_dyc, stride_scale_n, stride_scale_c, stride_shift_n, stride_shift_c,
+    )
     g_rows = n.to(tl.int64) * stride_gn + ch[:, None] * stride_gc
 
     sum_gv = tl.zeros([BLOCK_CH], dtype=tl.float32)
@@ -618,13 +639,7 @@ def _gn_bwd_dx_kernel(
     SPATIAL: tl.constexpr,
     BLOCK_CH: tl.constexpr, BLOCK_SP: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    ch_block = pid % N_CH_BLOCKS
-    strip = (pid // N_CH_BLOCKS) % N_STRIPS
-    n = pid // (N_CH_BLOCKS * N_STRIPS)
-    ch = ch_block * BLOCK_CH + tl.arange(0, BLOCK_CH)
-    ch_ok = ch < C
-
+    n, strip, ch, ch_ok = _gn_bwd_program(N_CH_BLOCKS, N_STRIPS, C, BLOCK_CH)
     k, mean, rstd, w, b, film_s, film_h = _gn_channel_coefficients(
         x_ptr, stats_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr,
         n, ch, ch_ok, stride_xn, stride_xc, stride_w, stride_b,
@@ -634,11 +649,11 @@ def _gn_bwd_dx_kernel(
     gm = gmean_ptr + (n * G + ch // CG).to(tl.int64) * 2
     m1 = tl.load(gm, mask=ch_ok, other=0.0)
     m2 = tl.load(gm + 1, mask=ch_ok, other=0.0)
-    x_rows = x_ptr + n.to(tl.int64) * stride_xn + ch[:, None] * stride_xc
-    dy_rows = dy_ptr + n.to(tl.int64) * stride_dyn + ch[:, None] * stride_dyc
+    x_rows, dy_rows, scale_rows, shift_rows = _gn_bwd_rows(
+        x_ptr, dy_ptr, scale_ptr, shift_ptr, n, ch, stride_xn, stride_xc, stride_dyn,
+        stride_dyc, stride_scale_n, stride_scale_c, stride_shift_n, stride_shift_c,
+    )
     dx_rows = dx_ptr + n.to(tl.int64) * stride_dxn + ch[:, None] * stride_dxc
-    scale_rows = scale_ptr + n.to(tl.int64) * stride_scale_n + ch * stride_scale_c
-    shift_rows = shift_ptr + n.to(tl.int64) * stride_shift_n + ch * stride_shift_c
     for it in range(ITERS):
         sp = (strip * ITERS + it) * BLOCK_SP + tl.arange(0, BLOCK_SP)
         mask = ch_ok[:, None] & (sp < S)[None, :]
