@@ -135,10 +135,11 @@ static inline void transpose_lanes(const float* __restrict__ src, int64_t T,
 //   P = 2^(log2(e) (scale q.k - lse)), each row divided by its sum (see attend_backward),
 //   dP = go . v,  dS = P (dP - sum_j P dP),  dv = P^T go,  dq = scale dS k,  dk = scale dS^T q.
 // In place, each tile taking a gradient once it is no longer read: dv goes to v, dq to
-// go and dk to k. p, ds, pt: [T, T, L] scratch; scales, ones: [T, L] of scale and 1.
+// go and dk to k. dS is kept with its scale applied. p, ds, pt: [T, T, L] scratch; ones:
+// [T, L] of 1 (lane_values' normalisers).
 static inline void lane_backward(const float* q, float* k, float* v, float* go, const float* lse,
-                                 const float* scales, const float* ones, int64_t D, int64_t T,
-                                 float scale, float* __restrict__ p, float* __restrict__ ds,
+                                 const float* ones, int64_t D, int64_t T, float scale,
+                                 float* __restrict__ p, float* __restrict__ ds,
                                  float* __restrict__ pt) {
   constexpr int64_t L = kLanes;
   const float log2e = 1.44269504088896341f;
@@ -167,15 +168,16 @@ static inline void lane_backward(const float* q, float* k, float* v, float* go, 
       Vec::store(pi + j * L, pij);
       di = Vec::fmadd(pij, Vec::load(dsi + j * L), di);
     }
+    const Vec::reg vscale = Vec::set1(scale);
     for (int64_t j = 0; j < T; ++j)
-      Vec::store(dsi + j * L,
-                 Vec::mul(Vec::load(pi + j * L), Vec::sub(Vec::load(dsi + j * L), di)));
+      Vec::store(dsi + j * L, Vec::mul(Vec::mul(Vec::load(pi + j * L), vscale),
+                                       Vec::sub(Vec::load(dsi + j * L), di)));
   }
   transpose_lanes(p, T, pt);
   lane_values(pt, ones, go, D, T, v, T * L, L);  // dv; v is free after dP
-  lane_values(ds, scales, k, D, T, go, T * L, L);  // dq; go is free after dv
+  lane_values(ds, ones, k, D, T, go, T * L, L);  // dq; go is free after dv
   transpose_lanes(ds, T, pt);
-  lane_values(pt, scales, q, D, T, k, T * L, L);  // dk; k is free after dq
+  lane_values(pt, ones, q, D, T, k, T * L, L);  // dk; k is free after dq
 }
 
 // The backward in the forward's tiles (attention_lanes). One task is g.heads heads of
@@ -203,9 +205,8 @@ void attention_backward_lanes(const AttentionGrad<T>& a, int64_t first, int64_t 
   float* const ds = p + TTL;
   float* const pt = ds + TTL;
   float* const lse = pt + TTL;  // [T, L] each
-  float* const scales = lse + T_len * L;
-  float* const ones = scales + T_len * L;
-  for (int64_t i = 0; i < T_len * L; ++i) scales[i] = a.scale, ones[i] = 1.0f;
+  float* const ones = lse + T_len * L;
+  std::fill(ones, ones + T_len * L, 1.0f);
   for (int64_t task = first; task < first + count; ++task) {
     // (b, head group, y, chunk), chunks fastest: neighbouring tasks read neighbouring rows.
     const int64_t x0 = task % row_chunks * g.pixels, y = task / row_chunks % a.H;
@@ -227,8 +228,8 @@ void attention_backward_lanes(const AttentionGrad<T>& a, int64_t first, int64_t 
           for (int64_t l = 0; l < L; ++l)
             lse[t * L + l] = l < lanes ? lse_rows[t * a.H * a.W + l] : 0.0f;
         const int64_t off = x / L * tile + h * head_block;
-        lane_backward(qb + off, kb + off, vb + off, gb + off, lse, scales, ones, D, T_len,
-                      a.scale, p, ds, pt);
+        lane_backward(qb + off, kb + off, vb + off, gb + off, lse, ones, D, T_len, a.scale, p,
+                      ds, pt);
       }
     }
     scatter_tiles(gb, a.sdq, CG, T_len, 0, n, a.dq + at(a.sdq));

@@ -173,11 +173,11 @@ inline AttentionGradTasks attention_grad_tasks(int64_t T, int64_t D, int64_t hea
 
 // attention_backward_lanes: q, k, v and output-gradient tiles of a task (their head
 // blocks receive dk, dv and dq), probabilities, dS and a transpose [T, T, lanes], and
-// logsumexps, scales, ones [T, lanes].
+// logsumexps and ones [T, lanes].
 inline int64_t attention_grad_lane_work_floats(int64_t T, int64_t D, int64_t heads,
                                                bool heads_inner) {
   const AttentionGradTasks g = attention_grad_tasks(T, D, heads, heads_inner);
-  return 4 * g.heads * g.pixels * D * T + kMaxVectorFloats * (3 * T * T + 3 * T);
+  return 4 * g.heads * g.pixels * D * T + kMaxVectorFloats * (3 * T * T + 2 * T);
 }
 
 // Positions the attention backward gathers together (neighbouring pixels).
@@ -192,22 +192,21 @@ inline int64_t attention_grad_work_floats(int64_t T, int64_t D) {
   return kAttentionRun * attention_grad_position_floats(T, D);
 }
 
+// Each build's kernel table for T (float or bf16_t), made once (cpu_kernels_impl.h;
+// instantiated by isa_<name>.cpp). Null where this compiler made no such build: AVX2 and
+// AVX-512 on non-x86 compilers, AVX-512 on one without AVX512-BF16. isa_default always
+// has one.
 namespace isa_default {
-const Kernels<float>& kernels_f32();
-const Kernels<bf16_t>& kernels_bf16();
+template <typename T>
+const Kernels<T>* kernels();
 }  // namespace isa_default
-
 namespace isa_avx2 {
-// Null when this build has no AVX2 variant (non-x86 compilers).
-const Kernels<float>* kernels_f32();
-const Kernels<bf16_t>* kernels_bf16();
+template <typename T>
+const Kernels<T>* kernels();
 }  // namespace isa_avx2
-
 namespace isa_avx512 {
-// Null when this build has no AVX-512 variant (non-x86 compilers, or one without
-// AVX512-BF16 support).
-const Kernels<float>* kernels_f32();
-const Kernels<bf16_t>* kernels_bf16();
+template <typename T>
+const Kernels<T>* kernels();
 }  // namespace isa_avx512
 
 }  // namespace cpu

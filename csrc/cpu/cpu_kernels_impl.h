@@ -36,9 +36,8 @@ Kernels<T> make_kernels() {
   return k;
 }
 
-// The build's table for T, made once.
 template <typename T>
-const Kernels<T>* kernel_table() {
+const Kernels<T>* kernels() {
   static const Kernels<T> k = make_kernels<T>();
   return &k;
 }

@@ -26,10 +26,10 @@ inline Isa cpu_supported_isa() {
 #if defined(__x86_64__) || defined(__i386__)
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-      __builtin_cpu_supports("avx512bf16") && isa_avx512::kernels_f32() != nullptr)
+      __builtin_cpu_supports("avx512bf16") && isa_avx512::kernels<float>() != nullptr)
     return Isa::kAvx512;
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-      isa_avx2::kernels_f32() != nullptr)
+      isa_avx2::kernels<float>() != nullptr)
     return Isa::kAvx2;
 #endif
   return Isa::kDefault;
@@ -52,29 +52,14 @@ inline Isa selected_isa() {
 }
 
 template <typename T>
-const Kernels<T>& select_kernels();
-
-template <>
-inline const Kernels<float>& select_kernels<float>() {
+const Kernels<T>& select_kernels() {
   switch (selected_isa()) {
     case Isa::kAvx512:
-      return *isa_avx512::kernels_f32();
+      return *isa_avx512::kernels<T>();
     case Isa::kAvx2:
-      return *isa_avx2::kernels_f32();
+      return *isa_avx2::kernels<T>();
     default:
-      return isa_default::kernels_f32();
-  }
-}
-
-template <>
-inline const Kernels<bf16_t>& select_kernels<bf16_t>() {
-  switch (selected_isa()) {
-    case Isa::kAvx512:
-      return *isa_avx512::kernels_bf16();
-    case Isa::kAvx2:
-      return *isa_avx2::kernels_bf16();
-    default:
-      return isa_default::kernels_bf16();
+      return *isa_default::kernels<T>();
   }
 }
 

@@ -11,13 +11,14 @@ namespace lddm {
 namespace cpu {
 namespace isa_avx2 {
 
-#if defined(__AVX2__) && defined(__FMA__)
-const Kernels<float>* kernels_f32() { return kernel_table<float>(); }
-const Kernels<bf16_t>* kernels_bf16() { return kernel_table<bf16_t>(); }
-#else
-const Kernels<float>* kernels_f32() { return nullptr; }
-const Kernels<bf16_t>* kernels_bf16() { return nullptr; }
+#if !(defined(__AVX2__) && defined(__FMA__))  // no AVX2 build: never picked
+template <typename T>
+const Kernels<T>* kernels() {
+  return nullptr;
+}
 #endif
+template const Kernels<float>* kernels<float>();
+template const Kernels<bf16_t>* kernels<bf16_t>();
 
 }  // namespace isa_avx2
 }  // namespace cpu

@@ -15,13 +15,14 @@ namespace lddm {
 namespace cpu {
 namespace isa_avx512 {
 
-#ifdef LDDM_HAVE_AVX512_BUILD
-const Kernels<float>* kernels_f32() { return kernel_table<float>(); }
-const Kernels<bf16_t>* kernels_bf16() { return kernel_table<bf16_t>(); }
-#else
-const Kernels<float>* kernels_f32() { return nullptr; }
-const Kernels<bf16_t>* kernels_bf16() { return nullptr; }
+#ifndef LDDM_HAVE_AVX512_BUILD  // no AVX-512 build here: cpu_supported_isa never picks it
+template <typename T>
+const Kernels<T>* kernels() {
+  return nullptr;
+}
 #endif
+template const Kernels<float>* kernels<float>();
+template const Kernels<bf16_t>* kernels<bf16_t>();
 
 }  // namespace isa_avx512
 }  // namespace cpu

@@ -6,8 +6,8 @@ namespace lddm {
 namespace cpu {
 namespace isa_default {
 
-const Kernels<float>& kernels_f32() { return *kernel_table<float>(); }
-const Kernels<bf16_t>& kernels_bf16() { return *kernel_table<bf16_t>(); }
+template const Kernels<float>* kernels<float>();
+template const Kernels<bf16_t>* kernels<bf16_t>();
 
 }  // namespace isa_default
 }  // namespace cpu

@@ -52,15 +52,10 @@ void run(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tens
     });
     return;
   }
-  // Frames whose rows follow each other in memory in every tensor are one long row, so
-  // the tiles fill their lanes across row ends and a chunk is one run of memory (rows of
-  // 4 or 12 pixels would leave lanes empty).
-  const auto rows_follow = [&](const cpu::Strides5& s) { return s.h == W * s.w; };
-  if (rows_follow(a.sq) && rows_follow(a.sk) && rows_follow(a.sv) && rows_follow(a.so) &&
-      (!lse.defined() || rows_follow(a.sl))) {
-    a.W = H * W;
-    a.H = 1;
-  }
+  if (lse.defined())
+    cpu::merge_rows({a.sq, a.sk, a.sv, a.so, a.sl}, a.H, a.W);
+  else
+    cpu::merge_rows({a.sq, a.sk, a.sv, a.so}, a.H, a.W);
   const int64_t chunk = cpu::attention_lane_chunk(T_len, D);
   const int64_t chunks = B * heads * a.H * ((a.W + chunk - 1) / chunk);
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {

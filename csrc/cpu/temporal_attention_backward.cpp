@@ -56,14 +56,9 @@ void run(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at
     });
     return;
   }
-  // Rows that follow each other in every tensor are one long row (as in the forward).
-  const auto rows_follow = [&](const cpu::Strides5& s) { return s.h == W * s.w; };
-  if (rows_follow(args.sq) && rows_follow(args.sk) && rows_follow(args.sv) &&
-      rows_follow(args.sdo) && rows_follow(args.sdq) && rows_follow(args.sdk) &&
-      rows_follow(args.sdv)) {
-    args.W = H * W;
-    args.H = 1;
-  }
+  // The logsumexps are contiguous: their rows always follow.
+  cpu::merge_rows({args.sq, args.sk, args.sv, args.sdo, args.sdq, args.sdk, args.sdv}, args.H,
+                  args.W);
   const cpu::AttentionGradTasks g =
       cpu::attention_grad_tasks(T_len, args.D, heads, args.heads_inner);
   const int64_t tasks = B * (heads / g.heads) * args.H * ((args.W + g.pixels - 1) / g.pixels);
