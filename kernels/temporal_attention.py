@@ -352,26 +352,37 @@ def temporal_attention(
         )
     if out.numel() == 0:
         return out
-
-    def grid(meta):
-        return attention_grid(bsz, num_heads, height, width, meta["BLOCK"] // frames,
-                              meta["SUB"], max_programs)[0]
-
-    sixteen_bit = q.dtype in (torch.bfloat16, torch.float16)
+    grid, constants = _launch(q, num_heads, max_programs)
     with device_guard(q):
         _temporal_attention_kernel[grid](
             q, k, v, out, lse if lse is not None else out,
             *q.stride(), *k.stride(), *v.stride(), *out.stride(),
             *(lse.stride() if lse is not None else (0,) * 5),
             num_heads, height, width, float(scale) * _LOG2E,
-            CHANNELS_INNER=q.stride(1) == 1, T=frames, HEAD_DIM=head_dim,
-            BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
-            # The interpreter's dot multiplies bf16 bit patterns as integers: bf16 -> fp32
-            # is exact, so multiplying in fp32 there computes the same products.
-            DOT_F32=not sixteen_bit or (INTERPRET and q.dtype == torch.bfloat16),
-            SPLIT_P=sixteen_bit, STORE_LSE=lse is not None,
+            STORE_LSE=lse is not None, **constants,
         )
     return out
+
+
+def _launch(q: torch.Tensor, num_heads: int, max_programs: int) -> tuple:
+    """The launch grid and the compile-time arguments the forward and backward kernels
+    share, for q [B, C, T, H, W]."""
+    bsz, c, frames, height, width = q.shape
+    head_dim = c // num_heads
+    sixteen_bit = q.dtype in (torch.bfloat16, torch.float16)
+
+    def grid(meta):
+        return attention_grid(bsz, num_heads, height, width, meta["BLOCK"] // frames,
+                              meta["SUB"], max_programs)[0]
+
+    return grid, dict(
+        CHANNELS_INNER=q.stride(1) == 1, T=frames, HEAD_DIM=head_dim,
+        BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
+        # The interpreter's dot multiplies bf16 bit patterns as integers: bf16 -> fp32
+        # is exact, so multiplying in fp32 there computes the same products.
+        DOT_F32=not sixteen_bit or (INTERPRET and q.dtype == torch.bfloat16),
+        SPLIT_P=sixteen_bit,
+    )
 
 
 def temporal_attention_backward(
@@ -396,10 +407,9 @@ def temporal_attention_backward(
         ``(dq, dk, dv)``, each in q's dtype and the layout the forward would give its
         input (channels_last_3d when that input's channel stride is 1, else contiguous).
     """
-    bsz, c, frames, height, width = q.shape
-    head_dim = c // num_heads
+    _, c, _, height, width = q.shape
     if scale is None:
-        scale = head_dim**-0.5
+        scale = (c // num_heads) ** -0.5
     grads = [
         torch.empty(t.shape, dtype=t.dtype, device=t.device,
                     memory_format=attention_output_format(t))
@@ -409,21 +419,12 @@ def temporal_attention_backward(
     if q.numel() == 0:
         return tuple(grads)
 
-    def grid(meta):
-        return attention_grid(
-            bsz, num_heads, height, width, meta["BLOCK"] // frames, meta["SUB"], max_programs
-        )[0]
-
-    sixteen_bit = q.dtype in (torch.bfloat16, torch.float16)
+    grid, constants = _launch(q, num_heads, max_programs)
     with device_guard(q):
         _temporal_attention_bwd_kernel[grid](
             q, k, v, grad_out, lse, *grads,
             *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *lse.stride(),
             *(s for g in grads for s in g.stride()),
-            num_heads, height, width, float(scale), float(scale) * _LOG2E,
-            CHANNELS_INNER=q.stride(1) == 1, T=frames, HEAD_DIM=head_dim,
-            BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
-            DOT_F32=not sixteen_bit or (INTERPRET and q.dtype == torch.bfloat16),
-            SPLIT_P=sixteen_bit,
+            num_heads, height, width, float(scale), float(scale) * _LOG2E, **constants,
         )
     return tuple(grads)
