@@ -141,7 +141,9 @@ def _gn_stats_kernel(
     tl.store(out + 1, chunk_m2)
 
 
-@triton.autotune(
+# The apply pass and both backward passes tile alike (channel blocks x spatial strips):
+# one autotuning rule for the three.
+_autotune_tiled = triton.autotune(
     configs=[
         triton.Config({}, num_warps=4),
         triton.Config({}, num_warps=8),
@@ -150,6 +152,9 @@ def _gn_stats_kernel(
     key=["SIZE_CLASS", "CHANNELS_INNER", "BLOCK_CH", "BLOCK_SP"],
     prune_configs_by=prune(),
 )
+
+
+@_autotune_tiled
 @triton.jit
 def _gn_apply_kernel(
     x_ptr,  # [N, C, S] input, read through strides
@@ -532,15 +537,7 @@ def _gn_bwd_rows(
     )
 
 
-@triton.autotune(
-    configs=[
-        triton.Config({}, num_warps=4),
-        triton.Config({}, num_warps=8),
-        triton.Config({}, num_warps=16),
-    ],
-    key=["SIZE_CLASS", "CHANNELS_INNER", "BLOCK_CH", "BLOCK_SP"],
-    prune_configs_by=prune(),
-)
+@_autotune_tiled
 @triton.jit
 def _gn_bwd_sums_kernel(
     x_ptr, dy_ptr,  # [N, C, S], read through strides
@@ -608,15 +605,7 @@ def _gn_bwd_sums_kernel(
     tl.store(out + 3, sum_gu_xhat, mask=ch_ok)
 
 
-@triton.autotune(
-    configs=[
-        triton.Config({}, num_warps=4),
-        triton.Config({}, num_warps=8),
-        triton.Config({}, num_warps=16),
-    ],
-    key=["SIZE_CLASS", "CHANNELS_INNER", "BLOCK_CH", "BLOCK_SP"],
-    prune_configs_by=prune(),
-)
+@_autotune_tiled
 @triton.jit
 def _gn_bwd_dx_kernel(
     x_ptr, dy_ptr, dx_ptr,  # [N, C, S], read/written through strides
