@@ -26,6 +26,7 @@ from lddm_fast.models.layers import (
     ImageEncoder2d,
     PointwiseConv3d,
     ResBlock3d,
+    SiLU,
     channels_last,
     check_divisible,
     check_tensor,
@@ -133,7 +134,7 @@ class SpadeNorm(nn.Module):
         the benchmarks' model suite compare the fused path against."""
         gamma, beta = self.modulation(feature).unsqueeze(2).chunk(2, dim=1)
         h = ops.group_norm(x, self.num_groups, eps=self.eps)
-        return F.silu(torch.addcmul(beta, h, 1.0 + gamma), inplace=True)
+        return ops.silu(torch.addcmul(beta, h, 1.0 + gamma), inplace=True)
 
 
 class SpadeResBlock3d(nn.Module):
@@ -207,9 +208,9 @@ class TextureEncoder(nn.Module):
         c, k = config.in_channels, config.texture_channels
         self.body = nn.Sequential(
             Conv3d(2 * c, width, 3, padding=1),
-            nn.SiLU(),
+            SiLU(),
             Conv3d(width, width, 3, padding=1),
-            nn.SiLU(),
+            SiLU(),
             Conv3d(width, 2 * k, 3, padding=1),
         )
 
@@ -293,7 +294,7 @@ class VideoDecoder(nn.Module):
         if self.texture_channels:
             self.texture_head = nn.Sequential(
                 Conv3d(prev + self.texture_channels, prev, 3, padding=1),
-                nn.SiLU(),
+                SiLU(),
                 zero_init(Conv3d(prev, config.in_channels, 3, padding=1)),
             )
 

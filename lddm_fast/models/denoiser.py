@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lddm_fast import ops
 from lddm_fast.models.config import DenoiserConfig
 from lddm_fast.models.layers import (
     Conv2d,
@@ -27,6 +28,7 @@ from lddm_fast.models.layers import (
     GroupNorm,
     ImageEncoder2d,
     PointwiseConv3d,
+    SiLU,
     SpatialSelfAttention,
     TemporalAttention,
     channels_last,
@@ -149,7 +151,7 @@ class LatentDenoiser(nn.Module):
         self.null_cond = nn.Parameter(torch.zeros(cfg.cond_channels))
 
         self.time_mlp = nn.Sequential(
-            nn.Linear(widths[0], cfg.temb_dim), nn.SiLU(), nn.Linear(cfg.temb_dim, cfg.temb_dim)
+            nn.Linear(widths[0], cfg.temb_dim), SiLU(), nn.Linear(cfg.temb_dim, cfg.temb_dim)
         )
         # One conv over [z_t, x0 encoding]; forward applies its two input slices
         # separately because the x0 half is the same for every frame.
@@ -255,7 +257,7 @@ class LatentDenoiser(nn.Module):
                 f"timestep must be a scalar or have shape ({batch},) = [B], got {tuple(t.shape)}"
             )
         emb = sinusoidal_embedding(t, self.config.block_channels[0]).to(like.dtype)
-        return F.silu(self.time_mlp(emb))
+        return ops.silu(self.time_mlp(emb))
 
     def forward(
         self,

@@ -1,6 +1,6 @@
 """Building blocks shared by the autoencoder and the denoiser.
 
-Every norm, activation-after-norm and temporal attention goes through
+Every norm, activation and temporal attention goes through
 :mod:`lddm_fast.ops`, so the fused kernels of the selected backend run under the
 models. Video tensors are ``[B, C, T, H, W]`` in channels_last_3d (images
 ``[B, C, H, W]`` in channels_last): the conv wrappers here return that layout whatever
@@ -73,6 +73,15 @@ class GroupNorm(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.weight.numel()}, groups={self.num_groups}, activation={self.activation}"
+
+
+class SiLU(nn.Module):
+    """``nn.SiLU`` through :func:`lddm_fast.ops.silu`, for the activations that have no
+    norm before them (the time MLP, the texture-code layers)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: any shape. Returns x's shape and memory format."""
+        return ops.silu(x)
 
 
 def _onednn_convolution(conv: nn.Conv2d | nn.Conv3d, x: torch.Tensor) -> torch.Tensor | None:

@@ -13,6 +13,7 @@ name the argument, before any backend runs.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from lddm_fast.ops import extension, reference, triton_backend
 from lddm_fast.ops.dispatch import (
@@ -32,6 +33,7 @@ __all__ = [
     "default_choice",
     "group_norm",
     "sampler_step",
+    "silu",
     "temporal_attention",
     "use_backend",
 ]
@@ -176,6 +178,25 @@ def group_norm(
         raise ValueError(f"activation must be None or 'silu', got {activation!r}")
     impl = select("group_norm", backend, x, weight, bias, scale, shift)
     return impl(x, num_groups, weight, bias, eps, scale=scale, shift=shift, activation=activation)
+
+
+def silu(x: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
+    """SiLU where no norm comes before it (after a norm it is
+    ``group_norm(..., activation="silu")``, one fused pass).
+
+    Every backend runs torch's own elementwise kernel: it is one pass over x already,
+    so there is nothing to fuse and no backend to choose. The models call it here so
+    that every norm and activation goes through :mod:`lddm_fast.ops`.
+
+    Args:
+        x: any shape, floating point.
+        inplace: overwrite x.
+
+    Returns:
+        x's shape, dtype and memory format.
+    """
+    _check_tensor("x", x, x)
+    return F.silu(x, inplace=inplace)
 
 
 def temporal_attention(

@@ -241,16 +241,19 @@ def test_bad_inputs_raise_clear_errors(tiny_fresh, call, error, match):
         call(*tiny_fresh)
 
 
-_NORMS = {
+# The aten kernels that must only run inside an lddm_fast.ops call.
+_ROUTED = {
     torch.ops.aten.native_group_norm.default,
     torch.ops.aten.native_layer_norm.default,
     torch.ops.aten.native_batch_norm.default,
     torch.ops.aten._native_batch_norm_legit_no_training.default,
+    torch.ops.aten.silu.default,
+    torch.ops.aten.silu_.default,
 }
 
 
-class _NormsOutsideOps(TorchDispatchMode):
-    """Records aten norm kernels that run while no lddm_fast.ops call is active."""
+class _OutsideOps(TorchDispatchMode):
+    """Records the norm and SiLU kernels that run while no lddm_fast.ops call is active."""
 
     def __init__(self):
         super().__init__()
@@ -258,16 +261,16 @@ class _NormsOutsideOps(TorchDispatchMode):
         self.outside = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func in _NORMS and not self.inside_ops:
+        if func in _ROUTED and not self.inside_ops:
             self.outside.append(str(func))
         return func(*args, **(kwargs or {}))
 
 
-def test_every_norm_and_temporal_attention_goes_through_ops(
+def test_every_norm_activation_and_temporal_attention_goes_through_ops(
     tiny_models, make_inputs, tiny_config, monkeypatch
 ):
-    detector = _NormsOutsideOps()
-    calls = {"group_norm": 0, "temporal_attention": 0}
+    detector = _OutsideOps()
+    calls = {"group_norm": 0, "temporal_attention": 0, "silu": 0}
 
     def counting(name):
         inner = getattr(ops, name)
@@ -282,16 +285,41 @@ def test_every_norm_and_temporal_attention_goes_through_ops(
 
         monkeypatch.setattr(ops, name, wrapper)
 
-    counting("group_norm")
-    counting("temporal_attention")
+    for name in calls:
+        counting(name)
     x = make_inputs(tiny_config)
+    # The texture code's layers and the flow head are off in the tiny preset.
+    ae_config = dataclasses.replace(tiny_config.autoencoder, warp=True, texture_channels=2)
+    textured = VideoAutoencoder(ae_config).eval()
     with torch.no_grad(), detector:
         torch.nn.functional.group_norm(torch.randn(1, 4, 3, 3), 2)  # the detector works
-        assert detector.outside == ["aten.native_group_norm.default"]
+        torch.nn.SiLU()(torch.randn(3))
+        assert detector.outside == ["aten.native_group_norm.default", "aten.silu.default"]
         detector.outside.clear()
         tiny_models.autoencoder(x["frames"], x["x0"])
         tiny_models.denoiser(x["z"], x["t"], x["x0"])
+        assert calls["silu"] > 0  # the time MLP
+        textured(x["frames"], x["x0"])
     assert detector.outside == []
     assert calls["group_norm"] > 0
     n_temporal = sum(isinstance(m, TemporalAttention) for m in tiny_models.denoiser.modules())
     assert n_temporal > 0 and calls["temporal_attention"] == n_temporal
+    n_silu = sum(
+        isinstance(m, torch.nn.SiLU) for m in [*tiny_models.denoiser.modules(), *textured.modules()]
+    )
+    assert n_silu == 0, "an nn.SiLU bypasses lddm_fast.ops"
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_ops_silu_matches_torch_and_keeps_the_layout(inplace):
+    x = torch.randn(2, 5, 3, 4, 4).contiguous(memory_format=CL3D)
+    want = torch.nn.functional.silu(x)
+    y = ops.silu(x, inplace=inplace)
+    torch.testing.assert_close(y, want, rtol=0, atol=0)
+    assert y.is_contiguous(memory_format=CL3D)
+    assert (y.data_ptr() == x.data_ptr()) == inplace
+    g = torch.randn(3, requires_grad=True)
+    (grad,) = torch.autograd.grad(ops.silu(g).sum(), g)
+    torch.testing.assert_close(grad, torch.sigmoid(g) * (1 + g * (1 - torch.sigmoid(g))))
+    with pytest.raises(ValueError, match="x must be a floating-point tensor"):
+        ops.silu(torch.ones(3, dtype=torch.int64))
