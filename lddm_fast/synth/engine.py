@@ -24,8 +24,12 @@ Threads and queues (one engine per rank)::
   writers are two batches behind ("waited for writers"); the rest of its time is
   the sampler's busy fraction.
 * **Writer threads** (``writers``) encode each video in every format, write it
-  atomically, hash it and append its manifest line. A video flagged NaN/Inf is not
-  written; it goes to ``failed.jsonl``.
+  atomically, hash it and append its manifest line (fsynced at most
+  ``MANIFEST_SYNC_S`` later, and when the run ends: an fsync per line measured
+  0.4-6 ms here, beside 2 ms to encode a 64 px npz video; a rerun checks every
+  recorded file's sha256 anyway, so a line lost to a power cut only means a video
+  made again). A video flagged NaN/Inf is not written;
+  it goes to ``failed.jsonl``.
 
 Every queue is bounded, so at most about ``3 x batch_size`` images and
 ``3 x batch_size`` videos are in memory however long the input list is.
@@ -87,6 +91,8 @@ __all__ = [
 FORMATS = {"mp4": ".mp4", "gif": ".gif", "npz": ".npz", "png": ""}
 # How often blocked queue operations look at the stop flag, in seconds.
 _POLL_S = 0.1
+# How long a manifest line may wait for its fsync (a power cut can lose this much).
+MANIFEST_SYNC_S = 1.0
 # Failures printed as they happen; the rest are only in failed.jsonl.
 _PRINTED_FAILURES = 10
 
@@ -318,7 +324,7 @@ class SynthEngine:
         )
         # A view's record is sharded like the file it was cut from.
         self._index = ManifestIndex(self.out_dir, keep=self._mine)
-        self._manifest = JsonlLog(self._log_path(MANIFEST))
+        self._manifest = JsonlLog(self._log_path(MANIFEST), sync_interval=MANIFEST_SYNC_S)
         self._failed = JsonlLog(self._log_path(FAILED))
         threads = [threading.Thread(target=self._guard, args=(self._feed, inputs), name="feed")]
         threads += [

@@ -6,10 +6,10 @@ Files in ``<out>``:
     One JSON line per finished video (input, class, k, seed, every output with its
     format, relative path, size and sha256, the generation settings, checkpoint,
     finish time). A line is appended only after all of the video's files are renamed
-    into place, with one ``write`` then ``fsync``: a line that exists describes
-    complete files. A run with several ranks appends to ``manifest.rank<r>.jsonl``;
-    rank 0 merges the parts (and earlier ones a crash left) into ``manifest.jsonl``,
-    sorted by input and k, when all ranks are done.
+    into place, with one ``write`` (fsynced within a second, see :class:`JsonlLog`):
+    a line that exists describes complete files. A run with several ranks appends to
+    ``manifest.rank<r>.jsonl``; rank 0 merges the parts (and earlier ones a crash
+    left) into ``manifest.jsonl``, sorted by input and k, when all ranks are done.
 ``failed.jsonl``
     One line per bad input (k is null) or failed video (NaN/Inf, cannot encode) with
     the reason; ``failed.rank<r>.jsonl`` per rank, merged likewise. After a merge it
@@ -127,26 +127,33 @@ def _cut_incomplete_tail(path: str) -> bool:
 
 
 class JsonlLog:
-    """An append-only JSON-lines file; each record is durable when :meth:`append` returns.
+    """An append-only JSON-lines file, thread-safe.
 
+    Each record reaches the file in one ``write`` before :meth:`append` returns, so a
+    crashed process loses none. It is on disk (survives a power cut) once fsynced:
+    after every append by default, or with ``sync_interval`` at most that many seconds
+    later (the fsyncs of a burst of appends become one), and always at :meth:`close`.
     Opening cuts off an incomplete last line (left by a crash) so the next record
-    starts on a line of its own. Thread-safe. If a write fails (disk full), the
-    partial bytes are truncated away again before the error propagates.
+    starts on a line of its own. If a write fails (disk full), the partial bytes are
+    truncated away again before the error propagates.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, sync_interval: float = 0.0) -> None:
         self.path = path
+        self.sync_interval = sync_interval
         created = not os.path.exists(path)
         if not created:
             self.repaired = _cut_incomplete_tail(path)
         else:
             self.repaired = False
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        if created:
-            # The new file's directory entry must be durable too, or a crash could
-            # lose the whole file although its lines were fsynced.
-            fsync_dir(os.path.dirname(os.path.abspath(path)))
+        # A new file's directory entry must be durable too, or a crash could lose the
+        # whole file although its lines were fsynced; it is flushed with the first
+        # lines (an empty log, the usual failures file, never pays for it).
+        self._new_entry = created
         self._lock = threading.Lock()
+        self._synced = time.monotonic()
+        self._unsynced = False
 
     def append(self, record: dict[str, Any]) -> None:
         data = (json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n").encode()
@@ -156,17 +163,32 @@ class JsonlLog:
                 view = memoryview(data)
                 while view:
                     view = view[os.write(self._fd, view) :]
-                os.fsync(self._fd)
+                self._unsynced = True
+                if time.monotonic() - self._synced >= self.sync_interval:
+                    self._sync()
             except OSError:
                 with contextlib.suppress(OSError):
                     os.ftruncate(self._fd, start)
                 raise
 
+    def _sync(self) -> None:
+        os.fsync(self._fd)
+        if self._new_entry:
+            fsync_dir(os.path.dirname(os.path.abspath(self.path)))
+            self._new_entry = False
+        self._synced = time.monotonic()
+        self._unsynced = False
+
     def close(self) -> None:
+        """fsync what is not on disk yet, then close."""
         with self._lock:
             if self._fd >= 0:
-                os.close(self._fd)
-                self._fd = -1
+                try:
+                    if self._unsynced:
+                        self._sync()
+                finally:
+                    os.close(self._fd)
+                    self._fd = -1
 
 
 def _lines(path: str) -> Iterator[tuple[int, bytes]]:
@@ -211,13 +233,22 @@ class ManifestIndex:
         self._entries: dict[tuple[str, int], tuple[float, int, int, int]] = {}
         self._fds: list[int] = []
         self.unreadable = 0
+        # Whether manifest.jsonl is already what merge_logs would write: no parts, and
+        # every line a complete record of a distinct video, in (input, k) order.
+        self.merged = keep is None and len(self.sources) == 1
+        previous, end = None, 0
         for source, path in enumerate(self.sources):
             for offset, line in _lines(path):
+                end = offset + len(line)
                 record = _parse(line)
                 key = _video_key(record)
                 if key is None:
                     self.unreadable += 1
+                    self.merged = False
                     continue
+                if previous is not None and key <= previous:
+                    self.merged = False
+                previous = key
                 if keep is not None and not keep(_shard_rel(record)):
                     continue
                 finished = float(record.get("finished") or 0.0)
@@ -229,6 +260,8 @@ class ManifestIndex:
                 self._fds.append(os.open(path, os.O_RDONLY))
             except FileNotFoundError:
                 self._fds.append(-1)
+        if self.merged and self._fds[0] >= 0 and os.fstat(self._fds[0]).st_size != end:
+            self.merged = False  # an incomplete last line, which a merge drops
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -393,21 +426,29 @@ def merge_logs(out_dir: str, videos_per_image: int) -> tuple[int, int]:
     viewed = set()  # files whose views (dual view) have videos: their inputs are read
     try:
         keys = sorted(index.keys())
-        with atomic_file(os.path.join(out_dir, MANIFEST)) as tmp, open(tmp, "wb") as f:
+        with contextlib.ExitStack() as stack:
+            # Rewritten unless it is already the merge's result (the usual single-process
+            # run, whose writers finished in input order): then no copy and no fsyncs.
+            out = None
+            if not index.merged:
+                tmp = stack.enter_context(atomic_file(os.path.join(out_dir, MANIFEST)))
+                out = stack.enter_context(open(tmp, "wb"))
             for key in keys:
                 line = index.line(key)
                 view_of = (_parse(line) or {}).get("view_of")
                 if isinstance(view_of, str):
                     viewed.add(view_of)
-                f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
+                if out is not None:
+                    out.write(line)
+            if out is not None:
+                out.flush()
+                os.fsync(out.fileno())
     finally:
         index.close()
-    fsync_dir(out_dir)
-    for path in _parts(out_dir, MANIFEST):
-        os.remove(path)
-
+    if not index.merged:
+        fsync_dir(out_dir)
+        for path in _parts(out_dir, MANIFEST):
+            os.remove(path)
     return len(keys), _merge_failures(out_dir, set(keys), viewed, videos_per_image)
 
 

@@ -56,6 +56,51 @@ def test_log_cuts_an_incomplete_last_line_before_appending(tmp_path):
     assert [json.loads(line)["input"] for line in lines] == ["a.png", "c.png"]
 
 
+@pytest.fixture
+def fsyncs(monkeypatch):
+    """The fsyncs the books make, as ``(kind, path)``: "file" or "dir"."""
+    import lddm_fast.data.atomic as atomic_module
+    import lddm_fast.synth.manifest as manifest_module
+
+    calls = []
+    real = os.fsync
+
+    def counting(fd):
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        calls.append(("dir" if os.path.isdir(path) else "file", os.path.basename(path)))
+        real(fd)
+
+    monkeypatch.setattr(manifest_module.os, "fsync", counting)
+    assert atomic_module.os is manifest_module.os  # one patch covers fsync_dir too
+    return calls
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="names fds through /proc")
+def test_log_syncs_each_line_by_default_and_groups_them_with_an_interval(tmp_path, fsyncs):
+    path = tmp_path / MANIFEST
+    log = JsonlLog(str(path))
+    assert fsyncs == []  # the new file's folder entry is flushed with its first line
+    log.append({"input": "a.png", "k": 0})
+    log.append({"input": "b.png", "k": 0})
+    assert fsyncs == [("file", MANIFEST), ("dir", tmp_path.name), ("file", MANIFEST)]
+    log.close()
+    assert len(fsyncs) == 3  # nothing left to flush
+
+    fsyncs.clear()
+    grouped = JsonlLog(str(path), sync_interval=3600.0)
+    for name in ("c.png", "d.png", "e.png"):
+        grouped.append({"input": name, "k": 0})
+    # Every line is in the file (a crashed process loses none), none fsynced yet.
+    assert [r["input"] for r in _read_jsonl(path)] == ["a.png", "b.png", "c.png", "d.png", "e.png"]
+    assert fsyncs == []
+    grouped.close()
+    assert fsyncs == [("file", MANIFEST)]  # one for the three, at close
+
+    fsyncs.clear()
+    JsonlLog(str(tmp_path / FAILED)).close()  # an empty new log costs no fsync
+    assert fsyncs == []
+
+
 def test_index_keeps_the_newest_record_and_ignores_broken_lines(tmp_path):
     old = _record(tmp_path, "a.png", 0, finished=1.0, data=b"old")
     new = _record(tmp_path, "a.png", 0, finished=2.0, data=b"new")
@@ -154,6 +199,47 @@ def test_merge_leaves_an_empty_failure_log_without_parts_alone(tmp_path):
     assert merge_logs(out, videos_per_image=1) == (0, 1)
     assert [r["input"] for r in _read_jsonl(path)] == ["c.png"]
     assert not os.path.exists(part_path(out, FAILED, 0))
+
+
+def test_merge_keeps_a_single_manifest_that_is_already_merged(tmp_path):
+    # A single-process run whose writers finished in input order: the manifest is
+    # already what the merge writes, so it is left as it is (no copy, no fsyncs).
+    out = str(tmp_path)
+    path = os.path.join(out, MANIFEST)
+    records = [
+        _record(tmp_path, rel, k, finished=1.0)
+        for rel, k in [("a.png", 0), ("a.png", 1), ("b.png", 0)]
+    ]
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    with open(path, "w") as f:
+        f.write(text)
+    inode = os.stat(path).st_ino
+    assert merge_logs(out, videos_per_image=2) == (3, 0)
+    assert os.stat(path).st_ino == inode
+
+
+@pytest.mark.parametrize(
+    ("order", "tail"),
+    [
+        ([1, 0, 2], ""),  # writers finished out of order
+        ([0, 1, 1, 2], ""),  # a video redone: two lines for it
+        ([0, 1, 2], '{"input": "c.png"'),  # cut off by a crash
+        ([0, 1, 2], "not json\n"),
+    ],
+)
+def test_merge_rewrites_a_single_manifest_that_is_not_merged(tmp_path, order, tail):
+    out = str(tmp_path)
+    path = os.path.join(out, MANIFEST)
+    records = [
+        _record(tmp_path, rel, k, finished=1.0)
+        for rel, k in [("a.png", 0), ("a.png", 1), ("b.png", 0)]
+    ]
+    with open(path, "w") as f:
+        f.write("".join(json.dumps(records[i]) + "\n" for i in order) + tail)
+    inode = os.stat(path).st_ino
+    assert merge_logs(out, videos_per_image=2) == (3, 0)
+    assert os.stat(path).st_ino != inode
+    assert _read_jsonl(path) == records
 
 
 def test_sweep_removes_only_atomic_write_temporaries(tmp_path):
