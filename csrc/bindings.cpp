@@ -14,9 +14,12 @@ TORCH_LIBRARY(lddm, m) {
       "group_norm(Tensor x, int num_groups, Tensor? weight, Tensor? bias, float eps, "
       "Tensor? scale, Tensor? shift, bool silu) -> Tensor");
   m.def(
+      "group_norm_stats(Tensor x, int num_groups, Tensor? weight, Tensor? bias, float eps, "
+      "Tensor? scale, Tensor? shift, bool silu) -> (Tensor, Tensor)");
+  m.def(
       "group_norm_backward(Tensor grad_y, Tensor x, int num_groups, Tensor? weight, "
-      "Tensor? bias, float eps, Tensor? scale, Tensor? shift, bool silu) "
-      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "Tensor? bias, float eps, Tensor? scale, Tensor? shift, bool silu, "
+      "Tensor? stats=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("temporal_attention(Tensor q, Tensor k, Tensor v, int num_heads, float scale) -> Tensor");
   m.def(
       "temporal_attention_lse(Tensor q, Tensor k, Tensor v, int num_heads, float scale) "
@@ -29,6 +32,7 @@ TORCH_LIBRARY(lddm, m) {
 
 TORCH_LIBRARY_IMPL(lddm, CPU, m) {
   m.impl("group_norm", &lddm::group_norm_cpu);
+  m.impl("group_norm_stats", &lddm::group_norm_stats_cpu);
   m.impl("group_norm_backward", &lddm::group_norm_backward_cpu);
   m.impl("temporal_attention", &lddm::temporal_attention_cpu);
   m.impl("temporal_attention_lse", &lddm::temporal_attention_lse_cpu);

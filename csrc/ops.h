@@ -18,14 +18,23 @@ at::Tensor group_norm_cpu(const at::Tensor& x, int64_t num_groups,
                           const std::optional<at::Tensor>& scale,
                           const std::optional<at::Tensor>& shift, bool silu);
 
+// group_norm_cpu for a training call: also returns each group's mean and 1 / std as
+// float64 [N, G, 2], which the backward takes instead of re-reading x for them.
+std::tuple<at::Tensor, at::Tensor> group_norm_stats_cpu(
+    const at::Tensor& x, int64_t num_groups, const std::optional<at::Tensor>& weight,
+    const std::optional<at::Tensor>& bias, double eps, const std::optional<at::Tensor>& scale,
+    const std::optional<at::Tensor>& shift, bool silu);
+
 // Backward of group_norm_cpu for the same arguments and grad_y (x's shape): returns
 // (grad_x in x's memory format, grad_weight [C], grad_bias [C], grad_scale, grad_shift),
 // each parameter grad in that argument's shape and dtype; an absent weight or bias gets
-// a float32 [C] grad, an absent scale or shift a float32 [N, C] one (unused).
+// a float32 [C] grad, an absent scale or shift a float32 [N, C] one (unused). stats:
+// group_norm_stats' second output, or None to recompute the statistics from x.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> group_norm_backward_cpu(
     const at::Tensor& grad_y, const at::Tensor& x, int64_t num_groups,
     const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias, double eps,
-    const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& shift, bool silu);
+    const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& shift, bool silu,
+    const std::optional<at::Tensor>& stats);
 
 // q, k, v: [B, C, T, H, W], any strides, C = num_heads * head_dim. Softmax attention over
 // T at every (b, head, y, x); returns [B, C, T, H, W] (channels_last_3d when q.stride(1)

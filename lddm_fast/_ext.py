@@ -45,8 +45,15 @@ def _register_fakes() -> None:
     def _sampler_step(x, eps, a, b, noise, c):
         return torch.empty_like(x, memory_format=memory_format_of(x))
 
+    @torch.library.register_fake("lddm::group_norm_stats")
+    def _group_norm_stats(x, num_groups, weight, bias, eps, scale, shift, silu):
+        stats = x.new_empty((x.shape[0], num_groups, 2), dtype=torch.float64)
+        return torch.empty_like(x, memory_format=memory_format_of(x)), stats
+
     @torch.library.register_fake("lddm::group_norm_backward")
-    def _group_norm_backward(grad_y, x, num_groups, weight, bias, eps, scale, shift, silu):
+    def _group_norm_backward(
+        grad_y, x, num_groups, weight, bias, eps, scale, shift, silu, stats=None
+    ):
         n, c = x.shape[:2]
 
         def param_grad(t, shape):
@@ -68,25 +75,29 @@ def _register_autograd() -> None:
     """Backward formulas of the differentiable ``lddm::`` ops, each one call of its
     backward op (the kernels in csrc/cpu/*_backward.cpp)."""
 
+    # group_norm_stats (what training calls run) also returns the group statistics, which
+    # the backward takes instead of re-reading x for them; plain group_norm recomputes them.
     def group_norm_setup(ctx, inputs, output):
         x, num_groups, weight, bias, eps, scale, shift, silu = inputs
-        ctx.save_for_backward(x, weight, bias, scale, shift)
+        stats = output[1] if isinstance(output, tuple) else None
+        if stats is not None:
+            ctx.mark_non_differentiable(stats)
+        ctx.save_for_backward(x, weight, bias, scale, shift, stats)
         ctx.args = (num_groups, eps, silu)
 
-    def group_norm_backward(ctx, grad):
-        x, weight, bias, scale, shift = ctx.saved_tensors
+    def group_norm_backward(ctx, grad, *_grad_stats):
+        x, weight, bias, scale, shift, stats = ctx.saved_tensors
         num_groups, eps, silu = ctx.args
         grads = torch.ops.lddm.group_norm_backward(
-            grad, x, num_groups, weight, bias, eps, scale, shift, silu
+            grad, x, num_groups, weight, bias, eps, scale, shift, silu, stats
         )
         need = ctx.needs_input_grad
         wanted = (need[0], need[2], need[3], need[5], need[6])  # x, weight, bias, scale, shift
         gx, gw, gb, gs, gh = (g if w else None for g, w in zip(grads, wanted, strict=True))
         return gx, None, gw, gb, None, gs, gh, None
 
-    torch.library.register_autograd(
-        "lddm::group_norm", group_norm_backward, setup_context=group_norm_setup
-    )
+    for op in ("lddm::group_norm", "lddm::group_norm_stats"):
+        torch.library.register_autograd(op, group_norm_backward, setup_context=group_norm_setup)
 
     # FlashAttention-style: the forward saves the logsumexp [B, heads, T, H, W] (not the
     # attention matrix); the backward recomputes the probabilities from it.

@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <tuple>
 #include <vector>
 
 #include "checks.h"
@@ -37,12 +38,18 @@ struct Coefficients {
   int64_t C;
   double eps;
 
-  void fill(const Moments& m, int64_t n, int64_t c0, int64_t cg, float* a, float* mean,
+  double* stats;  // [N, G, 2]: each group's mean and rstd, written for the backward; or null
+
+  void fill(const Moments& moments, int64_t n, int64_t c0, int64_t cg, float* a, float* mean,
             float* b) const {
-    const double var = m.count > 0.0 ? m.m2 / m.count : 0.0;
-    const double rstd = 1.0 / std::sqrt(var + eps);
-    const float mean_f = float(m.mean);
-    const double mean_lo = m.mean - double(mean_f);
+    const auto [mean_d, rstd] = cpu::mean_rstd(moments, eps);
+    if (stats != nullptr) {
+      double* st = stats + 2 * (n * (C / cg) + c0 / cg);
+      st[0] = mean_d;
+      st[1] = rstd;
+    }
+    const float mean_f = float(mean_d);
+    const double mean_lo = mean_d - double(mean_f);
     for (int64_t i = 0; i < cg; ++i) {
       const int64_t c = c0 + i;
       const double w = weight ? weight[c] : 1.0;
@@ -207,13 +214,13 @@ void run_nsc(const at::Tensor& x, at::Tensor& y, int64_t G, const Coefficients& 
   }
 }
 
-}  // namespace
-
-at::Tensor group_norm_cpu(const at::Tensor& x_in, int64_t num_groups,
-                          const std::optional<at::Tensor>& weight,
-                          const std::optional<at::Tensor>& bias, double eps,
-                          const std::optional<at::Tensor>& scale,
-                          const std::optional<at::Tensor>& shift, bool silu) {
+// group_norm_cpu, also writing each group's mean and rstd to `stats` ([N, G, 2]) when
+// it is not null.
+at::Tensor group_norm_impl(const at::Tensor& x_in, int64_t num_groups,
+                           const std::optional<at::Tensor>& weight,
+                           const std::optional<at::Tensor>& bias, double eps,
+                           const std::optional<at::Tensor>& scale,
+                           const std::optional<at::Tensor>& shift, bool silu, double* stats) {
   LDDM_CHECK_DEVICE(x_in, at::kCPU, "x");
   check_group_norm_args(x_in, num_groups, weight, bias, scale, shift);
   TORCH_CHECK_VALUE(x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kBFloat16,
@@ -241,7 +248,7 @@ at::Tensor group_norm_cpu(const at::Tensor& x_in, int64_t num_groups,
   };
   const auto sc = film(scale), sh = film(shift), sc_sp = per_position(scale),
              sh_sp = per_position(shift);
-  const Coefficients coef{ptr(w), ptr(bi), ptr(sc), ptr(sh), C, eps};
+  const Coefficients coef{ptr(w), ptr(bi), ptr(sc), ptr(sh), C, eps, stats};
   const Spatial spatial{ptr(sc_sp), ptr(sh_sp), period};
   if (x.scalar_type() == at::kFloat) {
     nsc ? run_nsc<float>(x, y, num_groups, coef, spatial, silu)
@@ -251,6 +258,28 @@ at::Tensor group_norm_cpu(const at::Tensor& x_in, int64_t num_groups,
         : run_ncs<c10::BFloat16>(x, y, num_groups, coef, spatial, silu);
   }
   return y;
+}
+
+}  // namespace
+
+at::Tensor group_norm_cpu(const at::Tensor& x, int64_t num_groups,
+                          const std::optional<at::Tensor>& weight,
+                          const std::optional<at::Tensor>& bias, double eps,
+                          const std::optional<at::Tensor>& scale,
+                          const std::optional<at::Tensor>& shift, bool silu) {
+  return group_norm_impl(x, num_groups, weight, bias, eps, scale, shift, silu, nullptr);
+}
+
+std::tuple<at::Tensor, at::Tensor> group_norm_stats_cpu(
+    const at::Tensor& x, int64_t num_groups, const std::optional<at::Tensor>& weight,
+    const std::optional<at::Tensor>& bias, double eps, const std::optional<at::Tensor>& scale,
+    const std::optional<at::Tensor>& shift, bool silu) {
+  check_group_norm_args(x, num_groups, weight, bias, scale, shift);
+  // Zeros where nothing is normalised (an empty x writes no statistics).
+  at::Tensor stats = at::zeros({x.size(0), num_groups, 2}, x.options().dtype(at::kDouble));
+  at::Tensor y = group_norm_impl(x, num_groups, weight, bias, eps, scale, shift, silu,
+                                 stats.mutable_data_ptr<double>());
+  return {y, stats};
 }
 
 }  // namespace lddm

@@ -1,15 +1,15 @@
 // CPU group_norm backward: gradients of x, weight, bias, scale and shift of the fused
 // GroupNorm + affine + FiLM/spatial modulation + SiLU, from the output gradient.
 //
-// The group statistics are recomputed from x with the forward's code and merge order
-// (bit-identical to what the forward used; one read of x, cheaper than an extra op
-// output that inference would pay for). Then, per sample and group, pass 1 sums the
-// per-channel terms and pass 2 writes dx (group_norm_backward_kernels.h).
+// The group statistics come from the forward (group_norm_stats, the training call's
+// op: [N, G, 2] doubles, which saves a read of x) or are recomputed from x with the
+// forward's code and merge order (bit-identical). Then, per sample and group, pass 1
+// sums the per-channel terms and pass 2 writes dx (group_norm_backward_kernels.h).
 //
 // Layouts as in the forward: NCS (contiguous; one task per (n, group) does its
 // statistics and both passes while the group is in cache) and NSC (channels_last;
 // chunks of positions, partial sums combined over chunks in a fixed order, so results
-// are deterministic). Other strides get one contiguous copy. grad_y is brought into x's
+// are deterministic). A float dx holds pass 1's w gu until pass 2 overwrites it. Other strides get one contiguous copy. grad_y is brought into x's
 // layout.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -17,6 +17,8 @@
 #include <algorithm>
 #include <cmath>
 #include <tuple>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "checks.h"
@@ -40,12 +42,13 @@ struct GroupStats {
 
   GroupStats(int64_t n) : m(n), r(n), off(n) {}
 
-  void set(int64_t i, const Moments& mo, double eps) {
-    const double var = mo.count > 0.0 ? mo.m2 / mo.count : 0.0;
-    const double rstd = 1.0 / std::sqrt(var + eps);
-    m[i] = float(mo.mean);
+  void set(int64_t i, double mean, double rstd) {
+    m[i] = float(mean);
     r[i] = float(rstd);
-    off[i] = float((double(m[i]) - mo.mean) * rstd);
+    off[i] = float((double(m[i]) - mean) * rstd);
+  }
+  void set(int64_t i, const std::pair<double, double>& mean_rstd) {
+    set(i, mean_rstd.first, mean_rstd.second);
   }
 };
 
@@ -87,9 +90,21 @@ void correct_sums(double* s, float off) {
   s[3] += double(off) * s[2];
 }
 
+// Where pass 1 keeps w gu for pass 2: the float output itself; none for bf16 outputs,
+// whose 8-bit mantissa would round it (those recompute it in pass 2).
+template <typename T>
+float* kept_in(T* dx) {
+  if constexpr (std::is_same_v<T, float>)
+    return dx;
+  else
+    return nullptr;
+}
+
+// saved: the forward's [N, G, 2] group means and rstds (group_norm_stats), or null to
+// recompute them from x.
 template <typename scalar_t>
 void run_ncs(const at::Tensor& x, const at::Tensor& gy, at::Tensor& gx, int64_t G, double eps,
-             const Params& p, Sums& sums) {
+             const double* saved, const Params& p, Sums& sums) {
   using T = typename cpu::StorageOf<scalar_t>::type;
   const auto& k = cpu::select_kernels<T>();
   const int64_t N = x.size(0), C = x.size(1), S = x.numel() / std::max<int64_t>(N * C, 1);
@@ -97,14 +112,19 @@ void run_ncs(const at::Tensor& x, const at::Tensor& gy, at::Tensor& gx, int64_t 
   const T* xp = cpu::storage(x.const_data_ptr<scalar_t>());
   const T* dyp = cpu::storage(gy.const_data_ptr<scalar_t>());
   T* dxp = cpu::storage(gx.mutable_data_ptr<scalar_t>());
+  float* keep = kept_in(dxp);
   at::parallel_for(0, N * G, 1, [&](int64_t begin, int64_t end) {
     std::vector<Moments> rows(cg);
     GroupStats st(1);
     for (int64_t ng = begin; ng < end; ++ng) {
       const int64_t n = ng / G, c0 = (ng % G) * cg;
       const int64_t row0 = n * C + c0;  // the group's first row
-      for (int64_t i = 0; i < cg; ++i) rows[i] = k.row_moments(xp + (row0 + i) * S, S);
-      st.set(0, cpu::merge(rows.data(), cg, 1), eps);
+      if (saved != nullptr) {
+        st.set(0, saved[2 * ng], saved[2 * ng + 1]);
+      } else {
+        for (int64_t i = 0; i < cg; ++i) rows[i] = k.row_moments(xp + (row0 + i) * S, S);
+        st.set(0, cpu::mean_rstd(cpu::merge(rows.data(), cg, 1), eps));
+      }
       const float m = st.m[0], r = st.r[0], off = st.off[0];
       double* gsum = sums.data() + 4 * row0;
       for (int64_t i = 0; i < cg; ++i) {
@@ -113,13 +133,14 @@ void run_ncs(const at::Tensor& x, const at::Tensor& gy, at::Tensor& gx, int64_t 
         double* cs = gsum + 4 * i;
         if (!p.spatial) {
           k.gn_grad_row_sums(xp + row * S, dyp + row * S, S, m, r, p.w[c], beff, p.s + row,
-                             p.h + row, false, p.silu, nullptr, nullptr, cs);
+                             p.h + row, false, p.silu, nullptr, nullptr,
+                             keep ? keep + row * S : nullptr, cs);
         } else {
           // One period of the channel's modulation, reused by every frame (S / P).
           for (int64_t t0 = 0; t0 < S; t0 += P)
             k.gn_grad_row_sums(xp + row * S + t0, dyp + row * S + t0, P, m, r, p.w[c], beff,
                                p.s + row * P, p.h + row * P, true, p.silu, p.gs + row * S + t0,
-                               p.gh + row * S + t0, cs);
+                               p.gh + row * S + t0, keep ? keep + row * S + t0 : nullptr, cs);
         }
         correct_sums(cs, off);
       }
@@ -127,7 +148,9 @@ void run_ncs(const at::Tensor& x, const at::Tensor& gy, at::Tensor& gx, int64_t 
       for (int64_t i = 0; i < cg; ++i) {
         const int64_t row = row0 + i, c = c0 + i;
         const float beff = p.b[c] + p.w[c] * off;
-        if (!p.spatial) {
+        if (keep) {
+          k.gn_grad_row_dx_kept(xp + row * S, keep + row * S, S, m, r, c1, c2);
+        } else if (!p.spatial) {
           k.gn_grad_row_dx(xp + row * S, dyp + row * S, dxp + row * S, S, m, r, p.w[c], beff,
                            p.s + row, p.h + row, false, p.silu, c1, c2);
         } else {
@@ -142,7 +165,7 @@ void run_ncs(const at::Tensor& x, const at::Tensor& gy, at::Tensor& gx, int64_t 
 
 template <typename scalar_t>
 void run_nsc(const at::Tensor& x, const at::Tensor& gy, at::Tensor& gx, int64_t G, double eps,
-             const Params& p, Sums& sums) {
+             const double* saved, const Params& p, Sums& sums) {
   using T = typename cpu::StorageOf<scalar_t>::type;
   const auto& k = cpu::select_kernels<T>();
   const int64_t N = x.size(0), C = x.size(1), S = x.numel() / std::max<int64_t>(N * C, 1);
@@ -152,26 +175,32 @@ void run_nsc(const at::Tensor& x, const at::Tensor& gy, at::Tensor& gx, int64_t 
   const T* xp = cpu::storage(x.const_data_ptr<scalar_t>());
   const T* dyp = cpu::storage(gy.const_data_ptr<scalar_t>());
   T* dxp = cpu::storage(gx.mutable_data_ptr<scalar_t>());
+  float* keep = kept_in(dxp);
 
-  // Statistics: per chunk and group, merged over chunks in order (as the forward).
-  std::vector<Moments> partial(items * G);
-  at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> shift(C), s1(C), s2(C);
-    std::vector<Moments> channels(C);
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t n = item / chunks, p0 = (item % chunks) * chunk;
-      const int64_t len = std::min(chunk, S - p0);
-      k.chunk_moments(xp + (n * S + p0) * C, len, C, shift.data(), s1.data(), s2.data());
-      for (int64_t c = 0; c < C; ++c)
-        channels[c] = cpu::chunk_channel_moments(shift[c], s1[c], s2[c], len);
-      for (int64_t g = 0; g < G; ++g)
-        partial[item * G + g] = cpu::merge(channels.data() + g * cg, cg, 1);
-    }
-  });
   GroupStats st(N * G);
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t g = 0; g < G; ++g)
-      st.set(n * G + g, cpu::merge(partial.data() + n * chunks * G + g, chunks, G), eps);
+  if (saved != nullptr) {
+    for (int64_t ng = 0; ng < N * G; ++ng) st.set(ng, saved[2 * ng], saved[2 * ng + 1]);
+  } else {
+    // Per chunk and group, merged over chunks in order (as the forward).
+    std::vector<Moments> partial(items * G);
+    at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> shift(C), s1(C), s2(C);
+      std::vector<Moments> channels(C);
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t n = item / chunks, p0 = (item % chunks) * chunk;
+        const int64_t len = std::min(chunk, S - p0);
+        k.chunk_moments(xp + (n * S + p0) * C, len, C, shift.data(), s1.data(), s2.data());
+        for (int64_t c = 0; c < C; ++c)
+          channels[c] = cpu::chunk_channel_moments(shift[c], s1[c], s2[c], len);
+        for (int64_t g = 0; g < G; ++g)
+          partial[item * G + g] = cpu::merge(channels.data() + g * cg, cg, 1);
+      }
+    });
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t g = 0; g < G; ++g)
+        st.set(n * G + g,
+               cpu::mean_rstd(cpu::merge(partial.data() + n * chunks * G + g, chunks, G), eps));
+  }
   // Per (n, c) copies of the group values, as the chunk kernels take them.
   std::vector<float> m(N * C), r(N * C), beff(N * C), c1(N * C), c2(N * C);
   for (int64_t n = 0; n < N; ++n)
@@ -204,7 +233,7 @@ void run_nsc(const at::Tensor& x, const at::Tensor& gy, at::Tensor& gx, int64_t 
         k.gn_grad_chunk_sums(xp + xo, dyp + xo, run, C, m.data() + n * C, r.data() + n * C, p.w,
                              beff.data() + n * C, p.s + so, p.h + so, step, p.silu,
                              p.spatial ? p.gs + xo : nullptr, p.spatial ? p.gh + xo : nullptr,
-                             acc);
+                             keep ? keep + xo : nullptr, acc);
       });
     }
   });
@@ -231,6 +260,12 @@ void run_nsc(const at::Tensor& x, const at::Tensor& gy, at::Tensor& gx, int64_t 
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / chunks, p0 = (item % chunks) * chunk;
       const int64_t len = std::min(chunk, S - p0);
+      if (keep) {
+        const int64_t xo = (n * S + p0) * C;
+        k.gn_grad_chunk_dx_kept(xp + xo, keep + xo, len, C, m.data() + n * C, r.data() + n * C,
+                                c1.data() + n * C, c2.data() + n * C);
+        continue;
+      }
       for_runs(n, p0, len, [&](int64_t xo, int64_t so, int64_t step, int64_t run) {
         k.gn_grad_chunk_dx(xp + xo, dyp + xo, dxp + xo, run, C, m.data() + n * C,
                            r.data() + n * C, p.w, beff.data() + n * C, p.s + so, p.h + so, step,
@@ -256,7 +291,8 @@ at::Tensor modulation_grad(const std::optional<at::Tensor>& t, const at::Tensor&
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> group_norm_backward_cpu(
     const at::Tensor& grad_y, const at::Tensor& x_in, int64_t num_groups,
     const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias, double eps,
-    const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& shift, bool silu) {
+    const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& shift, bool silu,
+    const std::optional<at::Tensor>& stats) {
   LDDM_CHECK_DEVICE(x_in, at::kCPU, "x");
   LDDM_CHECK_DEVICE(grad_y, at::kCPU, "grad_y");
   check_group_norm_args(x_in, num_groups, weight, bias, scale, shift);
@@ -266,6 +302,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> group_nor
   TORCH_CHECK_VALUE(grad_y.sizes() == x_in.sizes(), "grad_y has shape ", grad_y.sizes(),
                     " but x has ", x_in.sizes());
   const int64_t N = x_in.size(0), C = x_in.size(1);
+  if (stats) {
+    TORCH_CHECK_VALUE(stats->device().is_cpu() && stats->scalar_type() == at::kDouble &&
+                          stats->sizes() == at::IntArrayRef({N, num_groups, 2}),
+                      "stats must be group_norm_stats' float64 [N, G, 2] = [", N, ", ",
+                      num_groups, ", 2] CPU tensor, got ", stats->scalar_type(), " ",
+                      stats->sizes(), " on ", stats->device());
+  }
+  const at::Tensor saved = stats ? stats->contiguous() : at::Tensor();
+  const double* saved_p = stats ? saved.const_data_ptr<double>() : nullptr;
   const at::MemoryFormat fmt = output_format(x_in);
   const bool nsc = fmt != at::MemoryFormat::Contiguous;
   const at::Tensor x = nsc ? x_in : x_in.contiguous();
@@ -307,23 +352,39 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> group_nor
   Sums sums(N * C * 4, 0.0);
   if (x.numel() > 0) {
     if (x.scalar_type() == at::kFloat)
-      nsc ? run_nsc<float>(x, gy, gx, num_groups, eps, p, sums)
-          : run_ncs<float>(x, gy, gx, num_groups, eps, p, sums);
+      nsc ? run_nsc<float>(x, gy, gx, num_groups, eps, saved_p, p, sums)
+          : run_ncs<float>(x, gy, gx, num_groups, eps, saved_p, p, sums);
     else
-      nsc ? run_nsc<c10::BFloat16>(x, gy, gx, num_groups, eps, p, sums)
-          : run_ncs<c10::BFloat16>(x, gy, gx, num_groups, eps, p, sums);
+      nsc ? run_nsc<c10::BFloat16>(x, gy, gx, num_groups, eps, saved_p, p, sums)
+          : run_ncs<c10::BFloat16>(x, gy, gx, num_groups, eps, saved_p, p, sums);
   }
-  // [N, C, 4] -> weight, bias and FiLM grads.
-  const at::Tensor all =
-      at::from_blob(sums.data(), {N, C, 4}, at::TensorOptions().dtype(at::kDouble)).clone();
-  const at::Tensor sgv = all.select(2, 0), sgvx = all.select(2, 1);
-  const at::Tensor gw = all.select(2, 3).sum(0).to(weight ? weight->scalar_type() : at::kFloat);
-  const at::Tensor gb = all.select(2, 2).sum(0).to(bias ? bias->scalar_type() : at::kFloat);
-  // sum gv u = w sum gv xhat + b sum gv, with FiLM constant over the (n, c) row.
-  const at::Tensor film_gs = (sgvx * w.to(at::kDouble) + sgv * b.to(at::kDouble)).to(at::kFloat);
-  const at::Tensor film_gh = sgv.to(at::kFloat);
-  return {gx, gw.contiguous(), gb.contiguous(), modulation_grad(scale, x, film_gs, gs_el),
-          modulation_grad(shift, x, film_gh, gh_el)};
+  // [N, C, 4] -> weight and bias grads (summed over the batch) and the FiLM grads, in
+  // plain loops: these are [C] and [N, C], where a dozen small aten ops cost more than
+  // the sums themselves at the decoder's shapes.
+  at::Tensor gw = at::empty({C}, f32), gb = at::empty({C}, f32);
+  at::Tensor film_gs = at::empty({N, C}, f32), film_gh = at::empty({N, C}, f32);
+  float* pgw = gw.mutable_data_ptr<float>();
+  float* pgb = gb.mutable_data_ptr<float>();
+  float* pgs = film_gs.mutable_data_ptr<float>();
+  float* pgh = film_gh.mutable_data_ptr<float>();
+  for (int64_t c = 0; c < C; ++c) {
+    double aw = 0.0, ab = 0.0;
+    for (int64_t n = 0; n < N; ++n) {
+      aw += sums[4 * (n * C + c) + 3];
+      ab += sums[4 * (n * C + c) + 2];
+    }
+    pgw[c] = float(aw);
+    pgb[c] = float(ab);
+  }
+  for (int64_t i = 0; i < N * C; ++i) {
+    // sum gv u = w sum gv xhat + b sum gv, with FiLM constant over the (n, c) row.
+    const double* cs = sums.data() + 4 * i;
+    pgs[i] = float(cs[1] * double(p.w[i % C]) + cs[0] * double(p.b[i % C]));
+    pgh[i] = float(cs[0]);
+  }
+  return {gx, gw.to(weight ? weight->scalar_type() : at::kFloat),
+          gb.to(bias ? bias->scalar_type() : at::kFloat),
+          modulation_grad(scale, x, film_gs, gs_el), modulation_grad(shift, x, film_gh, gh_el)};
 }
 
 }  // namespace lddm

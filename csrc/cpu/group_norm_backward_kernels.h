@@ -10,7 +10,9 @@
 // means of the input gradient); for a spatial modulation it also writes gv u and gv per
 // element (their grads before the broadcast is summed out). Pass 2 writes
 //   dx = r (w gu - c1 - xhat c2),  c1 = mean_group(w gu),  c2 = mean_group(w gu xhat).
-// v is recomputed from x in both passes: cheaper than storing it.
+// For float outputs pass 1 also keeps w gu in dx, so pass 2 reads x and that instead
+// of recomputing v and silu'(v) from x and dy (a third of the backward's time at the
+// model's shapes); bf16 outputs would round w gu to 8 bits, so they recompute it.
 #pragma once
 
 #include "cpu/kernel_common.h"
@@ -29,12 +31,12 @@ static inline float grad_v(float v, float dy) {
 }
 
 // Varying: s, h, gs, gh are per element ([n]); else s[0], h[0] hold the row's constants
-// and gs, gh are unused.
-template <typename T, bool Silu, bool Varying>
+// and gs, gh are unused. Keep: wgu[i] = w gu written.
+template <typename T, bool Silu, bool Varying, bool Keep>
 static void gn_grad_row_sums_impl(const T* __restrict__ x, const T* __restrict__ dy, int64_t n,
                                   float m, float r, float w, float b, const float* __restrict__ s,
                                   const float* __restrict__ h, float* __restrict__ gs,
-                                  float* __restrict__ gh, double* sums) {
+                                  float* __restrict__ gh, float* __restrict__ wgu, double* sums) {
   const float s0 = s[0], h0 = h[0];
   for (int64_t i0 = 0; i0 < n; i0 += kGradRowBlock) {
     const int64_t i1 = std::min(n, i0 + kGradRowBlock);
@@ -50,6 +52,7 @@ static void gn_grad_row_sums_impl(const T* __restrict__ x, const T* __restrict__
         gs[i] = gv * u;
         gh[i] = gv;
       }
+      if (Keep) wgu[i] = w * gu;
       a0 += gv;
       a1 += gv * xh;
       a2 += gu;
@@ -80,41 +83,47 @@ static void gn_grad_row_dx_impl(const T* __restrict__ x, const T* __restrict__ d
 template <typename T>
 void gn_grad_row_sums(const T* x, const T* dy, int64_t n, float m, float r, float w, float b,
                       const float* s, const float* h, bool varying, bool silu, float* gs,
-                      float* gh, double* sums) {
-  if (silu && varying)
-    gn_grad_row_sums_impl<T, true, true>(x, dy, n, m, r, w, b, s, h, gs, gh, sums);
-  else if (silu)
-    gn_grad_row_sums_impl<T, true, false>(x, dy, n, m, r, w, b, s, h, gs, gh, sums);
-  else if (varying)
-    gn_grad_row_sums_impl<T, false, true>(x, dy, n, m, r, w, b, s, h, gs, gh, sums);
-  else
-    gn_grad_row_sums_impl<T, false, false>(x, dy, n, m, r, w, b, s, h, gs, gh, sums);
+                      float* gh, float* wgu, double* sums) {
+  with_flag(silu, [&](auto S) {
+    with_flag(varying, [&](auto V) {
+      with_flag(wgu != nullptr, [&](auto K) {
+        gn_grad_row_sums_impl<T, S, V, K>(x, dy, n, m, r, w, b, s, h, gs, gh, wgu, sums);
+      });
+    });
+  });
+}
+
+// Pass 2 from the kept w gu, in place: dx[i] = r (dx[i] - c1 - xhat[i] c2).
+template <typename T>
+void gn_grad_row_dx_kept(const T* __restrict__ x, float* __restrict__ dx, int64_t n, float m,
+                         float r, float c1, float c2) {
+  const float rc1 = r * c1, rrc2 = r * r * c2;
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) dx[i] = r * dx[i] - rc1 - (load(x[i]) - m) * rrc2;
 }
 
 template <typename T>
 void gn_grad_row_dx(const T* x, const T* dy, T* dx, int64_t n, float m, float r, float w, float b,
                     const float* s, const float* h, bool varying, bool silu, float c1, float c2) {
-  if (silu && varying)
-    gn_grad_row_dx_impl<T, true, true>(x, dy, dx, n, m, r, w, b, s, h, c1, c2);
-  else if (silu)
-    gn_grad_row_dx_impl<T, true, false>(x, dy, dx, n, m, r, w, b, s, h, c1, c2);
-  else if (varying)
-    gn_grad_row_dx_impl<T, false, true>(x, dy, dx, n, m, r, w, b, s, h, c1, c2);
-  else
-    gn_grad_row_dx_impl<T, false, false>(x, dy, dx, n, m, r, w, b, s, h, c1, c2);
+  with_flag(silu, [&](auto S) {
+    with_flag(varying, [&](auto V) {
+      gn_grad_row_dx_impl<T, S, V>(x, dy, dx, n, m, r, w, b, s, h, c1, c2);
+    });
+  });
 }
 
 // Channels-last chunk [positions, C]: m, r, w, b per channel [C]; s, h rows of C at
 // position p * sh_step (0: one FiLM row for the chunk); gs, gh [positions, C] written
-// when sh_step != 0; sums [4, C] accumulated (the caller zeroes them).
-template <typename T, bool Silu>
+// when sh_step != 0; wgu [positions, C] = w gu written when Keep; sums [4, C]
+// accumulated (the caller zeroes them).
+template <typename T, bool Silu, bool Keep>
 static void gn_grad_chunk_sums_impl(const T* __restrict__ x, const T* __restrict__ dy,
                                     int64_t positions, int64_t C, const float* __restrict__ m,
                                     const float* __restrict__ r, const float* __restrict__ w,
                                     const float* __restrict__ b, const float* __restrict__ s,
                                     const float* __restrict__ h, int64_t sh_step,
                                     float* __restrict__ gs, float* __restrict__ gh,
-                                    float* __restrict__ sums) {
+                                    float* __restrict__ wgu, float* __restrict__ sums) {
   float* __restrict__ a0 = sums;
   float* __restrict__ a1 = sums + C;
   float* __restrict__ a2 = sums + 2 * C;
@@ -124,6 +133,7 @@ static void gn_grad_chunk_sums_impl(const T* __restrict__ x, const T* __restrict
     const T* __restrict__ dr = dy + p * C;
     const float* __restrict__ sp = s + p * sh_step;
     const float* __restrict__ hp = h + p * sh_step;
+    float* __restrict__ kr = Keep ? wgu + p * C : nullptr;
     if (sh_step != 0) {
       float* __restrict__ gsr = gs + p * C;
       float* __restrict__ ghr = gh + p * C;
@@ -135,6 +145,7 @@ static void gn_grad_chunk_sums_impl(const T* __restrict__ x, const T* __restrict
         const float gu = gv * sp[c];
         gsr[c] = gv * u;
         ghr[c] = gv;
+        if (Keep) kr[c] = w[c] * gu;
         a0[c] += gv;
         a1[c] += gv * xh;
         a2[c] += gu;
@@ -146,6 +157,7 @@ static void gn_grad_chunk_sums_impl(const T* __restrict__ x, const T* __restrict
         const float xh = (load(xr[c]) - m[c]) * r[c];
         const float gv = grad_v<Silu>((w[c] * xh + b[c]) * sp[c] + hp[c], load(dr[c]));
         const float gu = gv * sp[c];
+        if (Keep) kr[c] = w[c] * gu;
         a0[c] += gv;
         a1[c] += gv * xh;
         a2[c] += gu;
@@ -183,12 +195,27 @@ template <typename T>
 void gn_grad_chunk_sums(const T* x, const T* dy, int64_t positions, int64_t C, const float* m,
                         const float* r, const float* w, const float* b, const float* s,
                         const float* h, int64_t sh_step, bool silu, float* gs, float* gh,
-                        float* sums) {
-  if (silu)
-    gn_grad_chunk_sums_impl<T, true>(x, dy, positions, C, m, r, w, b, s, h, sh_step, gs, gh, sums);
-  else
-    gn_grad_chunk_sums_impl<T, false>(x, dy, positions, C, m, r, w, b, s, h, sh_step, gs, gh,
-                                      sums);
+                        float* wgu, float* sums) {
+  with_flag(silu, [&](auto S) {
+    with_flag(wgu != nullptr, [&](auto K) {
+      gn_grad_chunk_sums_impl<T, S, K>(x, dy, positions, C, m, r, w, b, s, h, sh_step, gs, gh,
+                                       wgu, sums);
+    });
+  });
+}
+
+// Pass 2 from the kept w gu, in place, over a chunk: c1, c2 per channel [C].
+template <typename T>
+void gn_grad_chunk_dx_kept(const T* __restrict__ x, float* __restrict__ dx, int64_t positions,
+                           int64_t C, const float* __restrict__ m, const float* __restrict__ r,
+                           const float* __restrict__ c1, const float* __restrict__ c2) {
+  for (int64_t p = 0; p < positions; ++p) {
+    const T* __restrict__ xr = x + p * C;
+    float* __restrict__ out = dx + p * C;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c)
+      out[c] = r[c] * (out[c] - c1[c] - (load(xr[c]) - m[c]) * r[c] * c2[c]);
+  }
 }
 
 template <typename T>
@@ -196,10 +223,9 @@ void gn_grad_chunk_dx(const T* x, const T* dy, T* dx, int64_t positions, int64_t
                       const float* m, const float* r, const float* w, const float* b,
                       const float* s, const float* h, int64_t sh_step, bool silu,
                       const float* c1, const float* c2) {
-  if (silu)
-    gn_grad_chunk_dx_impl<T, true>(x, dy, dx, positions, C, m, r, w, b, s, h, sh_step, c1, c2);
-  else
-    gn_grad_chunk_dx_impl<T, false>(x, dy, dx, positions, C, m, r, w, b, s, h, sh_step, c1, c2);
+  with_flag(silu, [&](auto S) {
+    gn_grad_chunk_dx_impl<T, S>(x, dy, dx, positions, C, m, r, w, b, s, h, sh_step, c1, c2);
+  });
 }
 
 }  // namespace LDDM_ISA_NAMESPACE

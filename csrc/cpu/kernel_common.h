@@ -31,6 +31,16 @@ namespace LDDM_ISA_NAMESPACE {
 inline constexpr int64_t kLanes = 8;
 #endif
 
+// f(std::true_type{}) or f(std::false_type{}): a runtime flag as a compile-time one, so
+// a loop's branches on it compile away (nest for several flags).
+template <typename F>
+static inline void with_flag(bool flag, F&& f) {
+  if (flag)
+    f(std::true_type{});
+  else
+    f(std::false_type{});
+}
+
 static inline float load(float v) { return v; }
 static inline float load(bf16_t v) {
   uint32_t u = uint32_t(v) << 16;

@@ -2,7 +2,9 @@
 // forward and backward launchers so both find bit-identical group statistics.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
+#include <utility>
 
 #include "cpu/cpu_kernels.h"
 
@@ -27,6 +29,13 @@ inline Moments merge(const Moments* parts, int64_t count, int64_t stride) {
     m2 += m.m2 + m.count * d * d;
   }
   return Moments{mean, m2, n};
+}
+
+// A group's mean and 1 / sqrt(var + eps) in double: what the forward normalises with,
+// what group_norm_stats saves and what the backward recomputes when it is not saved.
+inline std::pair<double, double> mean_rstd(const Moments& m, double eps) {
+  const double var = m.count > 0.0 ? m.m2 / m.count : 0.0;
+  return {m.mean, 1.0 / std::sqrt(var + eps)};
 }
 
 // Moments of a chunk's channels from chunk_moments' per-channel shift, s1 and s2

@@ -72,9 +72,13 @@ def cuda_limits(op: str, main: torch.Tensor, params: dict) -> str | None:
 def group_norm(
     x, num_groups, weight=None, bias=None, eps=1e-5, *, scale=None, shift=None, activation=None
 ):
-    return torch.ops.lddm.group_norm(
-        x, num_groups, weight, bias, float(eps), scale, shift, activation == "silu"
-    )
+    args = (x, num_groups, weight, bias, float(eps), scale, shift, activation == "silu")
+    if torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, weight, bias, scale, shift)
+    ):
+        # The op with a backward that keeps the group statistics for it.
+        return torch.ops.lddm.group_norm_stats(*args)[0]
+    return torch.ops.lddm.group_norm(*args)
 
 
 def temporal_attention(q, k, v, *, num_heads, scale=None):

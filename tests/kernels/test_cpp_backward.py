@@ -90,6 +90,30 @@ def test_group_norm_grad_large_mean_many_chunks(fmt, isa):
     check_grads(_gn_fn(16, True), args, torch.randn(x.shape))
 
 
+@pytest.mark.parametrize("fmt", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", CPP_DTYPES)
+def test_group_norm_saved_statistics(fmt, dtype, isa):
+    """Training calls run group_norm_stats, whose [N, G, 2] means and rstds the backward
+    takes instead of recomputing them: they match float64 ones, the output is the
+    inference op's to the bit, and so is every grad of the backward with or without them."""
+    x = layout(1000 + torch.randn(3, 40, 5, 7, 7), fmt).to(dtype)  # mean 1000, many chunks
+    args = (x, 8, torch.randn(40), torch.randn(40), 1e-5, torch.randn(3, 40), None, True)
+    y, stats = torch.ops.lddm.group_norm_stats(*args)
+    assert torch.equal(y, torch.ops.lddm.group_norm(*args))
+    groups = x.double().reshape(3, 8, -1)
+    mean, var = groups.mean(-1), groups.var(-1, unbiased=False)
+    # Float32 partial sums merged in double: float32 accuracy relative to the spread.
+    torch.testing.assert_close(stats[..., 0], mean, rtol=0, atol=1e-5 * var.sqrt().max().item())
+    torch.testing.assert_close(stats[..., 1], (var + 1e-5).rsqrt(), rtol=1e-5, atol=0)
+    gy = torch.randn(x.shape).to(dtype)
+    with_stats = torch.ops.lddm.group_norm_backward(gy, *args, stats)
+    recomputed = torch.ops.lddm.group_norm_backward(gy, *args)
+    for a, b in zip(with_stats, recomputed, strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match=r"stats must be group_norm_stats' float64 \[N, G, 2\]"):
+        torch.ops.lddm.group_norm_backward(gy, *args, stats.float())
+
+
 def test_group_norm_grad_of_x_alone(isa):
     # Only x needs grad (the parameter grads are computed and dropped).
     x = torch.randn(2, 8, 3, 4, 4, requires_grad=True)

@@ -44,9 +44,10 @@ def _needs_grad(*ts):
 
 # Ops with a backward: every opcheck test, the autograd ones included
 # (test_autograd_registration, test_aot_dispatch_dynamic), on inputs that need grad.
+@pytest.mark.parametrize("op", ["group_norm", "group_norm_stats"])
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last_3d])
 @pytest.mark.parametrize("form", ["film", "spatial", "x_only"])
-def test_group_norm_autograd_opcheck(fmt, form):
+def test_group_norm_autograd_opcheck(op, fmt, form):
     x = torch.randn(2, 8, 3, 4, 4).contiguous(memory_format=fmt)
     w, b = torch.randn(8), torch.randn(8)
     if form == "x_only":
@@ -56,15 +57,19 @@ def test_group_norm_autograd_opcheck(fmt, form):
         mod = (2, 8) if form == "film" else (2, 8, 1, 4, 4)
         x, w, b, scale, shift = _needs_grad(x, w, b, torch.randn(mod), torch.randn(mod))
         args = (x, 4, w, b, 1e-5, scale, shift, True)
-    torch.library.opcheck(torch.ops.lddm.group_norm.default, args)
+    torch.library.opcheck(getattr(torch.ops.lddm, op).default, args)
 
 
-def test_group_norm_backward_opcheck():
+@pytest.mark.parametrize("saved", [False, True])
+def test_group_norm_backward_opcheck(saved):
     x = torch.randn(2, 8, 3, 4, 4).contiguous(memory_format=torch.channels_last_3d)
     scale = torch.randn(2, 8, 1, 4, 4)
-    args = (torch.randn_like(x), x, 4, torch.randn(8), None, 1e-5, scale, None, True)
+    args = (x, 4, torch.randn(8), None, 1e-5, scale, None, True)
+    stats = torch.ops.lddm.group_norm_stats(*args)[1] if saved else None
     torch.library.opcheck(
-        torch.ops.lddm.group_norm_backward.default, args, test_utils=OPCHECK_TESTS
+        torch.ops.lddm.group_norm_backward.default,
+        (torch.randn_like(x), *args, stats),
+        test_utils=OPCHECK_TESTS,
     )
 
 
