@@ -180,7 +180,9 @@ static inline void lane_backward(const float* q, float* k, float* v, float* go, 
   lane_values(pt, ones, q, D, T, k, T * L, L);  // dk; k is free after dq
 }
 
-// The backward in the forward's tiles (attention_lanes). One task is g.heads heads of
+// The backward in the forward's tiles (attention_lanes): the launcher's choice where
+// channels are not innermost, and where they are but head_dim is not a multiple of 8
+// (else attention_backward_pixels below avoids its transposes). One task is g.heads heads of
 // g.pixels neighbouring pixels of a row (g = attention_grad_tasks): all heads of one
 // vector of pixels where a pixel's channels are adjacent (heads_inner: its rows are then
 // read and written whole), else one head of a chunk. q, k, v and the output gradient are
@@ -371,8 +373,9 @@ static inline void pixel_head_backward(const float* qt, const float* dot, const 
 // Channels innermost with D % 8 == 0 and the gradients' channels adjacent (channels_last_3d
 // tensors, channel slices of a channels-last qkv): `count` pixels (b, y, x) from `first`,
 // all heads each, without the lane kernel's transposing gathers and scatters. A pixel's T
-// rows of C channels are copied whole into float buffers (streaming reads into L1-resident
-// rows: rows of the tensor T * H * W * C apart would otherwise share L1 sets), q and the
+// rows of C channels are copied whole into compact float buffers (streaming reads, each
+// head's slices then in L1; read in place, the tensor's rows T * H * W * C apart would
+// share L1 sets, and bf16 rows need converting anyway), q and the
 // output gradient also transposed (8 x 8 blocks) for the logits; each head is computed by
 // pixel_head_backward, which stores dq, dk, dv rows straight into the tensors. Work:
 // attention_grad_pixel_work_floats.
@@ -410,7 +413,8 @@ void attention_backward_pixels(const AttentionGrad<T>& a, int64_t first, int64_t
           if (s.c != 1) continue;
           const char* r = reinterpret_cast<const char*>(ins[i] + nb * s.b + t * s.t + ny * s.h +
                                                         nx * s.w);
-          for (int64_t off = 0; off < C * int64_t(sizeof(T)); off += 64) __builtin_prefetch(r + off);
+          for (int64_t off = 0; off < C * int64_t(sizeof(T)); off += 64)
+            __builtin_prefetch(r + off);
         }
         for (int i = 0; i < 3; ++i) {
           const Strides5& s = *out_strides[i];
