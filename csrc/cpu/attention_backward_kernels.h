@@ -180,7 +180,9 @@ static inline void lane_backward(const float* q, float* k, float* v, float* go, 
   lane_values(pt, ones, q, D, T, k, T * L, L);  // dk; k is free after dq
 }
 
-// The backward in the forward's tiles (attention_lanes). One task is g.heads heads of
+// The backward in the forward's tiles (attention_lanes): the launcher's choice where
+// channels are not innermost, and where they are but head_dim is not a multiple of 8
+// (else attention_backward_pixels below avoids its transposes). One task is g.heads heads of
 // g.pixels neighbouring pixels of a row (g = attention_grad_tasks): all heads of one
 // vector of pixels where a pixel's channels are adjacent (heads_inner: its rows are then
 // read and written whole), else one head of a chunk. q, k, v and the output gradient are
@@ -235,6 +237,220 @@ void attention_backward_lanes(const AttentionGrad<T>& a, int64_t first, int64_t 
     scatter_tiles(gb, a.sdq, CG, T_len, 0, n, a.dq + at(a.sdq));
     scatter_tiles(kb, a.sdk, CG, T_len, 0, n, a.dk + at(a.sdk));
     scatter_tiles(vb, a.sdv, CG, T_len, 0, n, a.dv + at(a.sdv));
+  }
+}
+
+// --- channels innermost: one pixel at a time, channels in the lanes -----------------
+
+// o[a, :] = sum_s w[a * w_r + s * w_s] x[s, :] for NR output rows of NV vectors of VC::W
+// channels (o, w, x offset to the block), S terms: each weight is broadcast from memory
+// (any strides, so the same block serves P^T do, dS^T q and dS k without transposing the
+// [T, TP] weights) and feeds NV FMAs into accumulators held in registers; the rows are
+// stored straight into the gradient tensor, rounded to bf16 there when U is.
+template <typename VC, int NR, int NV, typename U>
+static inline void weighted_rows(const float* w, int64_t w_r, int64_t w_s, const float* x,
+                                 int64_t x_stride, int64_t S, U* o, int64_t o_stride) {
+  typename VC::reg acc[NR][NV];
+  for (int a = 0; a < NR; ++a)
+    for (int c = 0; c < NV; ++c) acc[a][c] = VC::zero();
+  for (int64_t s = 0; s < S; ++s) {
+    typename VC::reg xv[NV];
+    for (int c = 0; c < NV; ++c) xv[c] = VC::load(x + s * x_stride + VC::W * c);
+    for (int a = 0; a < NR; ++a) {
+      const auto wb = VC::broadcast(w + a * w_r + s * w_s);
+      for (int c = 0; c < NV; ++c) acc[a][c] = VC::fmadd(wb, xv[c], acc[a][c]);
+    }
+  }
+  for (int a = 0; a < NR; ++a)
+    for (int c = 0; c < NV; ++c) VC::store(o + a * o_stride + VC::W * c, acc[a][c]);
+}
+
+// o[r, 0:D] = sum_{s < S} w[r * w_r + s * w_s] x[s, 0:D] for rows r < R (D a multiple of
+// VC::W), in register blocks of up to 4 channel vectors x a few rows (as many as the
+// registers hold beside the NV loaded x vectors and a broadcast).
+template <typename VC, typename U>
+static inline void weighted_sum(const float* w, int64_t w_r, int64_t w_s, const float* x,
+                                int64_t x_stride, int64_t S, int64_t R, int64_t D, U* o,
+                                int64_t o_stride) {
+  constexpr int kMaxRows = kRegisters == 32 ? 8 : 4;
+  for (int64_t d0 = 0; d0 < D; d0 += 4 * VC::W) {
+    const int nv = int(std::min<int64_t>(4, (D - d0) / VC::W));
+    const int rows = kRegisters == 32 ? (nv > 2 ? 6 : 8) : (nv > 2 ? 3 : 4);
+    for (int64_t r0 = 0; r0 < R; r0 += rows) {
+      const int nr = int(std::min<int64_t>(rows, R - r0));
+      with_count<kMaxRows>(nr, [&](auto NR) {
+        with_count<4>(nv, [&](auto NV) {
+          weighted_rows<VC, NR, NV>(w + r0 * w_r, w_r, w_s, x + d0, x_stride, S,
+                                    o + r0 * o_stride + d0, o_stride);
+        });
+      });
+    }
+  }
+}
+
+// dst[t, c] = src[t * t_stride + c * c_stride] as floats, T rows of C.
+template <typename T>
+static inline void copy_rows(const T* src, int64_t t_stride, int64_t c_stride, int64_t T_len,
+                             int64_t C, float* __restrict__ dst) {
+  for (int64_t t = 0; t < T_len; ++t) {
+    const T* row = src + t * t_stride;
+    float* out = dst + t * C;
+    int64_t c = 0;
+    if (c_stride == 1)
+      for (; c + Vec::W <= C; c += Vec::W) Vec::store(out + c, Vec::load(row + c));
+    for (; c < C; ++c) out[c] = load(row[c * c_stride]);
+  }
+}
+
+// The gradients of one head of one pixel, frames of the queries in the lanes (the
+// forward's attend_head, transposed where it needs): qt, dot [D, TP] (the head's block of
+// the transposed q and output gradient, TP = padded_frames(T), zero past T); q, k, v, go
+// its [T, D] rows C apart; lse [TP] the queries' logsumexps (zero past T); st, dst
+// [T, TP] scratch. The logits and dP are built as S^T and dP^T, one vector of queries
+// per key (logits_block: broadcast key elements x query vectors), so the softmax over
+// keys, D_i and dS are vertical; then
+//   dv[j] = sum_i P^T[j, i] go[i],  dk[j] = sum_i dS^T[j, i] q[i],  dq[i] = sum_j dS^T[j, i] k[j]
+// are broadcast-FMAs over channel vectors (weighted_sum) stored into the gradient rows
+// (dq_t, dk_t, dv_t apart). dS carries the scale, as in lane_backward.
+template <typename VC, typename U>
+static inline void pixel_head_backward(const float* qt, const float* dot, const float* q,
+                                       const float* k, const float* v, const float* go,
+                                       int64_t C, const float* lse, int64_t D, int64_t T,
+                                       float scale, float* __restrict__ st,
+                                       float* __restrict__ dst, U* dq, int64_t dq_t, U* dk,
+                                       int64_t dk_t, U* dv, int64_t dv_t) {
+  constexpr int W = Vec::W;
+  constexpr int kKeys = kRegisters == 32 ? 8 : 4;
+  const int64_t TP = padded_frames(T);
+  const float log2e = 1.44269504088896341f;
+  const Vec::reg scale_log2e = Vec::set1(scale * log2e), one = Vec::set1(1.0f);
+  for (int64_t i0 = 0; i0 < TP; i0 += 2 * W) {
+    const int nqv = TP - i0 >= 2 * W ? 2 : 1;
+    for (int64_t j0 = 0; j0 < T; j0 += kKeys) {
+      const int nk = int(std::min<int64_t>(kKeys, T - j0));
+      with_count<kKeys>(nk, [&](auto NK) {
+        with_count<2>(nqv, [&](auto NQV) {
+          logits_block<NK, NQV>(qt + i0, TP, k + j0 * C, C, D, scale_log2e, st + j0 * TP + i0);
+          logits_block<NK, NQV>(dot + i0, TP, v + j0 * C, C, D, one, dst + j0 * TP + i0);
+        });
+      });
+    }
+  }
+  const Vec::reg vscale = Vec::set1(scale);
+  for (int64_t i0 = 0; i0 < TP; i0 += W) {
+    float* s = st + i0;
+    float* d = dst + i0;
+    const Vec::reg shift = Vec::mul(Vec::load(lse + i0), Vec::set1(log2e));
+    Vec::reg sum = Vec::zero();
+    for (int64_t j = 0; j < T; j += 4) {
+      const int64_t m = std::min<int64_t>(4, T - j);
+      Vec::reg e[4];
+      for (int u = 0; u < 4; ++u)
+        e[u] = u < m ? Vec::sub(Vec::load(s + (j + u) * TP), shift) : Vec::zero();
+      exp2_clamped<Vec, 4>(e);
+      for (int u = 0; u < m; ++u) {
+        Vec::store(s + (j + u) * TP, e[u]);
+        sum = Vec::add(sum, e[u]);
+      }
+    }
+    // Each row divided by its sum: an exact distribution (see attend_backward).
+    const Vec::reg inv = Vec::div(one, sum);
+    Vec::reg di = Vec::zero();
+    for (int64_t j = 0; j < T; ++j) {
+      const Vec::reg p = Vec::mul(Vec::load(s + j * TP), inv);
+      Vec::store(s + j * TP, p);
+      di = Vec::fmadd(p, Vec::load(d + j * TP), di);
+    }
+    for (int64_t j = 0; j < T; ++j)
+      Vec::store(d + j * TP, Vec::mul(Vec::mul(Vec::load(s + j * TP), vscale),
+                                      Vec::sub(Vec::load(d + j * TP), di)));
+  }
+  weighted_sum<VC>(st, TP, 1, go, C, T, T, D, dv, dv_t);  // dv: rows j, terms i
+  weighted_sum<VC>(dst, TP, 1, q, C, T, T, D, dk, dk_t);  // dk: rows j, terms i
+  weighted_sum<VC>(dst, 1, TP, k, C, T, T, D, dq, dq_t);  // dq: rows i, terms j
+}
+
+// Channels innermost with D % 8 == 0 and the gradients' channels adjacent (channels_last_3d
+// tensors, channel slices of a channels-last qkv): `count` pixels (b, y, x) from `first`,
+// all heads each, without the lane kernel's transposing gathers and scatters. A pixel's T
+// rows of C channels are copied whole into compact float buffers (streaming reads, each
+// head's slices then in L1; read in place, the tensor's rows T * H * W * C apart would
+// share L1 sets, and bf16 rows need converting anyway), q and the
+// output gradient also transposed (8 x 8 blocks) for the logits; each head is computed by
+// pixel_head_backward, which stores dq, dk, dv rows straight into the tensors. Work:
+// attention_grad_pixel_work_floats.
+template <typename T>
+void attention_backward_pixels(const AttentionGrad<T>& a, int64_t first, int64_t count,
+                               float* work) {
+  const int64_t heads = a.heads, D = a.D, T_len = a.T_len, H = a.H, W = a.W, C = heads * D;
+  const int64_t TP = padded_frames(T_len), HW = H * W;
+  float* const qp = work;  // [T, C] rows of q, k, v, go
+  float* const kp = qp + T_len * C;
+  float* const vp = kp + T_len * C;
+  float* const gp = vp + T_len * C;
+  float* const qt = gp + T_len * C;  // [C, TP] q and go transposed
+  float* const gt = qt + C * TP;
+  float* const st = gt + C * TP;  // [T, TP] P^T, dS^T
+  float* const dst = st + T_len * TP;
+  float* const lse = dst + T_len * TP;  // [TP]
+  std::fill(lse, lse + TP, 0.0f);
+  const Strides5* in_strides[4] = {&a.sq, &a.sk, &a.sv, &a.sdo};
+  const Strides5* out_strides[3] = {&a.sdq, &a.sdk, &a.sdv};
+  for (int64_t pix = first; pix < first + count; ++pix) {
+    const int64_t x = pix % W, y = pix / W % H, b = pix / HW;
+    const auto at = [&](const Strides5& s) { return b * s.b + y * s.h + x * s.w; };
+    // The next pixel's rows are requested while this one is computed, a share of the
+    // frames per head (as attention_pixels does): they lie one page or more apart, which
+    // the hardware prefetchers do not follow in time.
+    const int64_t nx = (pix + 1) % W, ny = (pix + 1) / W % H, nb = (pix + 1) / HW;
+    const auto prefetch_next = [&](int64_t t0, int64_t t1) {
+      if (pix + 1 >= first + count) return;
+      const T* ins[4] = {a.q, a.k, a.v, a.dout};
+      T* outs[3] = {a.dq, a.dk, a.dv};
+      for (int64_t t = t0; t < t1; ++t) {
+        for (int i = 0; i < 4; ++i) {
+          const Strides5& s = *in_strides[i];
+          if (s.c != 1) continue;
+          const char* r = reinterpret_cast<const char*>(ins[i] + nb * s.b + t * s.t + ny * s.h +
+                                                        nx * s.w);
+          for (int64_t off = 0; off < C * int64_t(sizeof(T)); off += 64)
+            __builtin_prefetch(r + off);
+        }
+        for (int i = 0; i < 3; ++i) {
+          const Strides5& s = *out_strides[i];
+          const char* r = reinterpret_cast<const char*>(outs[i] + nb * s.b + t * s.t + ny * s.h +
+                                                        nx * s.w);
+          for (int64_t off = 0; off < C * int64_t(sizeof(T)); off += 64)
+            __builtin_prefetch(r + off, 1);
+        }
+      }
+    };
+    copy_rows(a.q + at(a.sq), a.sq.t, a.sq.c, T_len, C, qp);
+    copy_rows(a.k + at(a.sk), a.sk.t, a.sk.c, T_len, C, kp);
+    copy_rows(a.v + at(a.sv), a.sv.t, a.sv.c, T_len, C, vp);
+    copy_rows(a.dout + at(a.sdo), a.sdo.t, a.sdo.c, T_len, C, gp);
+    transpose_rows(qp, C, T_len, C, qt, TP);
+    transpose_rows(gp, C, T_len, C, gt, TP);
+    T* dq = a.dq + at(a.sdq);
+    T* dk = a.dk + at(a.sdk);
+    T* dv = a.dv + at(a.sdv);
+    for (int64_t h = 0; h < heads; ++h) {
+      prefetch_next(h * T_len / heads, (h + 1) * T_len / heads);
+      const float* lse_rows = a.lse + (b * heads + h) * T_len * HW + y * W + x;
+      for (int64_t t = 0; t < T_len; ++t) lse[t] = lse_rows[t * HW];
+      const int64_t c0 = h * D;
+      const auto run = [&](auto vc) {
+        using VC = decltype(vc);
+        pixel_head_backward<VC>(qt + c0 * TP, gt + c0 * TP, qp + c0, kp + c0, vp + c0, gp + c0,
+                                C, lse, D, T_len, a.scale, st, dst, dq + c0, a.sdq.t, dk + c0,
+                                a.sdk.t, dv + c0, a.sdv.t);
+      };
+      // Channels in whole vectors: the build's widest where D allows.
+      if (D % Vec::W == 0)
+        run(Vec{});
+      else
+        run(V8{});
+    }
   }
 }
 #endif

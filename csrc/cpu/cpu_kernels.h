@@ -133,6 +133,12 @@ struct Kernels {
   // attention_grad_lane_work_floats.
   void (*attention_backward_lanes)(const AttentionGrad<T>& a, int64_t first, int64_t count,
                                    float* work);
+  // The same one pixel at a time, channels in the lanes (vector builds; null in the
+  // portable one), for channels-innermost tensors: `count` pixels (b, y, x) from `first`,
+  // all heads each; needs D % 8 == 0 and the channel strides of dq, dk, dv 1; logsumexps
+  // contiguous [B, heads, T, H, W]; work: attention_grad_pixel_work_floats.
+  void (*attention_backward_pixels)(const AttentionGrad<T>& a, int64_t first, int64_t count,
+                                    float* work);
   // out[i] = a * x[i] + b * eps[i] (+ c * noise[i] when noise is not null), n values.
   void (*sampler_step)(const T* x, const T* eps, const T* noise, T* out, int64_t n, float a,
                        float b, float c);
@@ -185,6 +191,14 @@ inline int64_t attention_grad_lane_work_floats(int64_t T, int64_t D, int64_t hea
                                                bool heads_inner) {
   const AttentionGradTasks g = attention_grad_tasks(T, D, heads, heads_inner);
   return 4 * g.heads * g.pixels * D * T + kMaxVectorFloats * (3 * T * T + 2 * T);
+}
+
+// attention_backward_pixels: a pixel's q, k, v and output-gradient rows [T, C], q and the
+// output gradient transposed [C, TP], P^T and dS^T [T, TP] and the logsumexps [TP], TP =
+// T rounded up to whole vectors of the widest build.
+inline int64_t attention_grad_pixel_work_floats(int64_t T, int64_t C) {
+  const int64_t TP = (T + kMaxVectorFloats - 1) / kMaxVectorFloats * kMaxVectorFloats;
+  return 4 * T * C + 2 * C * TP + 2 * T * TP + TP;
 }
 
 // Positions the attention backward gathers together (neighbouring pixels).

@@ -31,8 +31,10 @@ Kernels<T> make_kernels() {
   k.attention_backward = &attention_backward<T>;
 #if LDDM_SIMD
   k.attention_backward_lanes = &attention_backward_lanes<T>;
+  k.attention_backward_pixels = &attention_backward_pixels<T>;
 #else
   k.attention_backward_lanes = nullptr;
+  k.attention_backward_pixels = nullptr;
 #endif
   k.sampler_step = &sampler_step<T>;
   return k;

@@ -56,6 +56,20 @@ void run(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at
     });
     return;
   }
+  // Channels innermost in every gradient, whole 8-channel blocks per head: one pixel at a
+  // time with channels in the lanes, reading rows whole and storing the gradients in place
+  // (the lane kernel's 8 x 8 transposing gathers and scatters cost several times its math
+  // there).
+  const auto unit = [](const cpu::Strides5& s) { return s.c == 1; };
+  if (kern.attention_backward_pixels != nullptr && args.heads_inner && args.D % 8 == 0 &&
+      unit(args.sdq) && unit(args.sdk) && unit(args.sdv)) {
+    const int64_t work_floats = cpu::attention_grad_pixel_work_floats(T_len, C);
+    at::parallel_for(0, B * H * W, 8, [&](int64_t begin, int64_t end) {
+      std::unique_ptr<float[]> work(new float[work_floats]);
+      kern.attention_backward_pixels(args, begin, end - begin, work.get());
+    });
+    return;
+  }
   // The logsumexps are contiguous: their rows always follow.
   cpu::merge_rows({args.sq, args.sk, args.sv, args.sdo, args.sdq, args.sdk, args.sdv}, args.H,
                   args.W);

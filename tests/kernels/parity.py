@@ -148,7 +148,8 @@ def attention_qkv(B, C, T, hw, fmt, dtype, device="cpu"):
     slices of one contiguous [B, 3C, T, H, W] tensor); qkv_views_cl (the same from a
     channels_last_3d one: the model's layout); frames ([B * T, C, H, W] frames seen as
     [B, C, T, H, W]); frames_cl (the same from channels_last frames: 4-D channels-last
-    memory); transposed_hw (pixels of a column adjacent); mixed (three unrelated layouts,
+    memory); channels_last_3d (three channels-last tensors); transposed_hw (pixels of a column
+    adjacent); mixed (three unrelated layouts,
     one with channels 2 apart); misaligned (contiguous, data one element past a 16-byte
     boundary)."""
 
@@ -166,6 +167,10 @@ def attention_qkv(B, C, T, hw, fmt, dtype, device="cpu"):
             .view(B, T, C, *hw)
             .transpose(1, 2)
             for _ in range(3)
+        ]
+    if fmt == "channels_last_3d":
+        return [
+            rand(B, C, T, *hw).contiguous(memory_format=torch.channels_last_3d) for _ in range(3)
         ]
     if fmt == "transposed_hw":
         return [rand(B, C, T, *hw[::-1]).transpose(3, 4) for _ in range(3)]

@@ -134,6 +134,10 @@ ATTN_CASES = [
     (16, 2, 32, (3, 2)),  # the denoiser's T
     (9, 3, 12, (2, 11)),  # head_dim 12, C = 36; rows longer than the runs of 8 pixels
     (5, 2, 16, (9, 9)),  # 81 pixels: a 64-pixel chunk of whole vectors, then 17
+    # The channels-last pixel kernel: head_dim 40 = 4 + 1 vectors of 8 channels (a second,
+    # narrower channel block); 18 frames: two vectors of queries in AVX-512 lanes.
+    (3, 2, 40, (2, 3)),
+    (18, 2, 16, (1, 3)),
 ]
 
 
@@ -145,7 +149,9 @@ def _attn_fn(heads):
 
 
 @pytest.mark.parametrize("T,heads,d,hw", ATTN_CASES)
-@pytest.mark.parametrize("fmt", ["contiguous", "qkv_views", "qkv_views_cl", "transposed_hw"])
+@pytest.mark.parametrize(
+    "fmt", ["contiguous", "qkv_views", "qkv_views_cl", "channels_last_3d", "transposed_hw"]
+)
 @pytest.mark.parametrize("dtype", CPP_DTYPES)
 def test_temporal_attention_grad(T, heads, d, hw, fmt, dtype, isa):
     B, C = 2, heads * d
@@ -153,6 +159,18 @@ def test_temporal_attention_grad(T, heads, d, hw, fmt, dtype, isa):
     # An output gradient in yet another layout (channels-last), read through its strides.
     go = torch.randn(B, C, T, *hw).to(dtype).contiguous(memory_format=torch.channels_last_3d)
     check_grads(_attn_fn(heads), [q, k, v], go)
+
+
+@pytest.mark.parametrize("go_fmt", ["contiguous", "expanded"])
+@pytest.mark.parametrize("dtype", CPP_DTYPES)
+def test_temporal_attention_grad_channels_last_other_grad_layout(go_fmt, dtype, isa):
+    # Channels-last q, k, v (the pixel kernel) with an output gradient whose channels are
+    # not adjacent: contiguous, or a broadcast one (all strides 0, as .sum() gives).
+    q, k, v = attention_qkv(2, 32, 9, (2, 3), "qkv_views_cl", dtype)
+    go = torch.randn(2, 32, 9, 2, 3).to(dtype)
+    if go_fmt == "expanded":
+        go = go[:1, :1, :1, :1, :1].expand(2, 32, 9, 2, 3)
+    check_grads(_attn_fn(2), [q, k, v], go)
 
 
 def test_temporal_attention_grad_through_qkv_views(isa):
