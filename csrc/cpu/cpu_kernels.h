@@ -84,33 +84,23 @@ struct Kernels {
                        const float* m, const float* b, int64_t ab_step, bool silu);
   // group_norm backward (see group_norm_backward_kernels.h for the math). Pass 1 over a
   // contiguous row of n values of one channel: adds sum gv, gv xhat, gu, gu xhat to
-  // sums[0..3]; varying: s, h per element [n] and gs[i] = gv u, gh[i] = gv written,
-  // else s[0], h[0] are the row's constants; wgu[i] = w gu written unless wgu is null.
+  // sums[0..3] and writes wgu[i] = w gu; varying: s, h per element [n] and gs[i] = gv u,
+  // gh[i] = gv written, else s[0], h[0] are the row's constants.
   void (*gn_grad_row_sums)(const T* x, const T* dy, int64_t n, float m, float r, float w,
                            float b, const float* s, const float* h, bool varying, bool silu,
                            float* gs, float* gh, float* wgu, double* sums);
-  // Pass 2 over the row: dx[i] = r (w gu[i] - c1 - xhat[i] c2), recomputing gu; or, in
-  // place from pass 1's wgu (float outputs), dx[i] = r (dx[i] - c1 - xhat[i] c2).
-  void (*gn_grad_row_dx)(const T* x, const T* dy, T* dx, int64_t n, float m, float r, float w,
-                         float b, const float* s, const float* h, bool varying, bool silu,
+  // Pass 2 over the row: dx[i] = r (wgu[i] - c1 - xhat[i] c2); wgu may be dx (float).
+  void (*gn_grad_row_dx)(const T* x, const float* wgu, T* dx, int64_t n, float m, float r,
                          float c1, float c2);
-  void (*gn_grad_row_dx_kept)(const T* x, float* dx, int64_t n, float m, float r, float c1,
-                              float c2);
   // The two passes over a channels-last chunk [positions, C]: m, r, w, b per channel
   // [C]; s, h rows of C at p * sh_step (0: FiLM); gs, gh [positions, C] written when
-  // sh_step != 0; wgu [positions, C] unless null; sums [4, C] accumulated; c1, c2 per
-  // channel [C].
+  // sh_step != 0; wgu [positions, C]; sums [4, C] accumulated; c1, c2 per channel [C].
   void (*gn_grad_chunk_sums)(const T* x, const T* dy, int64_t positions, int64_t C,
                              const float* m, const float* r, const float* w, const float* b,
                              const float* s, const float* h, int64_t sh_step, bool silu,
                              float* gs, float* gh, float* wgu, float* sums);
-  void (*gn_grad_chunk_dx)(const T* x, const T* dy, T* dx, int64_t positions, int64_t C,
-                           const float* m, const float* r, const float* w, const float* b,
-                           const float* s, const float* h, int64_t sh_step, bool silu,
-                           const float* c1, const float* c2);
-  void (*gn_grad_chunk_dx_kept)(const T* x, float* dx, int64_t positions, int64_t C,
-                                const float* m, const float* r, const float* c1,
-                                const float* c2);
+  void (*gn_grad_chunk_dx)(const T* x, const float* wgu, T* dx, int64_t positions, int64_t C,
+                           const float* m, const float* r, const float* c1, const float* c2);
   // Softmax attention over T (scale * q.k_j logits); lse, when requested, is each
   // query's log sum_j exp(scale q.k_j) (what the backward needs). Two walks of the
   // same math: attention_pixels when every channel stride is 1, `count` consecutive

@@ -22,10 +22,8 @@ Kernels<T> make_kernels() {
   k.affine_chunk = &affine_chunk<T>;
   k.gn_grad_row_sums = &gn_grad_row_sums<T>;
   k.gn_grad_row_dx = &gn_grad_row_dx<T>;
-  k.gn_grad_row_dx_kept = &gn_grad_row_dx_kept<T>;
   k.gn_grad_chunk_sums = &gn_grad_chunk_sums<T>;
   k.gn_grad_chunk_dx = &gn_grad_chunk_dx<T>;
-  k.gn_grad_chunk_dx_kept = &gn_grad_chunk_dx_kept<T>;
   k.attention_pixels = &attention_pixels<T>;
   k.attention_lanes = &attention_lanes<T>;
   k.attention_backward = &attention_backward<T>;

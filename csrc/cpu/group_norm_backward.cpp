@@ -9,8 +9,8 @@
 // Layouts as in the forward: NCS (contiguous; one task per (n, group) does its
 // statistics and both passes while the group is in cache) and NSC (channels_last;
 // chunks of positions, partial sums combined over chunks in a fixed order, so results
-// are deterministic). A float dx holds pass 1's w gu until pass 2 overwrites it. Other strides get one contiguous copy. grad_y is brought into x's
-// layout.
+// are deterministic). Other strides get one contiguous copy. grad_y is brought into
+// x's layout. Pass 1 keeps w gu per element for pass 2, in a float dx itself.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -64,6 +64,9 @@ struct Params {
   int64_t period;
   float* gs;  // spatial only: gv * u and gv per element, in x's memory order
   float* gh;
+  // w gu per element, in x's memory order, from pass 1 to pass 2: dx itself for float
+  // outputs, a float buffer for bf16 ones (whose 8 bits would round it).
+  float* keep;
   bool silu;
 };
 
@@ -90,18 +93,6 @@ void correct_sums(double* s, float off) {
   s[3] += double(off) * s[2];
 }
 
-// Where pass 1 keeps w gu for pass 2: the float output itself; none for bf16 outputs,
-// whose 8-bit mantissa would round it (those recompute it in pass 2).
-template <typename T>
-float* kept_in(T* dx) {
-  if constexpr (std::is_same_v<T, float>)
-    return dx;
-  else
-    return nullptr;
-}
-
-// saved: the forward's [N, G, 2] group means and rstds (group_norm_stats), or null to
-// recompute them from x.
 template <typename scalar_t>
 void run_ncs(const at::Tensor& x, const at::Tensor& gy, at::Tensor& gx, int64_t G, double eps,
              const double* saved, const Params& p, Sums& sums) {
@@ -112,7 +103,7 @@ void run_ncs(const at::Tensor& x, const at::Tensor& gy, at::Tensor& gx, int64_t 
   const T* xp = cpu::storage(x.const_data_ptr<scalar_t>());
   const T* dyp = cpu::storage(gy.const_data_ptr<scalar_t>());
   T* dxp = cpu::storage(gx.mutable_data_ptr<scalar_t>());
-  float* keep = kept_in(dxp);
+  float* keep = p.keep;
   at::parallel_for(0, N * G, 1, [&](int64_t begin, int64_t end) {
     std::vector<Moments> rows(cg);
     GroupStats st(1);
@@ -134,31 +125,19 @@ void run_ncs(const at::Tensor& x, const at::Tensor& gy, at::Tensor& gx, int64_t 
         if (!p.spatial) {
           k.gn_grad_row_sums(xp + row * S, dyp + row * S, S, m, r, p.w[c], beff, p.s + row,
                              p.h + row, false, p.silu, nullptr, nullptr,
-                             keep ? keep + row * S : nullptr, cs);
+                             keep + row * S, cs);
         } else {
           // One period of the channel's modulation, reused by every frame (S / P).
           for (int64_t t0 = 0; t0 < S; t0 += P)
             k.gn_grad_row_sums(xp + row * S + t0, dyp + row * S + t0, P, m, r, p.w[c], beff,
                                p.s + row * P, p.h + row * P, true, p.silu, p.gs + row * S + t0,
-                               p.gh + row * S + t0, keep ? keep + row * S + t0 : nullptr, cs);
+                               p.gh + row * S + t0, keep + row * S + t0, cs);
         }
         correct_sums(cs, off);
       }
       const auto [c1, c2] = group_constants(gsum, p.w + c0, cg, double(cg * S), off);
-      for (int64_t i = 0; i < cg; ++i) {
-        const int64_t row = row0 + i, c = c0 + i;
-        const float beff = p.b[c] + p.w[c] * off;
-        if (keep) {
-          k.gn_grad_row_dx_kept(xp + row * S, keep + row * S, S, m, r, c1, c2);
-        } else if (!p.spatial) {
-          k.gn_grad_row_dx(xp + row * S, dyp + row * S, dxp + row * S, S, m, r, p.w[c], beff,
-                           p.s + row, p.h + row, false, p.silu, c1, c2);
-        } else {
-          for (int64_t t0 = 0; t0 < S; t0 += P)
-            k.gn_grad_row_dx(xp + row * S + t0, dyp + row * S + t0, dxp + row * S + t0, P, m, r,
-                             p.w[c], beff, p.s + row * P, p.h + row * P, true, p.silu, c1, c2);
-        }
-      }
+      for (int64_t row = row0; row < row0 + cg; ++row)
+        k.gn_grad_row_dx(xp + row * S, keep + row * S, dxp + row * S, S, m, r, c1, c2);
     }
   });
 }
@@ -175,7 +154,7 @@ void run_nsc(const at::Tensor& x, const at::Tensor& gy, at::Tensor& gx, int64_t 
   const T* xp = cpu::storage(x.const_data_ptr<scalar_t>());
   const T* dyp = cpu::storage(gy.const_data_ptr<scalar_t>());
   T* dxp = cpu::storage(gx.mutable_data_ptr<scalar_t>());
-  float* keep = kept_in(dxp);
+  float* keep = p.keep;
 
   GroupStats st(N * G);
   if (saved != nullptr) {
@@ -233,7 +212,7 @@ void run_nsc(const at::Tensor& x, const at::Tensor& gy, at::Tensor& gx, int64_t 
         k.gn_grad_chunk_sums(xp + xo, dyp + xo, run, C, m.data() + n * C, r.data() + n * C, p.w,
                              beff.data() + n * C, p.s + so, p.h + so, step, p.silu,
                              p.spatial ? p.gs + xo : nullptr, p.spatial ? p.gh + xo : nullptr,
-                             keep ? keep + xo : nullptr, acc);
+                             keep + xo, acc);
       });
     }
   });
@@ -260,17 +239,9 @@ void run_nsc(const at::Tensor& x, const at::Tensor& gy, at::Tensor& gx, int64_t 
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / chunks, p0 = (item % chunks) * chunk;
       const int64_t len = std::min(chunk, S - p0);
-      if (keep) {
-        const int64_t xo = (n * S + p0) * C;
-        k.gn_grad_chunk_dx_kept(xp + xo, keep + xo, len, C, m.data() + n * C, r.data() + n * C,
-                                c1.data() + n * C, c2.data() + n * C);
-        continue;
-      }
-      for_runs(n, p0, len, [&](int64_t xo, int64_t so, int64_t step, int64_t run) {
-        k.gn_grad_chunk_dx(xp + xo, dyp + xo, dxp + xo, run, C, m.data() + n * C,
-                           r.data() + n * C, p.w, beff.data() + n * C, p.s + so, p.h + so, step,
-                           p.silu, c1.data() + n * C, c2.data() + n * C);
-      });
+      const int64_t xo = (n * S + p0) * C;
+      k.gn_grad_chunk_dx(xp + xo, keep + xo, dxp + xo, len, C, m.data() + n * C,
+                         r.data() + n * C, c1.data() + n * C, c2.data() + n * C);
     }
   });
 }
@@ -340,6 +311,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> group_nor
     gs_el = at::empty(x.sizes(), f32.memory_format(fmt));
     gh_el = at::empty(x.sizes(), f32.memory_format(fmt));
   }
+  at::Tensor keep_buf;  // bf16 outputs: pass 1's w gu in float
+  if (x.scalar_type() != at::kFloat) keep_buf = at::empty(x.sizes(), f32.memory_format(fmt));
+  float* keep = keep_buf.defined() ? keep_buf.mutable_data_ptr<float>()
+                                   : gx.mutable_data_ptr<float>();
   const Params p{w.const_data_ptr<float>(),
                  b.const_data_ptr<float>(),
                  s.const_data_ptr<float>(),
@@ -348,6 +323,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> group_nor
                  period,
                  spatial ? gs_el.mutable_data_ptr<float>() : nullptr,
                  spatial ? gh_el.mutable_data_ptr<float>() : nullptr,
+                 keep,
                  silu};
   Sums sums(N * C * 4, 0.0);
   if (x.numel() > 0) {

@@ -10,9 +10,9 @@
 // means of the input gradient); for a spatial modulation it also writes gv u and gv per
 // element (their grads before the broadcast is summed out). Pass 2 writes
 //   dx = r (w gu - c1 - xhat c2),  c1 = mean_group(w gu),  c2 = mean_group(w gu xhat).
-// For float outputs pass 1 also keeps w gu in dx, so pass 2 reads x and that instead
-// of recomputing v and silu'(v) from x and dy (a third of the backward's time at the
-// model's shapes); bf16 outputs would round w gu to 8 bits, so they recompute it.
+// Pass 1 also keeps w gu per element (in float: in dx itself for float outputs), so
+// pass 2 reads x and that instead of recomputing v and silu'(v) from x and dy (a third
+// of the backward's time at the model's shapes).
 #pragma once
 
 #include "cpu/kernel_common.h"
@@ -31,8 +31,8 @@ static inline float grad_v(float v, float dy) {
 }
 
 // Varying: s, h, gs, gh are per element ([n]); else s[0], h[0] hold the row's constants
-// and gs, gh are unused. Keep: wgu[i] = w gu written.
-template <typename T, bool Silu, bool Varying, bool Keep>
+// and gs, gh are unused; wgu[i] = w gu written.
+template <typename T, bool Silu, bool Varying>
 static void gn_grad_row_sums_impl(const T* __restrict__ x, const T* __restrict__ dy, int64_t n,
                                   float m, float r, float w, float b, const float* __restrict__ s,
                                   const float* __restrict__ h, float* __restrict__ gs,
@@ -52,7 +52,7 @@ static void gn_grad_row_sums_impl(const T* __restrict__ x, const T* __restrict__
         gs[i] = gv * u;
         gh[i] = gv;
       }
-      if (Keep) wgu[i] = w * gu;
+      wgu[i] = w * gu;
       a0 += gv;
       a1 += gv * xh;
       a2 += gu;
@@ -65,58 +65,32 @@ static void gn_grad_row_sums_impl(const T* __restrict__ x, const T* __restrict__
   }
 }
 
-template <typename T, bool Silu, bool Varying>
-static void gn_grad_row_dx_impl(const T* __restrict__ x, const T* __restrict__ dy,
-                                T* __restrict__ dx, int64_t n, float m, float r, float w, float b,
-                                const float* __restrict__ s, const float* __restrict__ h, float c1,
-                                float c2) {
-  const float s0 = s[0], h0 = h[0], rw = r * w, rc1 = r * c1, rc2 = r * c2;
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) {
-    const float xh = (load(x[i]) - m) * r;
-    const float si = Varying ? s[i] : s0;
-    const float gv = grad_v<Silu>((w * xh + b) * si + (Varying ? h[i] : h0), load(dy[i]));
-    store(dx + i, rw * (gv * si) - rc1 - xh * rc2);
-  }
-}
-
 template <typename T>
 void gn_grad_row_sums(const T* x, const T* dy, int64_t n, float m, float r, float w, float b,
                       const float* s, const float* h, bool varying, bool silu, float* gs,
                       float* gh, float* wgu, double* sums) {
   with_flag(silu, [&](auto S) {
     with_flag(varying, [&](auto V) {
-      with_flag(wgu != nullptr, [&](auto K) {
-        gn_grad_row_sums_impl<T, S, V, K>(x, dy, n, m, r, w, b, s, h, gs, gh, wgu, sums);
-      });
+      gn_grad_row_sums_impl<T, S, V>(x, dy, n, m, r, w, b, s, h, gs, gh, wgu, sums);
     });
   });
 }
 
-// Pass 2 from the kept w gu, in place: dx[i] = r (dx[i] - c1 - xhat[i] c2).
+// Pass 2 from pass 1's w gu: dx[i] = r (wgu[i] - c1 - xhat[i] c2). wgu may be dx itself
+// (float outputs): each element is read before it is written.
 template <typename T>
-void gn_grad_row_dx_kept(const T* __restrict__ x, float* __restrict__ dx, int64_t n, float m,
-                         float r, float c1, float c2) {
+void gn_grad_row_dx(const T* __restrict__ x, const float* wgu, T* dx, int64_t n, float m, float r,
+                    float c1, float c2) {
   const float rc1 = r * c1, rrc2 = r * r * c2;
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) dx[i] = r * dx[i] - rc1 - (load(x[i]) - m) * rrc2;
-}
-
-template <typename T>
-void gn_grad_row_dx(const T* x, const T* dy, T* dx, int64_t n, float m, float r, float w, float b,
-                    const float* s, const float* h, bool varying, bool silu, float c1, float c2) {
-  with_flag(silu, [&](auto S) {
-    with_flag(varying, [&](auto V) {
-      gn_grad_row_dx_impl<T, S, V>(x, dy, dx, n, m, r, w, b, s, h, c1, c2);
-    });
-  });
+  for (int64_t i = 0; i < n; ++i) store(dx + i, r * wgu[i] - rc1 - (load(x[i]) - m) * rrc2);
 }
 
 // Channels-last chunk [positions, C]: m, r, w, b per channel [C]; s, h rows of C at
 // position p * sh_step (0: one FiLM row for the chunk); gs, gh [positions, C] written
-// when sh_step != 0; wgu [positions, C] = w gu written when Keep; sums [4, C]
-// accumulated (the caller zeroes them).
-template <typename T, bool Silu, bool Keep>
+// when sh_step != 0; wgu [positions, C] = w gu written; sums [4, C] accumulated (the
+// caller zeroes them).
+template <typename T, bool Silu>
 static void gn_grad_chunk_sums_impl(const T* __restrict__ x, const T* __restrict__ dy,
                                     int64_t positions, int64_t C, const float* __restrict__ m,
                                     const float* __restrict__ r, const float* __restrict__ w,
@@ -133,7 +107,7 @@ static void gn_grad_chunk_sums_impl(const T* __restrict__ x, const T* __restrict
     const T* __restrict__ dr = dy + p * C;
     const float* __restrict__ sp = s + p * sh_step;
     const float* __restrict__ hp = h + p * sh_step;
-    float* __restrict__ kr = Keep ? wgu + p * C : nullptr;
+    float* __restrict__ kr = wgu + p * C;
     if (sh_step != 0) {
       float* __restrict__ gsr = gs + p * C;
       float* __restrict__ ghr = gh + p * C;
@@ -145,7 +119,7 @@ static void gn_grad_chunk_sums_impl(const T* __restrict__ x, const T* __restrict
         const float gu = gv * sp[c];
         gsr[c] = gv * u;
         ghr[c] = gv;
-        if (Keep) kr[c] = w[c] * gu;
+        kr[c] = w[c] * gu;
         a0[c] += gv;
         a1[c] += gv * xh;
         a2[c] += gu;
@@ -157,36 +131,12 @@ static void gn_grad_chunk_sums_impl(const T* __restrict__ x, const T* __restrict
         const float xh = (load(xr[c]) - m[c]) * r[c];
         const float gv = grad_v<Silu>((w[c] * xh + b[c]) * sp[c] + hp[c], load(dr[c]));
         const float gu = gv * sp[c];
-        if (Keep) kr[c] = w[c] * gu;
+        kr[c] = w[c] * gu;
         a0[c] += gv;
         a1[c] += gv * xh;
         a2[c] += gu;
         a3[c] += gu * xh;
       }
-    }
-  }
-}
-
-// c1, c2: the group constants of each channel's group, [C].
-template <typename T, bool Silu>
-static void gn_grad_chunk_dx_impl(const T* __restrict__ x, const T* __restrict__ dy,
-                                  T* __restrict__ dx, int64_t positions, int64_t C,
-                                  const float* __restrict__ m, const float* __restrict__ r,
-                                  const float* __restrict__ w, const float* __restrict__ b,
-                                  const float* __restrict__ s, const float* __restrict__ h,
-                                  int64_t sh_step, const float* __restrict__ c1,
-                                  const float* __restrict__ c2) {
-  for (int64_t p = 0; p < positions; ++p) {
-    const T* __restrict__ xr = x + p * C;
-    const T* __restrict__ dr = dy + p * C;
-    T* __restrict__ out = dx + p * C;
-    const float* __restrict__ sp = s + p * sh_step;
-    const float* __restrict__ hp = h + p * sh_step;
-#pragma omp simd
-    for (int64_t c = 0; c < C; ++c) {
-      const float xh = (load(xr[c]) - m[c]) * r[c];
-      const float gv = grad_v<Silu>((w[c] * xh + b[c]) * sp[c] + hp[c], load(dr[c]));
-      store(out + c, r[c] * (w[c] * gv * sp[c] - c1[c] - xh * c2[c]));
     }
   }
 }
@@ -197,35 +147,25 @@ void gn_grad_chunk_sums(const T* x, const T* dy, int64_t positions, int64_t C, c
                         const float* h, int64_t sh_step, bool silu, float* gs, float* gh,
                         float* wgu, float* sums) {
   with_flag(silu, [&](auto S) {
-    with_flag(wgu != nullptr, [&](auto K) {
-      gn_grad_chunk_sums_impl<T, S, K>(x, dy, positions, C, m, r, w, b, s, h, sh_step, gs, gh,
-                                       wgu, sums);
-    });
+    gn_grad_chunk_sums_impl<T, S>(x, dy, positions, C, m, r, w, b, s, h, sh_step, gs, gh, wgu,
+                                  sums);
   });
 }
 
-// Pass 2 from the kept w gu, in place, over a chunk: c1, c2 per channel [C].
+// Pass 2 over a chunk from pass 1's w gu (possibly dx itself, as gn_grad_row_dx): c1, c2
+// are the group constants of each channel's group, [C].
 template <typename T>
-void gn_grad_chunk_dx_kept(const T* __restrict__ x, float* __restrict__ dx, int64_t positions,
-                           int64_t C, const float* __restrict__ m, const float* __restrict__ r,
-                           const float* __restrict__ c1, const float* __restrict__ c2) {
+void gn_grad_chunk_dx(const T* __restrict__ x, const float* wgu, T* dx, int64_t positions,
+                      int64_t C, const float* __restrict__ m, const float* __restrict__ r,
+                      const float* __restrict__ c1, const float* __restrict__ c2) {
   for (int64_t p = 0; p < positions; ++p) {
     const T* __restrict__ xr = x + p * C;
-    float* __restrict__ out = dx + p * C;
+    const float* kr = wgu + p * C;
+    T* out = dx + p * C;
 #pragma omp simd
     for (int64_t c = 0; c < C; ++c)
-      out[c] = r[c] * (out[c] - c1[c] - (load(xr[c]) - m[c]) * r[c] * c2[c]);
+      store(out + c, r[c] * (kr[c] - c1[c] - (load(xr[c]) - m[c]) * r[c] * c2[c]));
   }
-}
-
-template <typename T>
-void gn_grad_chunk_dx(const T* x, const T* dy, T* dx, int64_t positions, int64_t C,
-                      const float* m, const float* r, const float* w, const float* b,
-                      const float* s, const float* h, int64_t sh_step, bool silu,
-                      const float* c1, const float* c2) {
-  with_flag(silu, [&](auto S) {
-    gn_grad_chunk_dx_impl<T, S>(x, dy, dx, positions, C, m, r, w, b, s, h, sh_step, c1, c2);
-  });
 }
 
 }  // namespace LDDM_ISA_NAMESPACE
