@@ -102,15 +102,28 @@ void run_ncs(const at::Tensor& x, at::Tensor& y, int64_t G, const Coefficients& 
   const T* xp = cpu::storage(x.const_data_ptr<scalar_t>());
   T* yp = cpu::storage(y.mutable_data_ptr<scalar_t>());
   const int64_t P = spatial.period;
+  // Short rows without a spatial modulation: the group's block in one call, with
+  // per-element coefficients (each channel's repeated over its S values).
+  const bool whole_groups = S < cpu::kShortRow && !spatial.active();
   at::parallel_for(0, N * G, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> a(cg), mean(cg), b(cg);
-    std::vector<float> A(spatial.active() ? P : 0), B(A.size());
+    std::vector<float> A(spatial.active() ? P : (whole_groups ? cg * S : 0)), B(A.size());
     std::vector<Moments> rows(cg);
     for (int64_t ng = begin; ng < end; ++ng) {
       const int64_t n = ng / G, c0 = (ng % G) * cg;
       const T* xg = xp + (n * C + c0) * S;
-      for (int64_t i = 0; i < cg; ++i) rows[i] = k.row_moments(xg + i * S, S);
-      coef.fill(merge(rows.data(), cg, 1), n, c0, cg, a.data(), mean.data(), b.data());
+      coef.fill(cpu::group_moments(k, xg, cg, S, rows.data()), n, c0, cg, a.data(),
+                mean.data(), b.data());
+      if (whole_groups) {
+        for (int64_t i = 0; i < cg; ++i) {
+          std::fill(A.begin() + i * S, A.begin() + (i + 1) * S, a[i]);
+          std::fill(B.begin() + i * S, B.begin() + (i + 1) * S, b[i]);
+        }
+        // mean is the group's, the same for its channels.
+        k.affine_row_varying(xg, yp + (n * C + c0) * S, cg * S, A.data(), mean[0], B.data(),
+                             silu);
+        continue;
+      }
       for (int64_t i = 0; i < cg; ++i) {
         const T* xr = xg + i * S;
         T* yr = yp + (n * C + c0 + i) * S;

@@ -113,8 +113,7 @@ void run_ncs(const at::Tensor& x, const at::Tensor& gy, at::Tensor& gx, int64_t 
       if (saved != nullptr) {
         st.set(0, saved[2 * ng], saved[2 * ng + 1]);
       } else {
-        for (int64_t i = 0; i < cg; ++i) rows[i] = k.row_moments(xp + (row0 + i) * S, S);
-        st.set(0, cpu::mean_rstd(cpu::merge(rows.data(), cg, 1), eps));
+        st.set(0, cpu::mean_rstd(cpu::group_moments(k, xp + row0 * S, cg, S, rows.data()), eps));
       }
       const float m = st.m[0], r = st.r[0], off = st.off[0];
       double* gsum = sums.data() + 4 * row0;

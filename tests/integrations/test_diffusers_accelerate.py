@@ -189,8 +189,11 @@ def _max_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     return (out.double() - ref).abs().max().item()
 
 
+# backend=None: the default, which on CPU keeps diffusers' formulation for the small
+# norms of these tiny models (FusedGroupNorm); "cpp" runs every replaced site fused.
+@pytest.mark.parametrize("backend", [None, "cpp"])
 @pytest.mark.parametrize("name", list(MODELS))
-def test_accelerated_matches_original_fp32_and_undo_is_exact(name):
+def test_accelerated_matches_original_fp32_and_undo_is_exact(name, backend):
     import lddm_fast
 
     model, batch = _build(name)
@@ -201,7 +204,7 @@ def test_accelerated_matches_original_fp32_and_undo_is_exact(name):
     state = {k: v.clone() for k, v in model.state_dict().items()}
     eager = _run(model, batch)
 
-    assert lddm_fast.accelerate(model) is model
+    assert lddm_fast.accelerate(model, backend=backend) is model
     report = model.lddm_fast_acceleration
     assert _kinds(report) == EXPECTED[name]
     # Everything not replaced is accounted for, with a reason: conv_norm_out (its SiLU is
@@ -216,7 +219,7 @@ def test_accelerated_matches_original_fp32_and_undo_is_exact(name):
     )
 
     # Idempotent: a second call replaces nothing new and changes no output bit.
-    lddm_fast.accelerate(model)
+    lddm_fast.accelerate(model, backend=backend)
     assert model.lddm_fast_acceleration == report
     assert torch.equal(_run(model, batch), fast)
 
@@ -229,15 +232,16 @@ def test_accelerated_matches_original_fp32_and_undo_is_exact(name):
     assert torch.equal(_run(model, batch), eager)
 
 
+@pytest.mark.parametrize("backend", [None, "cpp"])
 @pytest.mark.parametrize("name", list(MODELS))
-def test_accelerated_bf16_within_twice_eager_bf16_error(name):
+def test_accelerated_bf16_within_twice_eager_bf16_error(name, backend):
     import lddm_fast
 
     model64, batch64 = _build(name, torch.float64)
     ref = _run(model64, batch64)
     model, batch = _build(name, torch.bfloat16)
     eager = _run(model, batch)
-    with lddm_fast.accelerate.accelerated(model) as report:
+    with lddm_fast.accelerate.accelerated(model, backend=backend) as report:
         assert report.replaced
         fast = _run(model, batch)
     assert _max_err(fast, ref) <= 2 * _max_err(eager, ref), (
@@ -245,6 +249,41 @@ def test_accelerated_bf16_within_twice_eager_bf16_error(name):
         _max_err(eager, ref),
     )
     assert torch.equal(_run(model, batch), eager)  # the context manager undid it
+
+
+@pytest.mark.parametrize("film", [False, True])
+def test_default_cpu_group_norm_keeps_diffusers_math_where_the_op_loses(film, monkeypatch):
+    from lddm_fast.integrations.diffusers import modules
+
+    norm = torch.nn.GroupNorm(4, 8)
+    modules.fuse_group_norm(norm, "silu", None)
+    calls = []
+    real = modules.ops.group_norm
+    monkeypatch.setattr(
+        modules.ops, "group_norm", lambda *a, **k: calls.append(a[0].shape) or real(*a, **k)
+    )
+    scale, shift = (torch.randn(2, 8), torch.randn(2, 8)) if film else (None, None)
+    for positions, fused in [
+        (modules.CPU_MIN_POSITIONS - 1, False),
+        (modules.CPU_MIN_POSITIONS, True),
+    ]:
+        calls.clear()
+        x = torch.randn(2, 8, positions, 1)
+        want = torch.nn.functional.group_norm(x, 4, norm.weight, norm.bias, norm.eps)
+        if film:
+            want = want * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
+        out = norm(x, scale, shift)
+        torch.testing.assert_close(out, torch.nn.functional.silu(want))
+        assert bool(calls) == fused
+    # Without an activation the op loses at every size measured; a named backend is
+    # always used.
+    norm.lddm_activation = None
+    calls.clear()
+    norm(torch.randn(2, 8, 64, 64))
+    assert not calls
+    norm.lddm_backend = "cpp"
+    norm(torch.randn(2, 8, 2, 2))
+    assert calls
 
 
 def test_pipeline_and_compiled_wrappers_reach_the_unet():

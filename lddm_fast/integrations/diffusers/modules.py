@@ -12,18 +12,29 @@ untouched, and undoing is restoring the class).
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from diffusers.models.resnet import ResnetBlock2D, TemporalResnetBlock
 from torch import nn
 
 from lddm_fast import ops
+
+# On CPU the fused op loses to ATen's GroupNorm (+ SiLU) where a channel has fewer
+# positions than this, and for a GroupNorm without activation at every size measured
+# (benchmarks/RESULTS.md, diffusers suite, site rows: 0.70-0.92x and 0.42-0.56x), so
+# there the default keeps diffusers' own formulation.
+CPU_MIN_POSITIONS = 256
 
 
 class FusedGroupNorm(nn.GroupNorm):
     """``nn.GroupNorm`` through :func:`lddm_fast.ops.group_norm`.
 
     Instance attributes set by :func:`fuse_group_norm`: ``lddm_activation`` (None or
-    ``"silu"``, applied after the affine) and ``lddm_backend`` (None: the default).
+    ``"silu"``, applied after the affine) and ``lddm_backend`` (None: the default, which
+    on CPU runs the unfused formulation where the fused op would be slower, see
+    ``CPU_MIN_POSITIONS``; a backend name always runs the op on it).
     """
 
     lddm_activation: str | None
@@ -37,6 +48,12 @@ class FusedGroupNorm(nn.GroupNorm):
     ) -> torch.Tensor:
         """x: ``[N, C, H, W]`` or ``[N, C, T, H, W]`` (any strides); scale, shift: ``[N, C]``
         FiLM or None. Returns ``act((norm(x) * weight + bias) * (1 + scale) + shift)``."""
+        if (
+            self.lddm_backend is None
+            and not x.is_cuda
+            and (self.lddm_activation is None or math.prod(x.shape[2:]) < CPU_MIN_POSITIONS)
+        ):
+            return self._unfused(x, scale, shift)
         return ops.group_norm(
             x,
             self.num_groups,
@@ -48,6 +65,17 @@ class FusedGroupNorm(nn.GroupNorm):
             activation=self.lddm_activation,
             backend=self.lddm_backend,
         )
+
+    def _unfused(self, x, scale, shift):
+        # diffusers' own ops, in its order (ResnetBlock2D's scale-shift time embedding).
+        y = F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+        if scale is not None or shift is not None:
+            view = (*x.shape[:2], *(1,) * (x.dim() - 2))
+            if scale is not None:
+                y = y * (1 + scale.reshape(view))
+            if shift is not None:
+                y = y + shift.reshape(view)
+        return y if self.lddm_activation is None else F.silu(y)
 
 
 class FusedAwaySiLU(nn.SiLU):
