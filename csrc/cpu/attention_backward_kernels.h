@@ -320,22 +320,11 @@ static inline void pixel_head_backward(const float* qt, const float* dot, const 
                                        float* __restrict__ dst, U* dq, int64_t dq_t, U* dk,
                                        int64_t dk_t, U* dv, int64_t dv_t) {
   constexpr int W = Vec::W;
-  constexpr int kKeys = kRegisters == 32 ? 8 : 4;
   const int64_t TP = padded_frames(T);
   const float log2e = 1.44269504088896341f;
-  const Vec::reg scale_log2e = Vec::set1(scale * log2e), one = Vec::set1(1.0f);
-  for (int64_t i0 = 0; i0 < TP; i0 += 2 * W) {
-    const int nqv = TP - i0 >= 2 * W ? 2 : 1;
-    for (int64_t j0 = 0; j0 < T; j0 += kKeys) {
-      const int nk = int(std::min<int64_t>(kKeys, T - j0));
-      with_count<kKeys>(nk, [&](auto NK) {
-        with_count<2>(nqv, [&](auto NQV) {
-          logits_block<NK, NQV>(qt + i0, TP, k + j0 * C, C, D, scale_log2e, st + j0 * TP + i0);
-          logits_block<NK, NQV>(dot + i0, TP, v + j0 * C, C, D, one, dst + j0 * TP + i0);
-        });
-      });
-    }
-  }
+  const Vec::reg one = Vec::set1(1.0f);
+  logits_tiles(qt, k, C, D, T, Vec::set1(scale * log2e), st);
+  logits_tiles(dot, v, C, D, T, one, dst);
   const Vec::reg vscale = Vec::set1(scale);
   for (int64_t i0 = 0; i0 < TP; i0 += W) {
     float* s = st + i0;

@@ -196,6 +196,29 @@ static inline void logits_block(const float* qt, int64_t TP, const float* k, int
 // Frames rounded up to whole query vectors: attend_head's TP.
 inline int64_t padded_frames(int64_t T) { return round_up(T, Vec::W); }
 
+// out[j * TP + i] = scale * k[j] . q[i] for keys j < T and queries i < TP =
+// padded_frames(T): qt is the queries transposed, [D, TP]; k rows of D floats k_stride
+// apart. Register blocks of a few keys x 2 query vectors (logits_block: 2 NK
+// accumulators, 2 query vectors and a broadcast, by register count).
+static inline void logits_tiles(const float* qt, const float* k, int64_t k_stride, int64_t D,
+                                int64_t T, Vec::reg scale, float* out) {
+  constexpr int W = Vec::W;
+  constexpr int kKeys = kRegisters == 32 ? 8 : 4;
+  const int64_t TP = padded_frames(T);
+  for (int64_t i0 = 0; i0 < TP; i0 += 2 * W) {
+    const int nqv = TP - i0 >= 2 * W ? 2 : 1;
+    for (int64_t j0 = 0; j0 < T; j0 += kKeys) {
+      const int nk = int(std::min<int64_t>(kKeys, T - j0));
+      with_count<kKeys>(nk, [&](auto NK) {
+        with_count<2>(nqv, [&](auto NQV) {
+          logits_block<NK, NQV>(qt + i0, TP, k + j0 * k_stride, k_stride, D, scale,
+                                out + j0 * TP + i0);
+        });
+      });
+    }
+  }
+}
+
 // o[i] = sum_j softmax_j(scale * q[i] . k[j]) v[j] for T queries against T keys.
 // qt: the queries transposed, [D, padded_frames(T)] (see transpose_rows); k, v, o: T
 // rows of D floats (D a multiple of VC::W) at the given row strides; work: (T + 1) *
@@ -211,27 +234,13 @@ static inline void attend_head(const float* qt, const float* k, int64_t k_stride
                                float scale, float* __restrict__ work, float* lse = nullptr,
                                int64_t lse_stride = 0) {
   constexpr int W = Vec::W;
-  // Key rows per logits block (2 NK accumulators, 2 query vectors and a broadcast), and
-  // query rows per values block (4 NQ accumulators and a broadcast), by register count.
-  constexpr int kKeys = kRegisters == 32 ? 8 : 4;
+  // Query rows per values block (4 NQ accumulators and a broadcast), by register count.
   constexpr int kQueries = kRegisters == 32 ? 6 : 3;
   const int64_t TP = padded_frames(T);
   float* __restrict__ pt = work;            // [T keys, TP queries]
   float* __restrict__ inv = work + T * TP;  // [TP] 1 / sum_j of each query's weights
   // Logits carry the log2 e factor: the softmax below is in base 2.
-  const Vec::reg scale_log2e = Vec::set1(scale * 1.44269504088896341f);
-  for (int64_t i0 = 0; i0 < TP; i0 += 2 * W) {
-    const int nqv = TP - i0 >= 2 * W ? 2 : 1;
-    for (int64_t j0 = 0; j0 < T; j0 += kKeys) {
-      const int nk = int(std::min<int64_t>(kKeys, T - j0));
-      with_count<kKeys>(nk, [&](auto NK) {
-        with_count<2>(nqv, [&](auto NQV) {
-          logits_block<NK, NQV>(qt + i0, TP, k + j0 * k_stride, k_stride, D, scale_log2e,
-                                pt + j0 * TP + i0);
-        });
-      });
-    }
-  }
+  logits_tiles(qt, k, k_stride, D, T, Vec::set1(scale * 1.44269504088896341f), pt);
   for (int64_t i0 = 0; i0 < TP; i0 += W) {
     Vec::reg mx, sum;
     Vec::store(inv + i0, softmax2_rows<Vec>(pt + i0, TP, T, &mx, &sum));
