@@ -65,7 +65,8 @@ struct Params {
   float* gs;  // spatial only: gv * u and gv per element, in x's memory order
   float* gh;
   // w gu per element, in x's memory order, from pass 1 to pass 2: dx itself for float
-  // outputs, a float buffer for bf16 ones (whose 8 bits would round it).
+  // outputs, a float buffer for bf16 ones (whose 8 bits would round it) in NSC, null in
+  // NCS (each task keeps its group's in scratch).
   float* keep;
   bool silu;
 };
@@ -103,10 +104,12 @@ void run_ncs(const at::Tensor& x, const at::Tensor& gy, at::Tensor& gx, int64_t 
   const T* xp = cpu::storage(x.const_data_ptr<scalar_t>());
   const T* dyp = cpu::storage(gy.const_data_ptr<scalar_t>());
   T* dxp = cpu::storage(gx.mutable_data_ptr<scalar_t>());
-  float* keep = p.keep;
   at::parallel_for(0, N * G, 1, [&](int64_t begin, int64_t end) {
     std::vector<Moments> rows(cg);
     GroupStats st(1);
+    // bf16 outputs (p.keep null): the group's w gu in scratch that stays in cache, as
+    // both passes over the group run back to back here.
+    std::vector<float> scratch(p.keep != nullptr ? 0 : cg * S);
     for (int64_t ng = begin; ng < end; ++ng) {
       const int64_t n = ng / G, c0 = (ng % G) * cg;
       const int64_t row0 = n * C + c0;  // the group's first row
@@ -117,26 +120,27 @@ void run_ncs(const at::Tensor& x, const at::Tensor& gy, at::Tensor& gx, int64_t 
       }
       const float m = st.m[0], r = st.r[0], off = st.off[0];
       double* gsum = sums.data() + 4 * row0;
+      float* keep = p.keep != nullptr ? p.keep + row0 * S : scratch.data();  // [cg, S]
       for (int64_t i = 0; i < cg; ++i) {
         const int64_t row = row0 + i, c = c0 + i;
         const float beff = p.b[c] + p.w[c] * off;  // u with the exact xhat
         double* cs = gsum + 4 * i;
         if (!p.spatial) {
           k.gn_grad_row_sums(xp + row * S, dyp + row * S, S, m, r, p.w[c], beff, p.s + row,
-                             p.h + row, false, p.silu, nullptr, nullptr,
-                             keep + row * S, cs);
+                             p.h + row, false, p.silu, nullptr, nullptr, keep + i * S, cs);
         } else {
           // One period of the channel's modulation, reused by every frame (S / P).
           for (int64_t t0 = 0; t0 < S; t0 += P)
             k.gn_grad_row_sums(xp + row * S + t0, dyp + row * S + t0, P, m, r, p.w[c], beff,
                                p.s + row * P, p.h + row * P, true, p.silu, p.gs + row * S + t0,
-                               p.gh + row * S + t0, keep + row * S + t0, cs);
+                               p.gh + row * S + t0, keep + i * S + t0, cs);
         }
         correct_sums(cs, off);
       }
       const auto [c1, c2] = group_constants(gsum, p.w + c0, cg, double(cg * S), off);
-      for (int64_t row = row0; row < row0 + cg; ++row)
-        k.gn_grad_row_dx(xp + row * S, keep + row * S, dxp + row * S, S, m, r, c1, c2);
+      for (int64_t i = 0; i < cg; ++i)
+        k.gn_grad_row_dx(xp + (row0 + i) * S, keep + i * S, dxp + (row0 + i) * S, S, m, r, c1,
+                         c2);
     }
   });
 }
@@ -310,10 +314,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> group_nor
     gs_el = at::empty(x.sizes(), f32.memory_format(fmt));
     gh_el = at::empty(x.sizes(), f32.memory_format(fmt));
   }
-  at::Tensor keep_buf;  // bf16 outputs: pass 1's w gu in float
-  if (x.scalar_type() != at::kFloat) keep_buf = at::empty(x.sizes(), f32.memory_format(fmt));
-  float* keep = keep_buf.defined() ? keep_buf.mutable_data_ptr<float>()
-                                   : gx.mutable_data_ptr<float>();
+  // Pass 1's w gu: a float dx itself; for bf16 outputs a float buffer where channels are
+  // innermost (NSC: pass 2 follows pass 1 over the whole tensor), else per-task scratch.
+  at::Tensor keep_buf;
+  if (x.scalar_type() != at::kFloat && nsc)
+    keep_buf = at::empty(x.sizes(), f32.memory_format(fmt));
+  float* keep = x.scalar_type() == at::kFloat
+                    ? gx.mutable_data_ptr<float>()
+                    : (keep_buf.defined() ? keep_buf.mutable_data_ptr<float>() : nullptr);
   const Params p{w.const_data_ptr<float>(),
                  b.const_data_ptr<float>(),
                  s.const_data_ptr<float>(),
