@@ -227,13 +227,12 @@ void run_nsc(const at::Tensor& x, at::Tensor& y, int64_t G, const Coefficients& 
   }
 }
 
-// group_norm_cpu, also writing each group's mean and rstd to `stats` ([N, G, 2]) when
-// it is not null.
-at::Tensor group_norm_impl(const at::Tensor& x_in, int64_t num_groups,
-                           const std::optional<at::Tensor>& weight,
-                           const std::optional<at::Tensor>& bias, double eps,
-                           const std::optional<at::Tensor>& scale,
-                           const std::optional<at::Tensor>& shift, bool silu, double* stats) {
+// group_norm_cpu's y and, with_stats, each group's mean and rstd as float64 [N, G, 2]
+// (an undefined tensor without).
+std::tuple<at::Tensor, at::Tensor> group_norm_impl(
+    const at::Tensor& x_in, int64_t num_groups, const std::optional<at::Tensor>& weight,
+    const std::optional<at::Tensor>& bias, double eps, const std::optional<at::Tensor>& scale,
+    const std::optional<at::Tensor>& shift, bool silu, bool with_stats) {
   LDDM_CHECK_DEVICE(x_in, at::kCPU, "x");
   check_group_norm_args(x_in, num_groups, weight, bias, scale, shift);
   TORCH_CHECK_VALUE(x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kBFloat16,
@@ -242,7 +241,11 @@ at::Tensor group_norm_impl(const at::Tensor& x_in, int64_t num_groups,
   const int64_t C = x_in.size(1);
   auto [x, y, nsc] = group_norm_io(x_in);
   poison_if_requested(y);
-  if (x.numel() == 0) return y;
+  // Zeros where nothing is normalised (an empty x writes no statistics).
+  at::Tensor stats =
+      with_stats ? at::zeros({x.size(0), num_groups, 2}, x.options().dtype(at::kDouble))
+                 : at::Tensor();
+  if (x.numel() == 0) return {y, stats};
 
   auto ptr = [](const std::optional<at::Tensor>& t) -> const float* {
     return t ? t->const_data_ptr<float>() : nullptr;
@@ -261,7 +264,8 @@ at::Tensor group_norm_impl(const at::Tensor& x_in, int64_t num_groups,
   };
   const auto sc = film(scale), sh = film(shift), sc_sp = per_position(scale),
              sh_sp = per_position(shift);
-  const Coefficients coef{ptr(w), ptr(bi), ptr(sc), ptr(sh), C, eps, stats};
+  const Coefficients coef{ptr(w), ptr(bi), ptr(sc), ptr(sh), C, eps,
+                          with_stats ? stats.mutable_data_ptr<double>() : nullptr};
   const Spatial spatial{ptr(sc_sp), ptr(sh_sp), period};
   if (x.scalar_type() == at::kFloat) {
     nsc ? run_nsc<float>(x, y, num_groups, coef, spatial, silu)
@@ -270,7 +274,7 @@ at::Tensor group_norm_impl(const at::Tensor& x_in, int64_t num_groups,
     nsc ? run_nsc<c10::BFloat16>(x, y, num_groups, coef, spatial, silu)
         : run_ncs<c10::BFloat16>(x, y, num_groups, coef, spatial, silu);
   }
-  return y;
+  return {y, stats};
 }
 
 }  // namespace
@@ -280,19 +284,15 @@ at::Tensor group_norm_cpu(const at::Tensor& x, int64_t num_groups,
                           const std::optional<at::Tensor>& bias, double eps,
                           const std::optional<at::Tensor>& scale,
                           const std::optional<at::Tensor>& shift, bool silu) {
-  return group_norm_impl(x, num_groups, weight, bias, eps, scale, shift, silu, nullptr);
+  return std::get<0>(
+      group_norm_impl(x, num_groups, weight, bias, eps, scale, shift, silu, false));
 }
 
 std::tuple<at::Tensor, at::Tensor> group_norm_stats_cpu(
     const at::Tensor& x, int64_t num_groups, const std::optional<at::Tensor>& weight,
     const std::optional<at::Tensor>& bias, double eps, const std::optional<at::Tensor>& scale,
     const std::optional<at::Tensor>& shift, bool silu) {
-  check_group_norm_args(x, num_groups, weight, bias, scale, shift);
-  // Zeros where nothing is normalised (an empty x writes no statistics).
-  at::Tensor stats = at::zeros({x.size(0), num_groups, 2}, x.options().dtype(at::kDouble));
-  at::Tensor y = group_norm_impl(x, num_groups, weight, bias, eps, scale, shift, silu,
-                                 stats.mutable_data_ptr<double>());
-  return {y, stats};
+  return group_norm_impl(x, num_groups, weight, bias, eps, scale, shift, silu, true);
 }
 
 }  // namespace lddm

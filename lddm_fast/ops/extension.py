@@ -69,14 +69,17 @@ def cuda_limits(op: str, main: torch.Tensor, params: dict) -> str | None:
     return None
 
 
+def _training(*tensors) -> bool:
+    """Whether autograd records this call: then the op that also returns what its
+    backward needs (group statistics, logsumexps) runs instead of the inference one."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def group_norm(
     x, num_groups, weight=None, bias=None, eps=1e-5, *, scale=None, shift=None, activation=None
 ):
     args = (x, num_groups, weight, bias, float(eps), scale, shift, activation == "silu")
-    if torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, weight, bias, scale, shift)
-    ):
-        # The op with a backward that keeps the group statistics for it.
+    if _training(x, weight, bias, scale, shift):
         return torch.ops.lddm.group_norm_stats(*args)[0]
     return torch.ops.lddm.group_norm(*args)
 
@@ -84,8 +87,7 @@ def group_norm(
 def temporal_attention(q, k, v, *, num_heads, scale=None):
     if scale is None:
         scale = (q.shape[1] // num_heads) ** -0.5
-    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
-        # The op with a backward: it also returns the logsumexp the backward needs.
+    if _training(q, k, v):
         return torch.ops.lddm.temporal_attention_lse(q, k, v, num_heads, float(scale))[0]
     return torch.ops.lddm.temporal_attention(q, k, v, num_heads, float(scale))
 

@@ -28,8 +28,7 @@ Threads and queues (one engine per rank)::
   ``MANIFEST_SYNC_S`` later, and when the run ends: an fsync per line measured
   0.4-6 ms here, beside 2 ms to encode a 64 px npz video; a rerun checks every
   recorded file's sha256 anyway, so a line lost to a power cut only means a video
-  made again). A video flagged NaN/Inf is not written;
-  it goes to ``failed.jsonl``.
+  made again). A video flagged NaN/Inf is not written; it goes to ``failed.jsonl``.
 
 Every queue is bounded, so at most about ``3 x batch_size`` images and
 ``3 x batch_size`` videos are in memory however long the input list is.
