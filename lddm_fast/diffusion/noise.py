@@ -4,7 +4,8 @@ the batch it was sampled in or its position there.
 
 Order of draws from video b's generator: the initial noise ``x_T`` first, then one
 draw per sampler step (stochastic samplers only), then the autoencoder's texture code
-(models with ``AutoencoderConfig.texture_channels`` only). :meth:`PerSampleNoise.predraw`
+(models with ``AutoencoderConfig.texture_channels`` only), then the white noise of its
+speckle (models with ``AutoencoderConfig.speckle_frames`` only). :meth:`PerSampleNoise.predraw`
 produces exactly the values the step-by-step draws would, which is how a captured
 CUDA graph (which cannot call per-video generators on replay) gets the same noise.
 """

@@ -614,8 +614,14 @@ class LDDMPipeline:
                 shape = autoencoder.texture_shape(z)
                 like = torch.empty(shape, device=self.device, memory_format=_CL3D)
                 texture = PerSampleNoise(generators, like).draw().to(self.dtype)
+            speckle = None
+            if autoencoder.speckle is not None:
+                # Then the speckle's white noise, drawn in float32 whatever the dtype.
+                shape = autoencoder.speckle_shape(z)
+                like = torch.empty(shape, device=self.device, memory_format=_CL3D)
+                speckle = PerSampleNoise(generators, like).draw()
             z_model = (z / cfg.latent_scale).to(self.dtype)
-            decoded = autoencoder.decode(z_model, x0_model, texture).sample
+            decoded = autoencoder.decode(z_model, x0_model, texture, speckle).sample
             decoded = decoded.float()
         nonfinite = ~(
             torch.isfinite(decoded).flatten(1).all(1) & torch.isfinite(z).flatten(1).all(1)

@@ -6,7 +6,9 @@ balanced sets A and B of ``n`` clips each:
 
 1. reconstruction: the autoencoder rebuilds B's clips (posterior mean); PSNR/SSIM
    next to "x0 repeated", and FVD(B, rebuilt B) next to the real-vs-real floor
-   FVD(A, B);
+   FVD(A, B). With fitted speckle (:mod:`lddm_fast.models.speckle`) the FVD's rebuilt
+   clips are decoder samples, the mean plus a speckle draw, as generated videos are
+   (PSNR/SSIM of those too, as ``psnr_with_speckle``/``ssim_with_speckle``);
 2. motion: videos synthesized from B's first frames against B's real clips, per
    class: mean frame-to-frame change, mean change from x0, and the lesion strain
    ratio (:mod:`lddm_fast.eval.motion`; lesion masks from ``dataset.json``);
@@ -238,6 +240,11 @@ def report(
         torch.device(device),
         batch_size=batch_size,
         rebuilt=rebuilt_float,
+        speckle=(
+            torch.Generator(device=device).manual_seed(seed)
+            if pipe.models.autoencoder.speckle is not None
+            else None
+        ),
     )
     rebuilt = [((v + 1) * 127.5).round().clamp(0, 255).to(torch.uint8) for v in rebuilt_float]
 

@@ -6,7 +6,8 @@ which modulates every decoder block spatially (SPADE) from a 2-D encoding broadc
 over time, so z only has to carry what changes. With a texture code
 (``AutoencoderConfig.texture_channels``) the decoder also takes ``n: [B, k, T, H, W]``,
 inferred from the clip when rebuilding it and drawn from N(0, I) when generating.
-Runs in channels_last_3d.
+With fitted speckle (``AutoencoderConfig.speckle_frames``, :mod:`.speckle`) generation
+also draws log-compressed speckle over the decoded frames. Runs in channels_last_3d.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from lddm_fast.models.layers import (
     spatial_conv,
     zero_init,
 )
+from lddm_fast.models.speckle import SpeckleResidual
 
 __all__ = [
     "AutoencoderOutput",
@@ -357,6 +359,9 @@ class VideoAutoencoder(nn.Module):
         )
         self.decoder = VideoDecoder(self.config)
         self.texture_encoder = TextureEncoder(self.config) if self.config.texture_channels else None
+        self.speckle = None
+        if self.config.speckle_frames:
+            self.speckle = SpeckleResidual(self.config.in_channels, self.config.speckle_frames)
 
     def _check_frames(self, name: str, frames: torch.Tensor) -> None:
         check_tensor(name, frames, 5, "[B, C, T, H, W]")
@@ -396,8 +401,18 @@ class VideoAutoencoder(nn.Module):
         f = self.config.downsample_factor
         return (b, self.config.texture_channels, t, h * f, w * f)
 
+    def speckle_shape(self, z: torch.Tensor) -> tuple[int, int, int, int, int]:
+        """The speckle noise's shape ``(B, 2C, T, h f, w f)`` for ``z: [B, c_z, T, h, w]``."""
+        b, _, t, h, w = z.shape
+        f = self.config.downsample_factor
+        return (b, 2 * self.config.in_channels, t, h * f, w * f)
+
     def decode(
-        self, z: torch.Tensor, x0: torch.Tensor, texture: torch.Tensor | None = None
+        self,
+        z: torch.Tensor,
+        x0: torch.Tensor,
+        texture: torch.Tensor | None = None,
+        speckle: torch.Tensor | None = None,
     ) -> DecoderOutput:
         """z: ``[B, c_z, T, h, w]``; x0: first frame ``[B, C, h f, w f]``. Returns frames
         1..T, ``[B, C, T, h f, w f]`` channels_last_3d.
@@ -405,7 +420,12 @@ class VideoAutoencoder(nn.Module):
         texture: with ``config.texture_channels`` k, the code ``[B, k, T, h f, w f]``: a
         draw from N(0, I) when generating, the posterior's (:meth:`encode_texture`)
         when rebuilding a clip. None decodes with the prior's mean (zeros): no fresh
-        texture. Must be None without a texture code."""
+        texture. Must be None without a texture code.
+
+        speckle: with ``config.speckle_frames``, white noise N(0, I) of
+        :meth:`speckle_shape` that :class:`~lddm_fast.models.speckle.SpeckleResidual`
+        turns into speckle added to the frames (generation); None returns the mean
+        (rebuilding, PSNR). Must be None without fitted speckle."""
         check_tensor("z", z, 5, "[B, c_z, T, h, w]")
         check_tensor("x0", x0, 4, "[B, C, H, W]")
         cz, f = self.config.latent_channels, self.config.downsample_factor
@@ -429,8 +449,19 @@ class VideoAutoencoder(nn.Module):
                     f"texture has shape {tuple(texture.shape)}, z {tuple(z.shape)} needs "
                     f"{self.texture_shape(z)} [B, k, T, h*f, w*f]"
                 )
+        if speckle is not None:
+            if self.speckle is None:
+                raise ValueError("speckle noise given, but this autoencoder has no speckle model")
+            if tuple(speckle.shape) != self.speckle_shape(z):
+                raise ValueError(
+                    f"speckle has shape {tuple(speckle.shape)}, z {tuple(z.shape)} needs "
+                    f"{self.speckle_shape(z)} [B, 2C, T, h*f, w*f]"
+                )
         features = self.cond_encoder(channels_last(x0))
-        return self.decoder(channels_last(z), features, x0, texture)
+        out = self.decoder(channels_last(z), features, x0, texture)
+        if speckle is not None:
+            out.sample = channels_last(self.speckle(out.sample, speckle))
+        return out
 
     def forward(
         self,

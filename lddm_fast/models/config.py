@@ -100,6 +100,11 @@ class AutoencoderConfig:
             frames: the speckle detail that neither x0 nor the coarse z can hold. The
             encoder infers n's posterior from the clip; generation draws it from its
             prior N(0, I). 0 (the default): no texture code.
+        speckle_frames: rows (frame indices) of the std table of a
+            :class:`~lddm_fast.models.speckle.SpeckleResidual`, which draws fitted
+            log-compressed speckle over the decoded frames when generating (the clip
+            length T it was fitted at; later frames reuse the last row). 0 (the
+            default): no speckle; ``lddm_fast.train.speckle`` adds and fits it.
     """
 
     in_channels: int = 1
@@ -111,14 +116,16 @@ class AutoencoderConfig:
     norm_eps: float = 1e-5
     warp: bool = False
     texture_channels: int = 0
+    speckle_frames: int = 0
 
     def __post_init__(self) -> None:
         owner = "AutoencoderConfig"
+        for name in ("texture_channels", "speckle_frames"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"{owner}.{name} must be an int >= 0, got {v!r}")
         if not isinstance(self.warp, bool):
             raise ValueError(f"{owner}.warp must be a bool, got {self.warp!r}")
-        t = self.texture_channels
-        if not isinstance(t, int) or isinstance(t, bool) or t < 0:
-            raise ValueError(f"{owner}.texture_channels must be an int >= 0, got {t!r}")
         if self.in_channels not in (1, 3):
             raise ValueError(f"{owner}.in_channels must be 1 or 3, got {self.in_channels!r}")
         _positive_int(owner, "latent_channels", self.latent_channels)

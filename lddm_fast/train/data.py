@@ -32,6 +32,7 @@ __all__ = [
     "DataSplits",
     "SeededClips",
     "StepBatches",
+    "eval_view",
     "collate",
     "data_hash",
     "item_seed",
@@ -145,6 +146,12 @@ def _subset(dataset: ClipDataset, records: list[VideoRecord], *, train: bool = T
         part.train = False
         part.transform = type(dataset.transform)(dataset.transform.size, dataset.transform.mode)
     return part
+
+
+def eval_view(dataset: ClipDataset, limit: int | None = None) -> ClipDataset:
+    """The first ``limit`` videos (None: all) of ``dataset`` as evaluation clips: from
+    frame 0, without the training crop and flip (whose resize blurs the speckle)."""
+    return _subset(dataset, dataset.records[:limit], train=False)
 
 
 def _record_files(record: VideoRecord) -> list[str]:

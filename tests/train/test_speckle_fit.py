@@ -1,0 +1,50 @@
+"""`python -m lddm_fast.train.speckle` end to end: a checkpoint comes back with fitted
+speckle, every weight unchanged, and the pipeline draws it."""
+
+import json
+
+import pytest
+import safetensors.torch
+import torch
+
+from lddm_fast.diffusion import LDDMPipeline
+from lddm_fast.models import build_models, preset, save_pretrained
+from lddm_fast.models.checkpoint import from_pretrained
+from lddm_fast.train.speckle import main
+
+
+def test_fit_writes_a_checkpoint_with_speckle(phantom_root, tmp_path, capsys):
+    torch.manual_seed(0)
+    save_pretrained(tmp_path / "ckpt", build_models(preset("tiny")))
+    args = ["--checkpoint", str(tmp_path / "ckpt"), "--data", str(phantom_root)]
+    assert main([*args, "--out", str(tmp_path / "out"), "--clips", "4", "--quiet"]) == 0
+    captured = capsys.readouterr()
+    record = json.loads(captured.out)
+    fitted = from_pretrained(tmp_path / "out")
+    speckle = fitted.autoencoder.speckle
+    assert fitted.config.autoencoder.speckle_frames == preset("tiny").num_frames
+    assert record["clips"] == 4 and 0 < record["rho"] < 1
+    assert fitted.meta["speckle"]["rho"] == pytest.approx(float(speckle.rho))
+    assert float(speckle.std.min()) > 0 and torch.isfinite(speckle.kernel).all()
+    # Untrained, the decoder's residual is so large that even frozen speckle changes
+    # the frames more than the clips change: the fit says so and keeps rho at its top.
+    change = record["frame_change"]
+    assert change["matched"] is False and record["rho"] > 0.99
+    assert change["rebuilt_with_speckle"] > change["clips"]
+    assert "no rho makes the rebuilt frames with speckle change like the clips" in captured.err
+    for name in ("autoencoder.safetensors", "denoiser.safetensors"):
+        old = safetensors.torch.load_file(tmp_path / "ckpt" / name)
+        new = safetensors.torch.load_file(tmp_path / "out" / name)
+        added = sorted(set(new) - set(old))
+        assert added == (["speckle.kernel", "speckle.rho", "speckle.std"] if "auto" in name else [])
+        assert all(torch.equal(old[k], new[k]) for k in old)
+    videos = LDDMPipeline.from_pretrained(tmp_path / "out")(
+        torch.rand(2, 1, 32, 32), steps=2, seed=0, output="float"
+    ).videos
+    assert videos.shape == (2, 1, preset("tiny").num_frames + 1, 32, 32)
+    assert torch.isfinite(videos).all()
+
+
+def test_bad_arguments_are_named(phantom_root, tmp_path):
+    with pytest.raises(SystemExit):
+        main(["--checkpoint", "x", "--data", str(phantom_root), "--out", "y", "--clips", "0"])
