@@ -28,10 +28,12 @@ install: $(STAMP)
 
 # The main job on bundled defaults: the bundled sample images (phantom, BUSI layout)
 # -> videos with the bundled trained model, through the batch engine: mp4 + gif per
-# video and a contact sheet (x0, then frames; one row per video).
+# video and a contact sheet (x0, then frames; one row per video). --force: after an
+# update of the bundled model, a rerun makes the videos again instead of refusing to mix
+# models in one output folder.
 demo: $(STAMP)
 	$(VENV)/bin/lddm-fast synthesize --input lddm_fast/assets/samples --out demo/videos --videos-per-image 2 \
-		--steps 25 --format mp4,gif --contact-sheet demo/contact_sheet.png
+		--steps 25 --format mp4,gif --contact-sheet demo/contact_sheet.png --force
 	@echo "videos (mp4 + gif): demo/videos/; contact sheet: demo/contact_sheet.png"
 
 test: $(STAMP)

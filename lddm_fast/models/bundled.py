@@ -23,10 +23,10 @@ SAMPLE_IMAGES_DIR = ASSETS_DIR / "samples"
 
 #: sha256 of every file of the bundled checkpoint.
 BUNDLED_SHA256: dict[str, str] = {
-    "autoencoder.safetensors": "0c562b8e6b2d651e27df94e311027196e06ca0674ee3706a7d015edfdcecdf3b",
-    "config.json": "93061e136deaf89b4e37c80ed63c6f778019b5b4d9c543aa31855d9e954a9338",
+    "autoencoder.safetensors": "a31aeedcf90d6f9378f9e587b90c18b34d039bc0c75aae6e5a1a27ac5b32fa83",
+    "config.json": "e61a0640b1ac4368c43428932412527a5673b17eaf36a4eb85f84236753b8918",
     "denoiser.safetensors": "b520b82a146deb405b0dbb4570d9f1332a988322131ecdd4b4fabe3914c76f9c",
-    "meta.json": "83e894458a351148026d929f63f3ca2564cf6608b6db009fd2e1665db73266ee",
+    "meta.json": "67b864bde8dae92a081b37a2d335f47cb3d36bc5c8548378b0a8d22e27521eeb",
 }
 
 
