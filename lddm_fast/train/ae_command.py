@@ -114,18 +114,12 @@ def run(args: argparse.Namespace) -> int:
         settings,
         setup_logging,
     )
-    from lddm_fast.train.data import data_hash, open_splits
+    from lddm_fast.train.data import data_hash, model_splits
     from lddm_fast.train.loop import train
 
     setup_logging()
     config = resolve_config(args)
-    splits = open_splits(
-        args.data,
-        frames=config.num_frames + 1,
-        size=config.size,
-        channels=config.channels,
-        region=args.region,
-    )
+    splits = model_splits(args.data, config, args.region)
     digest = data_hash(args.data, splits.train, splits.val)
     s = settings(args)
     torch.manual_seed(args.seed)

@@ -199,6 +199,20 @@ def coarse_l1(video: torch.Tensor, target: torch.Tensor, factors=(4, 8)) -> torc
 
 
 @torch.no_grad()
+def rebuild_batch(autoencoder: VideoAutoencoder, clip: torch.Tensor):
+    """Rebuild ``clip [B, C, T+1, H, W]`` from the posterior means (z's and the texture
+    code's). Returns x0 ``[B, C, H, W]``, frames ``[B, C, T, H, W]``, z and the rebuilt
+    frames (float, clamped to [-1, 1])."""
+    x0, frames = clip[:, :, 0], clip[:, :, 1:]
+    z = autoencoder.encode(frames).latent_dist.mode()
+    texture = None
+    if autoencoder.texture_encoder is not None:
+        texture = autoencoder.encode_texture(frames, x0).mode()
+    out = autoencoder.decode(z, x0, texture).sample.float().clamp(-1, 1)
+    return x0, frames, z, out
+
+
+@torch.no_grad()
 def reconstruction_metrics(
     autoencoder: VideoAutoencoder,
     clips,
@@ -229,13 +243,7 @@ def reconstruction_metrics(
         raise ValueError("a speckle generator was given, but the autoencoder has no speckle")
     psnr, ssim, psnr0, ssim0, psnr_s, ssim_s = [], [], [], [], [], []
     for clip, _ in DataLoader(clips, batch_size=batch_size):
-        clip = clip.to(device)
-        x0, frames = clip[:, :, 0], clip[:, :, 1:]
-        z = autoencoder.encode(frames).latent_dist.mode()
-        texture = None
-        if autoencoder.texture_encoder is not None:
-            texture = autoencoder.encode_texture(frames, x0).mode()
-        out = autoencoder.decode(z, x0, texture).sample.float().clamp(-1, 1)
+        x0, frames, z, out = rebuild_batch(autoencoder, clip.to(device))
         repeated = x0[:, :, None].expand_as(frames)
         psnr.append(psnr_clip(out, frames))
         ssim.append(ssim_clip(out, frames))

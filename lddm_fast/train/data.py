@@ -16,6 +16,7 @@ import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,6 +26,9 @@ from lddm_fast.data.busv import VideoRecord
 from lddm_fast.data.datasets import ClipDataset
 from lddm_fast.data.errors import BadInputError
 from lddm_fast.data.video_io import frame_files
+
+if TYPE_CHECKING:
+    from lddm_fast.models.config import LDDMConfig
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +40,7 @@ __all__ = [
     "collate",
     "data_hash",
     "item_seed",
+    "model_splits",
     "open_splits",
 ]
 
@@ -132,6 +137,18 @@ def open_splits(
     train = _subset(every, [r for r, v in zip(every.records, is_val, strict=True) if not v])
     val = _subset(every, [r for r, v in zip(every.records, is_val, strict=True) if v], train=False)
     return DataSplits(path, "folder", train, val)
+
+
+def model_splits(path: str | os.PathLike, config: LDDMConfig, region: str = "center") -> DataSplits:
+    """:func:`open_splits` with clips the shape ``config``'s model takes: x0 plus
+    ``num_frames`` frames of ``size`` x ``size`` pixels and ``channels`` channels."""
+    return open_splits(
+        path,
+        frames=config.num_frames + 1,
+        size=config.size,
+        channels=config.channels,
+        region=region,
+    )
 
 
 def _hash_share(name: str) -> float:

@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
         settings,
         setup_logging,
     )
-    from lddm_fast.train.data import data_hash, open_splits
+    from lddm_fast.train.data import data_hash, model_splits
     from lddm_fast.train.diffusion import (
         DiffusionStage,
         LatentCache,
@@ -122,13 +122,7 @@ def run(args: argparse.Namespace) -> int:
             f"error: the autoencoder in {ckpt} was built from another config than "
             "--preset/--config gives; train-diffusion must use the trained autoencoder's"
         )
-    splits = open_splits(
-        args.data,
-        frames=config.num_frames + 1,
-        size=config.size,
-        channels=config.channels,
-        region=args.region,
-    )
+    splits = model_splits(args.data, config, args.region)
     digest = data_hash(args.data, splits.train, splits.val)
     autoencoder = loaded.autoencoder.eval().requires_grad_(False)
     scale = latent_scale(autoencoder, splits.train, args.seed, device, count=args.scale_clips)

@@ -47,6 +47,7 @@ from lddm_fast.models.speckle import (
     SpeckleResidual,
     standard_log_speckle,
 )
+from lddm_fast.train.autoencoder import rebuild_batch
 
 __all__ = ["field_correlation", "fit_speckle", "kernel_for", "with_speckle"]
 
@@ -67,13 +68,7 @@ def rebuild(
     real, rebuilt = [], []
     loader = DataLoader(clips, batch_size=batch_size)
     for clip, _ in tqdm(loader, desc="rebuild", disable=not progress):
-        clip = clip.to(device)
-        x0, frames = clip[:, :, 0], clip[:, :, 1:]
-        z = autoencoder.encode(frames).latent_dist.mode()
-        texture = None
-        if autoencoder.texture_encoder is not None:
-            texture = autoencoder.encode_texture(frames, x0).mode()
-        out = autoencoder.decode(z, x0, texture).sample.float().clamp(-1, 1)
+        _, frames, _, out = rebuild_batch(autoencoder, clip.to(device))
         real.append(frames.float().cpu())
         rebuilt.append(out.cpu())
     return torch.cat(real), torch.cat(rebuilt)
@@ -282,7 +277,7 @@ def with_speckle(models: LDDMModels, module: SpeckleResidual) -> LDDMModels:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lddm_fast.train.data import data_hash, eval_view, open_splits
+    from lddm_fast.train.data import data_hash, eval_view, model_splits
 
     parser = argparse.ArgumentParser(
         prog="python -m lddm_fast.train.speckle",
@@ -307,13 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     if models.autoencoder.speckle is not None:
         print(f"{args.checkpoint}: refitting its speckle", file=sys.stderr)
     config = models.config
-    splits = open_splits(
-        args.data,
-        frames=config.num_frames + 1,
-        size=config.size,
-        channels=config.channels,
-        region=args.region,
-    )
+    splits = model_splits(args.data, config, args.region)
     clips = eval_view(splits.train, args.clips)
     real, rebuilt = rebuild(models.autoencoder.eval(), clips, args.batch_size, not args.quiet)
     module, record = fit_speckle(models.autoencoder, real, rebuilt, seed=args.seed)
