@@ -11,10 +11,11 @@ training split (from frame 0, unaugmented), rebuilt from their posterior means
 
 1. the std table: the residual's std per channel, frame index and gray-level bin of
    the rebuilt frame (a bin with too few pixels takes its frame's overall std);
-2. the kernel: the spatial filter whose log-intensity speckle has the spatial
-   correlation of the standardised residual (the log intensity's correlation is
-   ``Li2(|gamma|^2) / Li2(1)`` for a complex field correlated by gamma, which is
-   inverted), within the ``SPECKLE_KERNEL`` square;
+2. the kernel: a separable Gaussian (axial and lateral widths, by alternating
+   bisections) such that the rebuilt frames with speckle have the clips' correlation
+   between neighbouring pixels, along depth and across, of each frame minus its 5 x 5
+   mean (what sets the grain I3D sees: matching the residual's own correlation
+   instead left the grain too fine);
 3. rho: the frame-to-frame correlation of the complex field, by bisection, so that
    rebuilt frames with speckle change from frame to frame as much as the clips do
    (mean absolute difference of consecutive frames; where no rho in [0, 1) can,
@@ -28,7 +29,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -49,11 +49,13 @@ from lddm_fast.models.speckle import (
 )
 from lddm_fast.train.autoencoder import rebuild_batch
 
-__all__ = ["field_correlation", "fit_speckle", "kernel_for", "with_speckle"]
+__all__ = ["fit_speckle", "gaussian_kernel", "neighbour_correlation", "with_speckle"]
 
 # A std-table cell needs this many residual pixels; fewer take the frame's std.
 MIN_PIXELS = 256
-_RHO_ROUNDS = 14
+_BISECTION_ROUNDS = 14
+# Kernel widths searched, pixels (standard deviations of the Gaussian).
+_SIGMA_RANGE = (0.2, 3.0)
 
 
 @torch.no_grad()
@@ -93,71 +95,24 @@ def _std_table(module: SpeckleResidual, residual: torch.Tensor, rebuilt: torch.T
     return torch.where(sparse, frame_std[..., None], std).float()
 
 
-def _dilog(x: torch.Tensor) -> torch.Tensor:
-    """The dilogarithm Li2 on [0, 1] (float64): its series below 1/2, Euler's
-    reflection ``Li2(x) = pi^2/6 - ln x ln(1-x) - Li2(1-x)`` above."""
-    k = torch.arange(1, 80, dtype=torch.float64)
-
-    def series(y: torch.Tensor) -> torch.Tensor:
-        return (y[..., None] ** k / k**2).sum(-1)
-
-    x = x.double()
-    low = x <= 0.5
-    y = torch.where(low, x, 1 - x)
-    edge = torch.log(x.clamp_min(1e-300)) * torch.log1p(-x.clamp_max(1 - 1e-16))
-    return torch.where(low, series(y), math.pi**2 / 6 - edge - series(y))
+def gaussian_kernel(sigma_z: float, sigma_x: float) -> torch.Tensor:
+    """The ``SPECKLE_KERNEL`` square Gaussian of standard deviations ``sigma_z`` (rows,
+    depth) and ``sigma_x`` (columns) pixels, scaled to a unit sum of squares."""
+    r = torch.arange(SPECKLE_KERNEL, dtype=torch.float64) - SPECKLE_KERNEL // 2
+    k = torch.exp(-(r[:, None] ** 2) / (2 * sigma_z**2) - r[None, :] ** 2 / (2 * sigma_x**2))
+    return (k / k.square().sum().sqrt()).float()
 
 
-def field_correlation(log_correlation: torch.Tensor) -> torch.Tensor:
-    """|gamma| of a circular complex Gaussian field whose log intensity has the
-    correlation ``log_correlation`` (values in [0, 1]): for two exponential
-    intensities correlated by g = |gamma|^2, ``corr(ln I1, ln I2) = Li2(g) / Li2(1)``,
-    inverted here on a fine grid."""
-    grid = torch.linspace(0, 1, 4097, dtype=torch.float64)
-    values = _dilog(grid) / (math.pi**2 / 6)
-    r = log_correlation.double().clamp(0, 1).contiguous()
-    i = torch.searchsorted(values, r).clamp(1, grid.numel() - 1)
-    lo, hi = values[i - 1], values[i]
-    g = grid[i - 1] + (r - lo) / (hi - lo).clamp_min(1e-300) * (grid[i] - grid[i - 1])
-    return g.clamp(0, 1).sqrt()
+def neighbour_correlation(frames: torch.Tensor) -> tuple[float, float]:
+    """Correlation of neighbouring pixels along depth and across, of each frame of
+    ``frames [N, C, T, H, W]`` minus its 5 x 5 mean (the grain, without the anatomy)."""
+    d = (frames - F.avg_pool3d(frames, (1, 5, 5), 1, (0, 2, 2), count_include_pad=False)).double()
 
+    def corr(a: torch.Tensor, b: torch.Tensor) -> float:
+        a, b = a - a.mean(), b - b.mean()
+        return float((a * b).sum() / (a.norm() * b.norm()).clamp_min(1e-300))
 
-def _autocorrelation(x: torch.Tensor) -> torch.Tensor:
-    """Mean circular spatial autocorrelation ``[H, W]`` of the frames of
-    ``x [N, C, T, H, W]`` (float64, 1 at lag 0, lag (0, 0) at index (0, 0))."""
-    power = torch.fft.fft2(x.double()).abs().square().mean(dim=(0, 1, 2))
-    a = torch.fft.ifft2(power).real
-    return a / a[0, 0]
-
-
-def kernel_for(log_correlation: torch.Tensor) -> torch.Tensor:
-    """The ``SPECKLE_KERNEL`` square kernel whose log-intensity speckle has the spatial
-    correlation ``log_correlation`` ``[H, W]`` (circular lags, lag (0, 0) first),
-    up to the lags a kernel of that size reaches; unit sum of squares."""
-    h, w = log_correlation.shape
-    reach = SPECKLE_KERNEL - 1
-    dz = torch.fft.fftfreq(h, 1 / h).abs().view(-1, 1)
-    dx = torch.fft.fftfreq(w, 1 / w).abs().view(1, -1)
-    gamma = torch.where((dz <= reach) & (dx <= reach), field_correlation(log_correlation), 0.0)
-    # The kernel is the square root of that correlation: its spectrum is the root of
-    # the correlation's (a power spectrum, so made non-negative).
-    amplitude = torch.fft.fft2(gamma).real.clamp_min(0).sqrt()
-    full = torch.fft.fftshift(torch.fft.ifft2(amplitude).real)
-    k = min(SPECKLE_KERNEL, h - (1 - h % 2), w - (1 - w % 2))
-    top, left = h // 2 - k // 2, w // 2 - k // 2
-    kernel = torch.zeros(SPECKLE_KERNEL, SPECKLE_KERNEL, dtype=torch.float64)
-    pad = (SPECKLE_KERNEL - k) // 2
-    kernel[pad : pad + k, pad : pad + k] = full[top : top + k, left : left + k]
-    return (kernel / kernel.square().sum().sqrt()).float()
-
-
-def _lags(h: int, w: int, reach: int) -> torch.Tensor:
-    """Mask ``[H, W]`` of the circular lags with both offsets within ``reach`` but lag 0."""
-    dz = torch.fft.fftfreq(h, 1 / h).abs().view(-1, 1)
-    dx = torch.fft.fftfreq(w, 1 / w).abs().view(1, -1)
-    near = (dz <= reach) & (dx <= reach)
-    near[0, 0] = False
-    return near
+    return corr(d[..., :-1, :], d[..., 1:, :]), corr(d[..., :-1], d[..., 1:])
 
 
 def _frame_change(frames: torch.Tensor) -> float:
@@ -178,7 +133,7 @@ def fit_speckle(
         autoencoder: the trained autoencoder (only its config is read).
         real: frames 1..T of training clips ``[N, C, T, H, W]`` in [-1, 1].
         rebuilt: their reconstructions from the posterior means, same shape.
-        seed: seeds the noise of the kernel's check and of the rho fit.
+        seed: seeds the noise of the kernel and rho fits.
 
     Returns:
         The fitted module (float32, CPU, ``speckle_frames`` = T) and a JSON-ready
@@ -201,15 +156,32 @@ def fit_speckle(
     residual = real - rebuilt
     module.std.copy_(_std_table(module, residual, rebuilt))
     scale = module.scale(rebuilt)
-    standard = torch.where(scale > 0, residual / scale.clamp_min(1e-12), 0.0)
 
-    # Kernel: from the standardised residual's spatial correlation.
-    target = _autocorrelation(standard)
-    module.kernel.copy_(kernel_for(target))
+    # Kernel: the rebuilt frames with speckle get the clips' grain. The correlation
+    # along each axis grows with that axis' width; the other width moves it a little,
+    # hence two rounds.
     generator = torch.Generator().manual_seed(seed)
-    probe = torch.randn((min(n, 32), 2 * c, 2, h, w), generator=generator)
-    made = _autocorrelation(standard_log_speckle(probe, module.kernel, 0.0))
-    near = _lags(h, w, 2)
+    part = slice(0, min(n, 64))
+    probe = torch.randn((part.stop, 2 * c, t, h, w), generator=generator)
+    goal_grain = neighbour_correlation(real[part])
+
+    def grain(sigmas: list[float]) -> tuple[float, float]:
+        speckle = standard_log_speckle(probe, gaussian_kernel(*sigmas), 0.0)
+        return neighbour_correlation((rebuilt[part] + scale[part] * speckle).clamp(-1, 1))
+
+    sigmas = [1.0, 1.0]
+    for _ in range(2):
+        for axis in (0, 1):
+            low, high = _SIGMA_RANGE
+            for _ in range(_BISECTION_ROUNDS):
+                sigmas[axis] = 0.5 * (low + high)
+                low, high = (
+                    (sigmas[axis], high)
+                    if grain(sigmas)[axis] < goal_grain[axis]
+                    else (low, sigmas[axis])
+                )
+            sigmas[axis] = 0.5 * (low + high)
+    module.kernel.copy_(gaussian_kernel(*sigmas))
 
     # rho: the rebuilt frames with speckle change as much from frame to frame as the
     # clips (the change grows as rho falls); the same noise for every trial.
@@ -220,7 +192,7 @@ def fit_speckle(
         return (rebuilt + scale * standard_log_speckle(noise, module.kernel, rho)).clamp(-1, 1)
 
     low, high = 0.0, 0.999
-    for _ in range(_RHO_ROUNDS):
+    for _ in range(_BISECTION_ROUNDS):
         mid = 0.5 * (low + high)
         low, high = (mid, high) if _frame_change(with_speckle_at(mid)) > goal else (low, mid)
     module.rho.fill_(0.5 * (low + high))
@@ -236,9 +208,11 @@ def fit_speckle(
         "levels": SPECKLE_LEVELS,
         "std_by_frame": module.std.mean(dim=(0, 2)).tolist(),
         "std_by_level": module.std.mean(dim=(0, 1)).tolist(),
-        "correlation_at_lags_up_to_2": {
-            "residual": target[near].tolist(),
-            "speckle": made[near].tolist(),
+        "kernel_sigma_px": {"axial": sigmas[0], "lateral": sigmas[1]},
+        "neighbour_correlation_axial_lateral": {
+            "clips": list(goal_grain),
+            "rebuilt": list(neighbour_correlation(rebuilt)),
+            "rebuilt_with_speckle": list(neighbour_correlation(final)),
         },
         "frame_change": {
             "clips": goal,

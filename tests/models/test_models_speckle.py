@@ -20,7 +20,12 @@ from lddm_fast.models.speckle import (
     SpeckleResidual,
     standard_log_speckle,
 )
-from lddm_fast.train.speckle import field_correlation, fit_speckle, with_speckle
+from lddm_fast.train.speckle import (
+    fit_speckle,
+    gaussian_kernel,
+    neighbour_correlation,
+    with_speckle,
+)
 
 # Skewness of ln X for X exponential: -2 zeta(3) / (pi^2 / 6)^1.5.
 LOG_EXPONENTIAL_SKEW = -2 * 1.2020569031595942 / (math.pi**2 / 6) ** 1.5
@@ -76,18 +81,18 @@ def test_the_kernel_spreads_the_field_spatially():
     assert float(intensity.mean()) == pytest.approx(2.0, rel=0.02)
 
 
-@pytest.mark.parametrize("gamma", [0.3, 0.4, 0.5])
-def test_field_correlation_inverts_the_log_intensity_correlation(gamma):
-    kernel = torch.zeros(SPECKLE_KERNEL, SPECKLE_KERNEL)
-    mid = SPECKLE_KERNEL // 2
-    # Two taps a, b with a^2 + b^2 = 1 and a b = gamma: neighbours along W are
-    # correlated by gamma.
-    a = math.sqrt((1 + math.sqrt(1 - 4 * gamma**2)) / 2)
-    kernel[mid, mid], kernel[mid, mid + 1] = a, gamma / a
-    s = standard_log_speckle(torch.randn(32, 2, 2, 64, 64), kernel, 0.0)
-    r = torch.tensor(_corr(s[..., :-1], s[..., 1:]))
-    assert float(field_correlation(r)) == pytest.approx(gamma, abs=0.02)
-    assert field_correlation(torch.tensor([0.0, 1.0, -0.1, 1.2])).tolist() == [0, 1, 0, 1]
+def test_gaussian_kernels_and_the_grain_they_make():
+    noise = torch.randn(4, 2, 2, 48, 48)
+    grain = {}
+    for sigmas in ((0.5, 0.5), (0.5, 1.5), (1.5, 0.5)):
+        k = gaussian_kernel(*sigmas)
+        assert k.shape == (SPECKLE_KERNEL, SPECKLE_KERNEL)
+        assert float(k.square().sum()) == pytest.approx(1.0, abs=1e-6)
+        torch.testing.assert_close(k, k.flip(0).flip(1))
+        grain[sigmas] = neighbour_correlation(standard_log_speckle(noise, k, 0.0))
+    # Widening one axis coarsens the grain along it: the fit's bisections rely on it.
+    assert grain[(0.5, 1.5)][1] > grain[(0.5, 0.5)][1] + 0.2
+    assert grain[(1.5, 0.5)][0] > grain[(0.5, 0.5)][0] + 0.2
 
 
 def test_the_std_table_is_read_by_channel_frame_and_gray_level():
@@ -200,10 +205,7 @@ def test_fit_recovers_the_parameters_of_synthetic_speckle():
     torch.manual_seed(0)
     n, t, size = 48, 6, 32
     mean = (torch.rand(n, 1, 1, 1, 1) - 0.5) * 0.8 + torch.zeros(n, 1, t, size, size)
-    kernel = torch.zeros(SPECKLE_KERNEL, SPECKLE_KERNEL)
-    mid = SPECKLE_KERNEL // 2
-    kernel[mid - 1 : mid + 2, mid] = torch.tensor([0.5, 1.0, 0.5])
-    kernel /= kernel.square().sum().sqrt()
+    kernel = gaussian_kernel(0.6, 1.2)
     rho, sigma = 0.8, torch.linspace(0.06, 0.12, t).view(1, 1, t, 1, 1)
     noise = torch.randn(n, 2, t, size, size)
     real = mean + sigma * standard_log_speckle(noise, kernel, rho)
@@ -214,16 +216,14 @@ def test_fit_recovers_the_parameters_of_synthetic_speckle():
     used = module.level_index(mean[:, :, 0]).unique()
     for level in used.tolist():
         torch.testing.assert_close(module.std[0, :, level], sigma.flatten(), rtol=0.06, atol=0)
-    # The fitted kernel makes the same spatial correlations as the true one.
-    probe = torch.randn(16, 2, 1, 48, 48)
-    true = standard_log_speckle(probe, kernel, 0.0)
-    made = standard_log_speckle(probe, module.kernel, 0.0)
-    assert _corr(made[..., :-1, :], made[..., 1:, :]) == pytest.approx(
-        _corr(true[..., :-1, :], true[..., 1:, :]), abs=0.05
-    )
-    assert _corr(made[..., :-1], made[..., 1:]) == pytest.approx(
-        _corr(true[..., :-1], true[..., 1:]), abs=0.05
-    )
+    # The kernel: the true widths back, and with them the clips' grain.
+    assert module.kernel.shape == kernel.shape
+    torch.testing.assert_close(module.kernel, kernel, atol=0.03, rtol=0)
+    grain = record["neighbour_correlation_axial_lateral"]
+    for got, want in zip(grain["rebuilt_with_speckle"], grain["clips"], strict=True):
+        assert got == pytest.approx(want, abs=0.01)
+    assert record["kernel_sigma_px"]["axial"] == pytest.approx(0.6, abs=0.08)
+    assert record["kernel_sigma_px"]["lateral"] == pytest.approx(1.2, abs=0.08)
     assert record["frame_change"]["matched"] is True
     assert record["frame_change"]["rebuilt_with_speckle"] == pytest.approx(
         record["frame_change"]["clips"], rel=0.01
