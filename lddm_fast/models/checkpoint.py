@@ -34,7 +34,14 @@ from lddm_fast.models.autoencoder import VideoAutoencoder
 from lddm_fast.models.config import ConfigFieldError, LDDMConfig
 from lddm_fast.models.denoiser import LatentDenoiser
 
-__all__ = ["CheckpointError", "LDDMModels", "build_models", "from_pretrained", "save_pretrained"]
+__all__ = [
+    "CheckpointError",
+    "LDDMModels",
+    "build_models",
+    "carried_meta",
+    "from_pretrained",
+    "save_pretrained",
+]
 
 CONFIG_FILE = "config.json"
 AUTOENCODER_FILE = "autoencoder.safetensors"
@@ -97,6 +104,13 @@ def _state_bytes(module: nn.Module) -> bytes:
     return safetensors.torch.save(
         state, metadata={"format": "pt", "lddm_fast_version": __version__}
     )
+
+
+def carried_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """A loaded checkpoint's ``meta.json`` entries without those the format writes
+    itself (format version, library version, sha256), for rewriting the checkpoint
+    with :func:`save_pretrained` (which refuses them)."""
+    return {k: v for k, v in meta.items() if k not in _RESERVED_META}
 
 
 def save_pretrained(

@@ -24,11 +24,11 @@ Threads and queues (one engine per rank)::
   writers are two batches behind ("waited for writers"); the rest of its time is
   the sampler's busy fraction.
 * **Writer threads** (``writers``) encode each video in every format, write it
-  atomically, hash it and append its manifest line (fsynced at most
-  ``MANIFEST_SYNC_S`` later, and when the run ends: an fsync per line measured
-  0.4-6 ms here, beside 2 ms to encode a 64 px npz video; a rerun checks every
-  recorded file's sha256 anyway, so a line lost to a power cut only means a video
-  made again). A video flagged NaN/Inf is not written; it goes to ``failed.jsonl``.
+  atomically, hash it and append its manifest line (fsynced by the first append
+  ``MANIFEST_SYNC_S`` or more after the last fsync, and when the run ends: an fsync
+  per line measured 0.4-6 ms here, beside 2 ms to encode a 64 px npz video; a rerun
+  checks every recorded file's sha256 anyway, so a line lost to a power cut only
+  means a video made again). A video flagged NaN/Inf is not written; it goes to ``failed.jsonl``.
 
 Every queue is bounded, so at most about ``3 x batch_size`` images and
 ``3 x batch_size`` videos are in memory however long the input list is.
@@ -90,7 +90,8 @@ __all__ = [
 FORMATS = {"mp4": ".mp4", "gif": ".gif", "npz": ".npz", "png": ""}
 # How often blocked queue operations look at the stop flag, in seconds.
 _POLL_S = 0.1
-# How long a manifest line may wait for its fsync (a power cut can lose this much).
+# Least time between manifest fsyncs: the lines appended in between are fsynced
+# together by the next append after it (or at the end of the run).
 MANIFEST_SYNC_S = 1.0
 # Failures printed as they happen; the rest are only in failed.jsonl.
 _PRINTED_FAILURES = 10

@@ -6,7 +6,7 @@ Files in ``<out>``:
     One JSON line per finished video (input, class, k, seed, every output with its
     format, relative path, size and sha256, the generation settings, checkpoint,
     finish time). A line is appended only after all of the video's files are renamed
-    into place, with one ``write`` (fsynced within a second, see :class:`JsonlLog`):
+    into place, with one ``write`` (fsynced in groups, see :class:`JsonlLog`):
     a line that exists describes complete files. A run with several ranks appends to
     ``manifest.rank<r>.jsonl``; rank 0 merges the parts (and earlier ones a crash
     left) into ``manifest.jsonl``, sorted by input and k, when all ranks are done.
@@ -131,8 +131,10 @@ class JsonlLog:
 
     Each record reaches the file in one ``write`` before :meth:`append` returns, so a
     crashed process loses none. It is on disk (survives a power cut) once fsynced:
-    after every append by default, or with ``sync_interval`` at most that many seconds
-    later (the fsyncs of a burst of appends become one), and always at :meth:`close`.
+    after every append by default; with ``sync_interval``, by the first append at
+    least that many seconds after the last fsync (the fsyncs of a burst of appends
+    become one; no timer, so the lines of a burst's end wait for the next append), and
+    always at :meth:`close`.
     Opening cuts off an incomplete last line (left by a crash) so the next record
     starts on a line of its own. If a write fails (disk full), the partial bytes are
     truncated away again before the error propagates.

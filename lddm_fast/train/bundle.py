@@ -24,7 +24,12 @@ import torch
 
 from lddm_fast.data.atomic import atomic_folder
 from lddm_fast.data.digest import sha256_file
-from lddm_fast.models.checkpoint import LDDMModels, from_pretrained, save_pretrained
+from lddm_fast.models.checkpoint import (
+    LDDMModels,
+    carried_meta,
+    from_pretrained,
+    save_pretrained,
+)
 from lddm_fast.train.export import autoencoder_record
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -68,11 +73,7 @@ def bundle(
         models = with_autoencoder(models, autoencoder)
     models.autoencoder.to(dtype)
     models.denoiser.to(dtype)
-    meta = {
-        k: v
-        for k, v in models.meta.items()
-        if k not in ("format_version", "lddm_fast_version", "sha256")
-    }
+    meta = carried_meta(models.meta)
     meta.update(extra)
     meta["stored_dtype"] = str(dtype).removeprefix("torch.")
     with atomic_folder(out) as tmp:

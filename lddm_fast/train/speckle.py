@@ -38,9 +38,15 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from lddm_fast.argtypes import positive_int
 from lddm_fast.data.atomic import atomic_folder
 from lddm_fast.models.autoencoder import VideoAutoencoder
-from lddm_fast.models.checkpoint import LDDMModels, from_pretrained, save_pretrained
+from lddm_fast.models.checkpoint import (
+    LDDMModels,
+    carried_meta,
+    from_pretrained,
+    save_pretrained,
+)
 from lddm_fast.models.speckle import (
     SPECKLE_KERNEL,
     SPECKLE_LEVELS,
@@ -137,9 +143,9 @@ def fit_speckle(
 
     Returns:
         The fitted module (float32, CPU, ``speckle_frames`` = T) and a JSON-ready
-        record of the fit: the table, rho, and the frame change and high-pass
-        figures of the clips, of the rebuilt frames and of the rebuilt frames with
-        speckle.
+        record of the fit: rho, the kernel's widths, the table's means by frame and
+        level, and the grain, frame change and high-pass figures of the clips, of the
+        rebuilt frames and of the rebuilt frames with speckle.
     """
     if real.shape != rebuilt.shape or real.dim() != 5:
         raise ValueError(
@@ -261,17 +267,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", required=True, type=Path, help="trained checkpoint dir")
     parser.add_argument("--data", required=True, help="the training data (its train split)")
     parser.add_argument("--out", required=True, type=Path, help="checkpoint dir to write")
-    parser.add_argument("--clips", type=int, default=192, help="training clips (default 192)")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument(
+        "--clips", type=positive_int, default=192, help="training clips (default 192)"
+    )
+    parser.add_argument("--batch-size", type=positive_int, default=16)
     parser.add_argument("--region", default="center", help="as in train-ae (default center)")
     parser.add_argument("--seed", type=int, default=0, help="noise of the fit (default 0)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    if args.clips < 1:
-        parser.error(f"--clips must be >= 1, got {args.clips}")
 
     t0 = time.perf_counter()
-    torch.manual_seed(args.seed)
     models = from_pretrained(args.checkpoint)
     if models.autoencoder.speckle is not None:
         print(f"{args.checkpoint}: refitting its speckle", file=sys.stderr)
@@ -297,12 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         wall_time_s=round(time.perf_counter() - t0, 1),
     )
     models = with_speckle(models, module)
-    meta = {
-        k: v
-        for k, v in models.meta.items()
-        if k not in ("format_version", "lddm_fast_version", "sha256")
-    }
-    meta["speckle"] = record
+    meta = {**carried_meta(models.meta), "speckle": record}
     with atomic_folder(args.out) as tmp:
         save_pretrained(tmp, models, meta=meta)
     print(json.dumps(record, indent=2))
