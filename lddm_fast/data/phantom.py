@@ -42,7 +42,14 @@ from lddm_fast.data.phantom_anatomy import CLASSES, Anatomy, sample_anatomy, sof
 from lddm_fast.data.phantom_bmode import BModeImager, Pulse, log_compress
 from lddm_fast.data.phantom_motion import Deformation, Motion, sample_motion
 
-__all__ = ["CLASSES", "PhantomClip", "PhantomConfig", "simulate_clip", "speckle_envelope"]
+__all__ = [
+    "CLASSES",
+    "PhantomClip",
+    "PhantomConfig",
+    "simulate_clip",
+    "speckle_envelope",
+    "true_flow",
+]
 
 # Background attenuation: 0.5 dB/cm/MHz x 7.5 MHz x 2 (round trip) = 0.75 dB/mm.
 _ATTENUATION_NP_PER_MM = 0.75 / (20 * math.log10(math.e))
@@ -149,11 +156,8 @@ def simulate_clip(
     """
     rng = np.random.default_rng(seed)
     size = config.size
-    anatomy = sample_anatomy(rng, label, size, config.px_mm, config.appearance_overlap)
-    motion = sample_motion(rng, size)
-    imager = BModeImager(size, config.pulse)
+    anatomy, motion, imager, deformation = _scene(rng, label, config)
     domain = _tissue_domain(imager)
-    deformation = Deformation(anatomy, domain, step=max(1.0, size / 64))
 
     x, z = _scatterers(rng, config.pulse, config.scatterer_spacing, domain)
     density = anatomy.density(x, z)
@@ -204,6 +208,40 @@ def simulate_clip(
             gain_db=gain_db,
         )
     return PhantomClip(label, seed, frames, masks, anatomy, motion, gain_db, tgc_error, envelopes)
+
+
+def true_flow(label: str, seed: int, config: PhantomConfig = PhantomConfig()) -> np.ndarray:
+    """The tissue motion of the clip :func:`simulate_clip` makes from the same arguments,
+    as the displacement that carries each frame back to the first one.
+
+    Returns float32 ``[frames, 2, size, size]``: pixel ``(z, x)`` of frame ``t`` shows
+    the tissue that frame 0 shows at ``(z + flow[t, 1], x + flow[t, 0])`` (pixels; the
+    convention of :func:`lddm_fast.models.autoencoder.warp_image`, so warping frame 0
+    by ``flow[t]`` moves its tissue to where frame ``t`` has it). Frame 0's flow is
+    zero. Elevation motion has no place in it: it changes the speckle, not where the
+    tissue is.
+    """
+    anatomy, motion, _, deformation = _scene(np.random.default_rng(seed), label, config)
+    size = config.size
+    pixel_z, pixel_x = np.mgrid[0:size, 0:size].astype(np.float64)
+    first = motion.at(0.0)
+    flow = np.zeros((config.frames, 2, size, size), np.float32)
+    for t in range(1, config.frames):
+        pose = motion.at(t / max(config.frames - 1, 1))
+        tissue = deformation.carry(*deformation.inverse(pixel_x, pixel_z, pose))
+        x, z = deformation.forward(tissue, first)
+        flow[t, 0] = x - pixel_x
+        flow[t, 1] = z - pixel_z
+    return flow
+
+
+def _scene(rng: np.random.Generator, label: str, config: PhantomConfig):
+    # The first draws of a clip's generator: what it shows and how it moves.
+    anatomy = sample_anatomy(rng, label, config.size, config.px_mm, config.appearance_overlap)
+    motion = sample_motion(rng, config.size)
+    imager = BModeImager(config.size, config.pulse)
+    deformation = Deformation(anatomy, _tissue_domain(imager), step=max(1.0, config.size / 64))
+    return anatomy, motion, imager, deformation
 
 
 def speckle_envelope(config: PhantomConfig, seed: int) -> np.ndarray:

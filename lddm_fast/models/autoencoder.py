@@ -252,11 +252,11 @@ class VideoDecoder(nn.Module):
     ``[B, C, T, h f, w f]``. Every block is SPADE-modulated by the x0 feature map of
     its resolution.
 
-    With ``config.warp``, a head one level finer than z predicts a displacement field
-    (upsampled bilinearly, so it is smooth), and the last conv a per-pixel gate that
-    blends x0 warped by it with the decoder's own frames: speckle that moves with the
-    tissue comes from x0, what x0 cannot explain (decorrelation, new tissue) from the
-    network. The head starts at zero displacement.
+    With ``config.warp``, a head at level ``config.flow_level`` (by default one finer
+    than z) predicts a displacement field (upsampled bilinearly, so it is smooth), and
+    the last conv a per-pixel gate that blends x0 warped by it with the decoder's own
+    frames: speckle that moves with the tissue comes from x0, what x0 cannot explain
+    (decorrelation, new tissue) from the network. The head starts at zero displacement.
 
     With ``config.texture_channels``, a head over the last features and the texture
     code adds the per-frame detail that neither x0 nor the coarse z holds; its last
@@ -284,7 +284,7 @@ class VideoDecoder(nn.Module):
                 self.upsamples.append(spatial_conv(prev, prev))
         self.norm_out = GroupNorm(prev, g, eps, activation="silu")
         self.warp = config.warp
-        self.flow_level = max(top - 1, 0)
+        self.flow_level = config.flow_level
         self.conv_out = Conv3d(prev, config.in_channels + int(self.warp), 3, padding=1)
         if self.warp:
             width = widths[self.flow_level]

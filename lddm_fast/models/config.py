@@ -95,6 +95,10 @@ class AutoencoderConfig:
         warp: the decoder also predicts a smooth displacement field per frame and
             blends x0 warped by it with its own output, so speckle moves with the
             tissue instead of being redrawn as its local mean.
+        warp_level: the decoder level whose features predict that field (0: full
+            resolution; the field is upsampled bilinearly from it, so the level sets how
+            sharp a change of motion it can draw, e.g. a stiff lesion's edge). None (the
+            default): one level finer than z.
         texture_channels: channels k of a per-frame texture code
             ``n: [B, k, T, H, W]`` at image resolution that the decoder mixes into its
             frames: the speckle detail that neither x0 nor the coarse z can hold. The
@@ -115,6 +119,7 @@ class AutoencoderConfig:
     norm_groups: int = 8
     norm_eps: float = 1e-5
     warp: bool = False
+    warp_level: int | None = None
     texture_channels: int = 0
     speckle_frames: int = 0
 
@@ -134,6 +139,15 @@ class AutoencoderConfig:
         for name in ("block_channels", "cond_block_channels"):
             object.__setattr__(self, name, _int_tuple(owner, name, getattr(self, name)))
             _divisible(owner, name, getattr(self, name), self.norm_groups)
+        top = len(self.block_channels) - 1
+        if self.warp_level is not None and (
+            not isinstance(self.warp_level, int)
+            or isinstance(self.warp_level, bool)
+            or not 0 <= self.warp_level <= top
+        ):
+            raise ValueError(
+                f"{owner}.warp_level must be None or a level 0..{top}, got {self.warp_level!r}"
+            )
         if len(self.cond_block_channels) != len(self.block_channels):
             raise ValueError(
                 f"{owner}.cond_block_channels has {len(self.cond_block_channels)} levels but "
@@ -146,6 +160,13 @@ class AutoencoderConfig:
     def downsample_factor(self) -> int:
         """H / h: how much the encoder shrinks each spatial side."""
         return 2 ** (len(self.block_channels) - 1)
+
+    @property
+    def flow_level(self) -> int:
+        """The decoder level of the displacement head (``warp_level`` resolved)."""
+        if self.warp_level is not None:
+            return self.warp_level
+        return max(len(self.block_channels) - 2, 0)
 
 
 @dataclass(frozen=True)

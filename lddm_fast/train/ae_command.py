@@ -3,12 +3,13 @@
 Clips are the config's num_frames + 1 frames (x0, then T), randomly cropped in time
 and space and flipped; the loss is L1 + KL (+ 1 - SSIM with --ssim-weight, + a 3-D
 patch discriminator's hinge term with --adv-weight, + the coarse L1 of x0 warped
-alone for a warping decoder, --warp-weight, + the texture code's KL,
---texture-kl-weight). At every checkpoint the val split is
-scored (reconstruction PSNR/SSIM next to the "x0 repeated" baseline) and
-RUN/checkpoint is rewritten; its denoiser is untrained until
-train-diffusion. Ctrl-C or SIGTERM saves and stops; --resume continues exactly.
-Under torchrun each process takes an equal share of the global batch (DDP).
+alone for a warping decoder, --warp-weight, + on phantom data the L1 of its
+displacement field against the phantom's true motion, --flow-weight, + the texture
+code's KL, --texture-kl-weight). At every checkpoint the val split is scored
+(reconstruction PSNR/SSIM next to the "x0 repeated" baseline) and RUN/checkpoint is
+rewritten; its denoiser is untrained until train-diffusion. Ctrl-C or SIGTERM saves
+and stops; --resume continues exactly. Under torchrun each process takes an equal
+share of the global batch (DDP).
 
 examples:
   lddm-fast phantom data/phantom --benign 200 --malignant 200 --normal 0 --layout busv
@@ -16,6 +17,9 @@ examples:
   # add a texture code to a trained model; z (and stage 2) stay as they are
   lddm-fast train-ae --data data/phantom --out runs/aet --config configs/phantom64-texture.json \\
       --init runs/ae/checkpoint --freeze-encoder --steps 1000
+  # move the displacement head one level finer and train it on the phantom's motion
+  lddm-fast train-ae --data data/phantom --out runs/aef --config configs/phantom64-flow.json \\
+      --init runs/ae/checkpoint --freeze-encoder --flow-weight 0.2 --steps 2000
   torchrun --nproc-per-node 8 -m lddm_fast train-ae --data busv --out runs/ae \\
       --preset busv128 --batch-size 64 --device cuda
 """
@@ -67,7 +71,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "the displacement field of a warping decoder (config autoencoder.warp; ignored "
         "otherwise; default 1.0)",
     )
-
+    parser.add_argument(
+        "--flow-weight",
+        type=float,
+        default=0.0,
+        help="weight of the L1 between a warping decoder's displacement field and the "
+        "phantom's true tissue motion (with its strain, see lddm_fast.train.autoencoder."
+        "flow_l1); phantom data only (lddm-fast phantom output, its dataset.json gives "
+        "each clip's motion), and its clips are then not cropped or flipped (default 0: "
+        "off)",
+    )
     parser.add_argument(
         "--texture-kl-weight",
         type=float,
@@ -106,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from lddm_fast.train.autoencoder import AutoencoderStage
+    from lddm_fast.train.autoencoder import FLOW_GRADIENT_SCALE, AutoencoderStage
     from lddm_fast.train.common_args import (
         region_fingerprint,
         resolve_config,
@@ -135,16 +148,21 @@ def run(args: argparse.Namespace) -> int:
             warp_weight=args.warp_weight,
             texture_kl_weight=args.texture_kl_weight,
             texture_kl_warmup=args.texture_kl_warmup,
+            flow_weight=args.flow_weight,
+            flow_root=args.data,
             init=args.init,
             freeze_encoder=args.freeze_encoder,
             eval_clips=args.eval_clips,
         )
-    except ValueError as err:  # --init: a checkpoint that does not fit, or none given
+    except ValueError as err:  # --init that does not fit or is missing; --flow-weight's data
         raise SystemExit(f"error: {err}") from None
     meta = run_meta(args, splits, digest)
     meta["losses"] = {"l1": 1.0, "kl": args.kl_weight, "ssim": args.ssim_weight}
     if config.autoencoder.warp:
         meta["losses"]["warp_coarse_l1"] = args.warp_weight
+    if args.flow_weight > 0:
+        meta["losses"]["true_flow_l1"] = args.flow_weight
+        meta["losses"]["flow_gradient_scale"] = FLOW_GRADIENT_SCALE
     if config.autoencoder.texture_channels:
         meta["losses"]["texture_kl"] = args.texture_kl_weight
         meta["losses"]["texture_kl_warmup"] = args.texture_kl_warmup

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import logging
 import os
 from collections.abc import Iterator
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "DataSplits",
+    "PhantomFlowClips",
     "SeededClips",
     "StepBatches",
     "collate",
@@ -277,23 +279,89 @@ class SeededClips(Dataset):
             except BadInputError as e:
                 skipped.append((os.fspath(e.path), e.reason))
                 continue
-            return {"clip": clip, "label": label, "seed": seed, "skipped": skipped}
+            return self._item(which, clip, label, seed, skipped)
         raise BadInputError(
             self.clips.records[index].path,
             f"this and the next {len(skipped) - 1} videos could not be read: "
             + "; ".join(f"{p}: {r}" for p, r in skipped),
         )
 
+    def _item(self, index: int, clip: torch.Tensor, label: int, seed: int, skipped) -> dict:
+        return {"clip": clip, "label": label, "seed": seed, "skipped": skipped}
+
+
+class PhantomFlowClips(SeededClips):
+    """:class:`SeededClips` of a phantom dataset, each with the tissue motion the
+    phantom simulated: ``flow`` float32 ``[2, T, H, W]``, frame t + 1's displacement
+    back to x0 (:func:`lddm_fast.data.phantom.true_flow`), recomputed from the clip's
+    seed in ``dataset.json`` (about 10 ms a clip).
+
+    The clips must be unaugmented views of whole frames from frame 0 at the phantom's
+    own size (:func:`eval_view`, region ``center``): a crop, flip, resize or later
+    start would move the frames away from the field.
+
+    Raises:
+        BadInputError: ``dataset.json`` is missing or lacks a clip, or the clips are
+            augmented or not at the phantom's size.
+    """
+
+    def __init__(self, clips: ClipDataset, root: str | os.PathLike) -> None:
+        from lddm_fast.data.phantom import PhantomConfig
+
+        super().__init__(clips)
+        manifest_path = os.path.join(os.fspath(root), "dataset.json")
+        try:
+            with open(manifest_path) as f:
+                manifest = json.load(f)
+            self.config = PhantomConfig(**manifest["config"])
+            items = manifest["busv"]["items"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise BadInputError(
+                manifest_path, f"the phantom's dataset.json is needed for its motion ({e})"
+            ) from None
+        if clips.train or clips.stride != 1 or clips.region != "center":
+            raise BadInputError(
+                root,
+                "flow supervision needs unaugmented clips of consecutive whole frames "
+                "(eval_view, region center)",
+            )
+        if clips.transform.size != (self.config.size, self.config.size):
+            raise BadInputError(
+                root,
+                f"flow supervision needs clips at the phantom's {self.config.size} px, "
+                f"not {clips.transform.size}",
+            )
+        rawframes = os.path.join(os.fspath(root), "busv", "rawframes")
+        by_path = {os.path.normpath(os.path.join(rawframes, it["path"])): it for it in items}
+        self.scenes = []
+        for record in clips.records:
+            item = by_path.get(os.path.normpath(record.path))
+            if item is None:
+                raise BadInputError(record.path, f"not a clip of {manifest_path}")
+            self.scenes.append((item["class"], int(item["seed"])))
+
+    def _item(self, index: int, clip: torch.Tensor, label: int, seed: int, skipped) -> dict:
+        from lddm_fast.data.phantom import true_flow
+
+        out = super()._item(index, clip, label, seed, skipped)
+        flow = true_flow(*self.scenes[index], self.config)[1 : clip.shape[1]]
+        out["flow"] = torch.from_numpy(flow).transpose(0, 1)
+        return out
+
 
 def collate(items: list[dict]) -> dict:
     """Stack :class:`SeededClips` items: ``clip [B, C, T+1, H, W]``, ``label [B]``,
-    ``seed`` list, ``skipped`` list."""
-    return {
+    ``seed`` list, ``skipped`` list (and ``flow [B, 2, T, H, W]`` from
+    :class:`PhantomFlowClips`)."""
+    out = {
         "clip": torch.stack([it["clip"] for it in items]),
         "label": torch.tensor([it["label"] for it in items]),
         "seed": [it["seed"] for it in items],
         "skipped": [s for it in items for s in it["skipped"]],
     }
+    if "flow" in items[0]:
+        out["flow"] = torch.stack([it["flow"] for it in items])
+    return out
 
 
 def item_generators(seeds: list[int]) -> list[torch.Generator]:

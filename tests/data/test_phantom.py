@@ -11,7 +11,7 @@ import scipy.signal
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy import ndimage
 
-from lddm_fast.data.phantom import PhantomConfig, simulate_clip, speckle_envelope
+from lddm_fast.data.phantom import PhantomConfig, simulate_clip, speckle_envelope, true_flow
 from lddm_fast.data.phantom_bmode import CARRIER, BModeImager, Pulse
 
 RAYLEIGH_SNR = np.sqrt(np.pi / (4 - np.pi))  # 1.913
@@ -254,3 +254,51 @@ def test_appearance_overlap_zero_keeps_earlier_clips_and_bad_values_are_refused(
     np.testing.assert_array_equal(base.frames, same.frames)
     with pytest.raises(ValueError, match="appearance_overlap"):
         PhantomConfig(appearance_overlap=1.5)
+
+
+def _warp(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
+    """``image [H, W]`` sampled at ``(z + flow[1], x + flow[0])``, bilinear, edges clamped."""
+    size = image.shape[0]
+    z, x = np.mgrid[0:size, 0:size].astype(np.float64)
+    coords = np.stack((z + flow[1], x + flow[0]))
+    return ndimage.map_coordinates(image.astype(np.float64), coords, order=1, mode="nearest")
+
+
+def test_true_flow_carries_frame_0_onto_every_frame():
+    ious, static_ious, gains = [], [], []
+    for label in ("benign", "malignant"):
+        for seed in range(3):
+            clip = simulate_clip(label, seed, CONFIG)
+            flow = true_flow(label, seed, CONFIG)
+            assert flow.shape == (CONFIG.frames, 2, 64, 64) and flow.dtype == np.float32
+            assert not flow[0].any()
+            for t in range(4, CONFIG.frames, 4):
+                moved = _warp(clip.masks[0], flow[t]) > 0.5
+                truth = clip.masks[t]
+                ious.append((moved & truth).sum() / (moved | truth).sum())
+                static_ious.append((clip.masks[0] & truth).sum() / (clip.masks[0] | truth).sum())
+                # Speckle moves with the tissue: frame 0 moved by the flow matches frame t
+                # better than frame 0 where it was (elevation motion decorrelates both).
+                frame0, frame = clip.frames[0].astype(np.float64), clip.frames[t]
+                moved_r = np.corrcoef(_warp(frame0, flow[t]).ravel(), frame.ravel())[0, 1]
+                static_r = np.corrcoef(frame0.ravel(), frame.ravel())[0, 1]
+                gains.append(moved_r - static_r)
+    assert min(ious) > 0.8 and np.mean(ious) > 0.88
+    assert np.mean(ious) > np.mean(static_ious) + 0.1
+    assert min(gains) > 0.0 and np.mean(gains) > 0.1
+
+
+def test_true_flow_strains_soft_lesions_more_than_stiff_ones():
+    def ratio(label, seed):
+        clip = simulate_clip(label, seed, CONFIG)
+        flow = true_flow(label, seed, CONFIG)
+        strain = np.gradient(flow[:, 1], axis=1)  # d(axial displacement)/d(depth)
+        inside = clip.masks[0]
+        ring = ndimage.binary_dilation(inside, iterations=6) & ~inside
+        a, b = strain[1:, inside].mean(axis=1), strain[1:, ring].mean(axis=1)
+        return float((a * b).sum() / (b * b).sum())
+
+    benign = [ratio("benign", s) for s in range(4)]
+    malignant = [ratio("malignant", s) for s in range(4)]
+    assert min(benign) > max(malignant)
+    assert np.median(malignant) < 0.6
