@@ -23,10 +23,10 @@ SAMPLE_IMAGES_DIR = ASSETS_DIR / "samples"
 
 #: sha256 of every file of the bundled checkpoint.
 BUNDLED_SHA256: dict[str, str] = {
-    "autoencoder.safetensors": "f7c4ce5d2c26d2aa3624f7217714cbf3918fcaac0975e33b88ca35c2c255a1c1",
-    "config.json": "e61a0640b1ac4368c43428932412527a5673b17eaf36a4eb85f84236753b8918",
-    "denoiser.safetensors": "0273eafe178ac77e44e29d5b519edeb5db999258a37d1a92136a021e51d084a3",
-    "meta.json": "8a912359613d5acb57ba8e8c87e124d3a741da3461a766fbc82879e95a634101",
+    "autoencoder.safetensors": "a0af5d3c0f67af296cc433155894c4bf7a02665d218e25a00b5d4de75a33deab",
+    "config.json": "45e40872c3b9cb301daa07811639efe165da285cb66492d7083d7775e04f68fc",
+    "denoiser.safetensors": "b520b82a146deb405b0dbb4570d9f1332a988322131ecdd4b4fabe3914c76f9c",
+    "meta.json": "9d12848bf49d767c79c0cd160810ed8b5416f38b3fbd4b4fe2c90bcc2b5f4388",
 }
 
 
