@@ -156,8 +156,7 @@ def simulate_clip(
     """
     rng = np.random.default_rng(seed)
     size = config.size
-    anatomy, motion, imager, deformation = _scene(rng, label, config)
-    domain = _tissue_domain(imager)
+    anatomy, motion, imager, domain, deformation = _scene(rng, label, config)
 
     x, z = _scatterers(rng, config.pulse, config.scatterer_spacing, domain)
     density = anatomy.density(x, z)
@@ -221,7 +220,7 @@ def true_flow(label: str, seed: int, config: PhantomConfig = PhantomConfig()) ->
     zero. Elevation motion has no place in it: it changes the speckle, not where the
     tissue is.
     """
-    anatomy, motion, _, deformation = _scene(np.random.default_rng(seed), label, config)
+    _, motion, _, _, deformation = _scene(np.random.default_rng(seed), label, config)
     size = config.size
     pixel_z, pixel_x = np.mgrid[0:size, 0:size].astype(np.float64)
     first = motion.at(0.0)
@@ -236,12 +235,14 @@ def true_flow(label: str, seed: int, config: PhantomConfig = PhantomConfig()) ->
 
 
 def _scene(rng: np.random.Generator, label: str, config: PhantomConfig):
-    # The first draws of a clip's generator: what it shows and how it moves.
+    # The first draws of a clip's generator: what it shows and how it moves, and the
+    # imager and tissue domain both simulate_clip and true_flow map that motion with.
     anatomy = sample_anatomy(rng, label, config.size, config.px_mm, config.appearance_overlap)
     motion = sample_motion(rng, config.size)
     imager = BModeImager(config.size, config.pulse)
-    deformation = Deformation(anatomy, _tissue_domain(imager), step=max(1.0, config.size / 64))
-    return anatomy, motion, imager, deformation
+    domain = _tissue_domain(imager)
+    deformation = Deformation(anatomy, domain, step=max(1.0, config.size / 64))
+    return anatomy, motion, imager, domain, deformation
 
 
 def speckle_envelope(config: PhantomConfig, seed: int) -> np.ndarray:

@@ -138,6 +138,16 @@ def _fitted(ae: VideoAutoencoder) -> VideoAutoencoder:
     return ae
 
 
+def _saved_fitted(directory):
+    """The tiny preset with fitted-looking speckle, saved to ``directory``."""
+    config = _speckle_config()
+    torch.manual_seed(0)
+    models = build_models(config)
+    _fitted(models.autoencoder)
+    save_pretrained(directory, models)
+    return config, models
+
+
 def test_config_checks():
     with pytest.raises(ValueError, match="speckle_frames must be an int >= 0"):
         dataclasses.replace(preset("tiny").autoencoder, speckle_frames=-1)
@@ -166,11 +176,7 @@ def _log(noise: torch.Tensor, ae: VideoAutoencoder) -> torch.Tensor:
 
 
 def test_speckle_buffers_survive_a_checkpoint(tmp_path):
-    config = _speckle_config()
-    torch.manual_seed(0)
-    models = build_models(config)
-    _fitted(models.autoencoder)
-    save_pretrained(tmp_path / "ckpt", models)
+    config, models = _saved_fitted(tmp_path / "ckpt")
     loaded = from_pretrained(tmp_path / "ckpt")
     assert loaded.config.autoencoder.speckle_frames == config.num_frames
     for name in ("kernel", "rho", "std"):
@@ -180,11 +186,7 @@ def test_speckle_buffers_survive_a_checkpoint(tmp_path):
 
 
 def test_pipeline_videos_carry_speckle_and_depend_only_on_their_seed(tmp_path):
-    config = _speckle_config()
-    torch.manual_seed(0)
-    models = build_models(config)
-    _fitted(models.autoencoder)
-    save_pretrained(tmp_path / "ckpt", models)
+    config, models = _saved_fitted(tmp_path / "ckpt")
     pipe = LDDMPipeline.from_pretrained(tmp_path / "ckpt")
     images = torch.rand(2, 1, config.size, config.size)
     both = pipe(images, steps=2, seed=[11, 12], output="float").videos
