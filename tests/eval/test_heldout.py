@@ -53,6 +53,8 @@ def test_report_measures_each_bar_against_its_reference(dataset, tmp_path):
                 "2",
                 "--steps",
                 "2",
+                "--motion-draws",
+                "2",
                 "--out",
                 str(out),
                 "--cache",
@@ -87,4 +89,19 @@ def test_report_measures_each_bar_against_its_reference(dataset, tmp_path):
         "3_fvd_below_static_and_warp",
     }
     assert all(isinstance(v, bool) for v in report["bars"].values())
+    # Bar 2 pools both draws of each first frame: twice the clips, the draws' mean.
+    pooled, by_draw = report["motion"]["lddm"], report["motion"]["lddm_by_draw"]
+    assert report["motion_draws"] == len(by_draw) == 2
+    for name in ("benign", "malignant"):
+        assert pooled[name]["n"] == 2 * by_draw[0][name]["n"] == 2 * by_draw[1][name]["n"] == 4
+        for key in ("frame_diff", "x0_diff"):
+            mean = (by_draw[0][name][key] + by_draw[1][name][key]) / 2
+            assert pooled[name][key] == pytest.approx(mean)
+        assert by_draw[0][name]["x0_diff"] != by_draw[1][name]["x0_diff"]  # different seeds
     assert sorted((tmp_path / "cache").iterdir())  # features cached for reruns
+
+
+def test_report_refuses_zero_motion_draws(dataset, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--data", str(dataset), "--motion-draws", "0", "--out", str(tmp_path / "r.json")])
+    assert "--motion-draws must be at least 1" in capsys.readouterr().err
