@@ -11,7 +11,12 @@ For the 256 clips of set B (``lddm_fast.eval.heldout``), frames 1..T of:
   spatial spectrum and lag-1 correlation (an AR(1) over frames);
 - ``mean_speckle``: the mean plus the checkpoint's fitted log-intensity speckle
   (``AutoencoderConfig.speckle_frames``), as generation draws it;
-- ``mean_other_residual``: the mean plus the true residual of another clip of B.
+- ``mean_other_residual``: the mean plus the true residual of another clip of B;
+- ``true_motion``: x0 moved by the phantom's true motion (``true_flow``, warped as the
+  decoder warps): exact motion, x0's speckle carried along;
+- ``phantom_redrawn``: the phantom's own clip with what frame 0 leaves open redrawn
+  (``simulate_clip(..., redraw_speckle=1)``: the out-of-plane speckle and the receiver
+  noise of frames 1..T).
 
 Prints FVD(B, variant) next to the floor FVD(A, B), with the frame-to-frame change,
 lag-1 correlation and high-pass std of each (``scripts/texture_figures.py``).
@@ -24,14 +29,17 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from texture_figures import _figures, _uint8  # noqa: E402
 
+from lddm_fast.data.phantom import PhantomConfig, simulate_clip, true_flow  # noqa: E402
 from lddm_fast.eval.heldout import FeatureCache, fvd_of, heldout_sets  # noqa: E402
 from lddm_fast.eval.psnr_ssim import psnr_clip  # noqa: E402
+from lddm_fast.models.autoencoder import warp_image  # noqa: E402
 from lddm_fast.models.checkpoint import from_pretrained  # noqa: E402
 
 
@@ -78,6 +86,24 @@ def main(argv: list[str] | None = None) -> int:
             speckled.append(ae.speckle(mean, noise).clamp(-1, 1))
     mean, speckled = torch.cat(means), torch.cat(speckled)
     residual = frames - mean
+    manifest = json.loads((Path(args.data) / "dataset.json").read_text())
+    config = PhantomConfig(**manifest["config"])
+    scenes = {it["path"]: (it["class"], int(it["seed"])) for it in manifest["busv"]["items"]}
+    flows = torch.from_numpy(
+        np.stack([true_flow(*scenes[it["path"]], config)[1:] for it in set_b])
+    ).transpose(1, 2)
+    redrawn = (
+        torch.from_numpy(
+            np.stack(
+                [
+                    simulate_clip(*scenes[it["path"]], config, redraw_speckle=1).frames[1:]
+                    for it in set_b
+                ]
+            )
+        )[:, None].float()
+        / 127.5
+        - 1
+    )
     k = torch.tensor([0.25, 0.5, 0.25])
     blur = (k[:, None] * k[None, :]).view(1, 1, 1, 3, 3)
     variants = {
@@ -86,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         "mean_gaussian": gaussian_residual(mean, residual, ae.speckle.scale(mean), generator),
         "mean_speckle": speckled,
         "mean_other_residual": (mean + residual.roll(2, dims=0)).clamp(-1, 1),
+        "true_motion": warp_image(x0, flows.contiguous()).clamp(-1, 1),
+        "phantom_redrawn": redrawn,
     }
     features = FeatureCache(Path(args.cache) if args.cache else None, "cpu", progress=False)
     f_a = features("real_a", [item["video"] for item in set_a])

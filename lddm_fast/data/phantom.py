@@ -146,13 +146,24 @@ class PhantomClip:
 
 
 def simulate_clip(
-    label: str, seed: int, config: PhantomConfig = PhantomConfig(), *, return_envelope: bool = False
+    label: str,
+    seed: int,
+    config: PhantomConfig = PhantomConfig(),
+    *,
+    return_envelope: bool = False,
+    redraw_speckle: int | None = None,
 ) -> PhantomClip:
     """Simulate one clip of class ``label`` (``benign``, ``malignant``, ``normal``).
 
     ``seed`` fixes everything (anatomy, motion, scatterers, noise). Returns a
     :class:`PhantomClip` with ``config.frames`` frames of ``config.size`` pixels;
     ``return_envelope`` also keeps the detected envelope of every frame.
+
+    ``redraw_speckle``: another draw of the same clip given its first frame. Frame 0
+    keeps its bytes; the scatterers' out-of-plane component (what the elevation drift
+    mixes into frames 1..) and the receiver noise of frames 1.. are drawn again from
+    this seed, so the clip keeps its anatomy, motion and frame 0 and only the speckle
+    that frame 0 does not determine changes.
     """
     rng = np.random.default_rng(seed)
     size = config.size
@@ -168,6 +179,15 @@ def simulate_clip(
     x, z, in_plane, out_of_plane = _add_calcifications(rng, anatomy, x, z, in_plane, out_of_plane)
     points = deformation.carry(x, z)
     outline = deformation.carry(*anatomy.lesion.outline()) if anatomy.lesion else None
+    redraw = None if redraw_speckle is None else np.random.default_rng(redraw_speckle)
+    if redraw is not None:
+        # Rotate the amplitude pairs so frame 0's elevation sees only the first of them;
+        # the second, orthogonal to what frame 0 shows, gets random signs: a new field
+        # with the same echo power, independent of frame 0's speckle.
+        first = motion.at(0.0).elevation / math.sqrt(2.0)
+        shown = in_plane * math.cos(first) + out_of_plane * math.sin(first)
+        hidden = out_of_plane * math.cos(first) - in_plane * math.sin(first)
+        hidden = hidden * np.where(redraw.random(hidden.size) < 0.5, -1.0, 1.0)
 
     gain_db = float(rng.normal(0.0, 1.5))
     tgc_error = float(rng.uniform(-0.1, 0.1))
@@ -185,7 +205,10 @@ def simulate_clip(
         pose = motion.at(t / max(config.frames - 1, 1))
         xi, zi = deformation.forward(points, pose)
         mix = pose.elevation / math.sqrt(2.0)
-        weight = in_plane * math.cos(mix) + out_of_plane * math.sin(mix)
+        if redraw is None or t == 0:
+            weight = in_plane * math.cos(mix) + out_of_plane * math.sin(mix)
+        else:
+            weight = shown * math.cos(mix - first) + hidden * math.sin(mix - first)
         echo = imager.crop(imager.analytic(imager.splat(zi, xi, weight)))
         if envelopes is not None:
             envelopes[t] = np.abs(echo)
@@ -199,6 +222,8 @@ def simulate_clip(
         # Round-trip attenuation accumulated from the probe down to each pixel.
         attenuation = np.exp(-(np.cumsum(path, axis=0) - path))
         noise = rng.normal(0.0, noise_std, (2, size, size))
+        if redraw is not None and t > 0:
+            noise = redraw.normal(0.0, noise_std, (2, size, size))
         received = echo * attenuation + (noise[0] + 1j * noise[1])
         frames[t] = log_compress(
             np.abs(received) * tgc,

@@ -302,3 +302,28 @@ def test_true_flow_strains_soft_lesions_more_than_stiff_ones():
     malignant = [ratio("malignant", s) for s in range(4)]
     assert min(benign) > max(malignant)
     assert np.median(malignant) < 0.6
+
+
+def test_redraw_speckle_keeps_frame_0_and_redraws_only_what_it_leaves_open():
+    clip = simulate_clip("benign", 6, CONFIG)  # elevation drift 0.72 beam sigmas
+    again = simulate_clip("benign", 6, CONFIG, redraw_speckle=1)
+    other = simulate_clip("benign", 6, CONFIG, redraw_speckle=2)
+    assert again.frames[0].tobytes() == clip.frames[0].tobytes()
+    assert again.masks.tobytes() == clip.masks.tobytes()
+    assert (
+        again.frames.tobytes()
+        == simulate_clip("benign", 6, CONFIG, redraw_speckle=1).frames.tobytes()
+    )
+    assert np.abs(again.frames[1:].astype(int) - other.frames[1:]).mean() > 0.5
+    # The redraw differs from the clip as much as the elevation has left frame 0:
+    # frames at frame 0's elevation show the same speckle (receiver noise apart).
+    first = clip.motion.at(0.0).elevation
+    drift, change = [], []
+    for t in range(1, CONFIG.frames):
+        elevation = clip.motion.at(t / (CONFIG.frames - 1)).elevation
+        drift.append(abs(np.sin((elevation - first) / np.sqrt(2))))
+        change.append(np.abs(again.frames[t].astype(int) - clip.frames[t]).mean())
+    assert np.corrcoef(drift, change)[0, 1] > 0.9
+    assert change[int(np.argmin(drift))] < 0.3 * max(change)
+    # Same echo power: the gray levels of the redrawn frames match the clip's.
+    assert abs(again.frames[1:].mean() - clip.frames[1:].mean()) < 2.0
