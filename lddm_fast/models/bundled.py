@@ -23,10 +23,10 @@ SAMPLE_IMAGES_DIR = ASSETS_DIR / "samples"
 
 #: sha256 of every file of the bundled checkpoint.
 BUNDLED_SHA256: dict[str, str] = {
-    "autoencoder.safetensors": "a0af5d3c0f67af296cc433155894c4bf7a02665d218e25a00b5d4de75a33deab",
+    "autoencoder.safetensors": "08cd9ff00f4fcd38daf7a8f087e75dd024b179d792cf27a4d3e23a95c4294b2b",
     "config.json": "45e40872c3b9cb301daa07811639efe165da285cb66492d7083d7775e04f68fc",
     "denoiser.safetensors": "b520b82a146deb405b0dbb4570d9f1332a988322131ecdd4b4fabe3914c76f9c",
-    "meta.json": "9d12848bf49d767c79c0cd160810ed8b5416f38b3fbd4b4fe2c90bcc2b5f4388",
+    "meta.json": "0560f17bc8b5072485070dcc7261820e58a28f4ad66942e0f4cd325ec337f987",
 }
 
 

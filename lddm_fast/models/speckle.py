@@ -1,9 +1,10 @@
 """Fully developed speckle drawn over the decoder's frames
 (``AutoencoderConfig.speckle_frames``).
 
-The decoder predicts each frame's mean given z and x0. The speckle that out-of-plane
-motion redraws from frame to frame is in neither (z is 4 values per 8 x 8 pixels of
-a frame), so the mean smooths it away: rebuilt frames have two thirds of the real
+The decoder predicts each frame's mean given z and x0. How the speckle re-forms from
+frame to frame (scatterers moving relative to each other under the pulse as the
+tissue strains, and fresh ones drifting into the beam) is something its warp of x0
+cannot draw, so the mean smooths it away: rebuilt frames have two thirds of the real
 speckle contrast and change half as much from frame to frame. A mild blur of real
 clips alone moves their FVD from 33 to 565 (docs/TRAINING.md): I3D sees the texture.
 
