@@ -221,9 +221,9 @@ def simulate_clip(
             path[box] += anatomy.lesion.attenuation * soft_step(inside, 0.05)
         # Round-trip attenuation accumulated from the probe down to each pixel.
         attenuation = np.exp(-(np.cumsum(path, axis=0) - path))
-        noise = rng.normal(0.0, noise_std, (2, size, size))
-        if redraw is not None and t > 0:
-            noise = redraw.normal(0.0, noise_std, (2, size, size))
+        noise = (redraw if redraw is not None and t > 0 else rng).normal(
+            0.0, noise_std, (2, size, size)
+        )
         received = echo * attenuation + (noise[0] + 1j * noise[1])
         frames[t] = log_compress(
             np.abs(received) * tgc,

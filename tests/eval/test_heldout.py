@@ -104,4 +104,4 @@ def test_report_measures_each_bar_against_its_reference(dataset, tmp_path):
 def test_report_refuses_zero_motion_draws(dataset, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--data", str(dataset), "--motion-draws", "0", "--out", str(tmp_path / "r.json")])
-    assert "--motion-draws must be at least 1" in capsys.readouterr().err
+    assert "--motion-draws: must be at least 1, got 0" in capsys.readouterr().err
