@@ -7,10 +7,10 @@ For the 256 clips of set B (``lddm_fast.eval.heldout``), frames 1..T of:
 
 - ``mean``: the autoencoder's rebuild from the posterior mean of z;
 - ``blurred_real``: the real frames through a 3 x 3 binomial blur;
-- ``mean_gaussian``: the mean plus a Gaussian field with the residual's std table,
-  spatial spectrum and lag-1 correlation (an AR(1) over frames);
-- ``mean_speckle``: the mean plus the checkpoint's fitted log-intensity speckle
-  (``AutoencoderConfig.speckle_frames``), as generation draws it;
+- ``mean_gaussian`` (residual speckle model only): the mean plus a Gaussian field with
+  the residual's std table, spatial spectrum and lag-1 correlation (an AR(1) over frames);
+- ``mean_speckle``: the mean with the checkpoint's fitted speckle
+  (``AutoencoderConfig.speckle_model``), as generation draws it;
 - ``mean_other_residual``: the mean plus the true residual of another clip of B;
 - ``true_motion``: x0 moved by the phantom's true motion (``true_flow``, warped as the
   decoder warps): exact motion, x0's speckle carried along;
@@ -80,10 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     with torch.no_grad():
         for i in range(0, len(real), 16):
             z = ae.encode(frames[i : i + 16]).latent_dist.mode()
-            mean = ae.decode(z, x0[i : i + 16]).sample.clamp(-1, 1)
+            out = ae.decode(z, x0[i : i + 16])
+            mean = out.sample.clamp(-1, 1)
             noise = torch.randn(ae.speckle_shape(z), generator=generator)
             means.append(mean)
-            speckled.append(ae.speckle(mean, noise).clamp(-1, 1))
+            speckled.append(ae.add_speckle(mean, noise, out.flow).clamp(-1, 1))
     mean, speckled = torch.cat(means), torch.cat(speckled)
     residual = frames - mean
     manifest = json.loads((Path(args.data) / "dataset.json").read_text())
@@ -109,12 +110,15 @@ def main(argv: list[str] | None = None) -> int:
     variants = {
         "mean": mean,
         "blurred_real": F.conv3d(F.pad(frames, (1, 1, 1, 1, 0, 0), mode="replicate"), blur),
-        "mean_gaussian": gaussian_residual(mean, residual, ae.speckle.scale(mean), generator),
         "mean_speckle": speckled,
         "mean_other_residual": (mean + residual.roll(2, dims=0)).clamp(-1, 1),
         "true_motion": warp_image(x0, flows.contiguous()).clamp(-1, 1),
         "phantom_redrawn": redrawn,
     }
+    if hasattr(ae.speckle, "scale"):  # the residual model's std table
+        variants["mean_gaussian"] = gaussian_residual(
+            mean, residual, ae.speckle.scale(mean), generator
+        )
     features = FeatureCache(Path(args.cache) if args.cache else None, "cpu", progress=False)
     f_a = features("real_a", [item["video"] for item in set_a])
     f_b = features("real_b", [item["video"] for item in set_b])

@@ -6,8 +6,10 @@ which modulates every decoder block spatially (SPADE) from a 2-D encoding broadc
 over time, so z only has to carry what changes. With a texture code
 (``AutoencoderConfig.texture_channels``) the decoder also takes ``n: [B, k, T, H, W]``,
 inferred from the clip when rebuilding it and drawn from N(0, I) when generating.
-With fitted speckle (``AutoencoderConfig.speckle_frames``, :mod:`.speckle`) generation
-also draws log-compressed speckle over the decoded frames. Runs in channels_last_3d.
+With fitted speckle (``AutoencoderConfig.speckle_frames``) generation also draws
+speckle over the decoded frames: log-compressed speckle with a fitted std table
+(:mod:`.speckle`), or speckle imaged from point scatterers that the decoder's field
+moves (``speckle_model="scatterers"``, :mod:`.scatterers`). Runs in channels_last_3d.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from lddm_fast.models.layers import (
     spatial_conv,
     zero_init,
 )
+from lddm_fast.models.scatterers import ScattererSpeckle
 from lddm_fast.models.speckle import SpeckleResidual
 
 __all__ = [
@@ -360,7 +363,9 @@ class VideoAutoencoder(nn.Module):
         self.decoder = VideoDecoder(self.config)
         self.texture_encoder = TextureEncoder(self.config) if self.config.texture_channels else None
         self.speckle = None
-        if self.config.speckle_frames:
+        if self.config.speckle_frames and self.config.speckle_model == "scatterers":
+            self.speckle = ScattererSpeckle()
+        elif self.config.speckle_frames:
             self.speckle = SpeckleResidual(self.config.in_channels, self.config.speckle_frames)
 
     def _check_frames(self, name: str, frames: torch.Tensor) -> None:
@@ -401,11 +406,30 @@ class VideoAutoencoder(nn.Module):
         f = self.config.downsample_factor
         return (b, self.config.texture_channels, t, h * f, w * f)
 
-    def speckle_shape(self, z: torch.Tensor) -> tuple[int, int, int, int, int]:
-        """The speckle noise's shape ``(B, 2C, T, h f, w f)`` for ``z: [B, c_z, T, h, w]``."""
+    def speckle_shape(self, z: torch.Tensor) -> tuple[int, ...]:
+        """The speckle noise's shape for ``z: [B, c_z, T, h, w]``: ``(B, 2C, T, h f, w f)``
+        for the residual model, ``(B, 2, T + 1, Nz, Nx)`` for the scatterers (see their
+        ``noise_shape``)."""
+        if self.speckle is None:
+            raise ValueError("this autoencoder has no speckle model")
         b, _, t, h, w = z.shape
         f = self.config.downsample_factor
-        return (b, 2 * self.config.in_channels, t, h * f, w * f)
+        return self.speckle.noise_shape((b, self.config.in_channels, t, h * f, w * f))
+
+    def add_speckle(
+        self, frames: torch.Tensor, noise: torch.Tensor, flow: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Decoded means ``frames [B, C, T, H, W]`` with speckle drawn from ``noise`` (of
+        :meth:`speckle_shape`); ``flow``: the decoder's field (:class:`DecoderOutput`),
+        which the scatterer model moves its scatterers by."""
+        if self.speckle is None:
+            raise ValueError("speckle noise given, but this autoencoder has no speckle model")
+        want = self.speckle.noise_shape(frames.shape)
+        if tuple(noise.shape) != want:
+            raise ValueError(
+                f"speckle has shape {tuple(noise.shape)}, frames {tuple(frames.shape)} need {want}"
+            )
+        return channels_last(self.speckle(frames, noise, flow))
 
     def decode(
         self,
@@ -423,9 +447,9 @@ class VideoAutoencoder(nn.Module):
         texture. Must be None without a texture code.
 
         speckle: with ``config.speckle_frames``, white noise N(0, I) of
-        :meth:`speckle_shape` that :class:`~lddm_fast.models.speckle.SpeckleResidual`
-        turns into speckle added to the frames (generation); None returns the mean
-        (rebuilding, PSNR). Must be None without fitted speckle."""
+        :meth:`speckle_shape` that the speckle model (``config.speckle_model``) turns
+        into speckle over the frames (generation); None returns the mean (rebuilding,
+        PSNR). Must be None without fitted speckle."""
         check_tensor("z", z, 5, "[B, c_z, T, h, w]")
         check_tensor("x0", x0, 4, "[B, C, H, W]")
         cz, f = self.config.latent_channels, self.config.downsample_factor
@@ -455,12 +479,12 @@ class VideoAutoencoder(nn.Module):
             if tuple(speckle.shape) != self.speckle_shape(z):
                 raise ValueError(
                     f"speckle has shape {tuple(speckle.shape)}, z {tuple(z.shape)} needs "
-                    f"{self.speckle_shape(z)} [B, 2C, T, h*f, w*f]"
+                    f"{self.speckle_shape(z)}"
                 )
         features = self.cond_encoder(channels_last(x0))
         out = self.decoder(channels_last(z), features, x0, texture)
         if speckle is not None:
-            out.sample = channels_last(self.speckle(out.sample, speckle))
+            out.sample = self.add_speckle(out.sample, speckle, out.flow)
         return out
 
     def forward(

@@ -25,6 +25,7 @@ __all__ = [
 BETA_SCHEDULES = ("linear", "cosine")
 PREDICTION_TYPES = ("eps", "v")
 FRAME_EMBEDDINGS = ("learned", "sinusoidal")
+SPECKLE_MODELS = ("residual", "scatterers")
 
 
 class ConfigFieldError(ValueError):
@@ -109,6 +110,11 @@ class AutoencoderConfig:
             log-compressed speckle over the decoded frames when generating (the clip
             length T it was fitted at; later frames reuse the last row). 0 (the
             default): no speckle; ``lddm_fast.train.speckle`` adds and fits it.
+        speckle_model: which speckle generation draws when ``speckle_frames`` is set:
+            ``"residual"`` (the default; log-speckle with a fitted std table over the
+            mean) or ``"scatterers"`` (:class:`~lddm_fast.models.scatterers.ScattererSpeckle`:
+            speckle imaged from point scatterers moved by the decoder's field, over
+            the mean blurred; needs ``warp``).
     """
 
     in_channels: int = 1
@@ -122,9 +128,19 @@ class AutoencoderConfig:
     warp_level: int | None = None
     texture_channels: int = 0
     speckle_frames: int = 0
+    speckle_model: str = "residual"
 
     def __post_init__(self) -> None:
         owner = "AutoencoderConfig"
+        if self.speckle_model not in SPECKLE_MODELS:
+            raise ValueError(
+                f"{owner}.speckle_model must be one of {SPECKLE_MODELS}, got {self.speckle_model!r}"
+            )
+        if self.speckle_model == "scatterers" and not self.warp:
+            raise ValueError(
+                f"{owner}.speckle_model 'scatterers' moves its scatterers by the decoder's "
+                "field: it needs warp=True"
+            )
         for name in ("texture_channels", "speckle_frames"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:

@@ -1,5 +1,6 @@
 """Fully developed speckle drawn over the decoder's frames
-(``AutoencoderConfig.speckle_frames``).
+(``AutoencoderConfig.speckle_frames`` with ``speckle_model="residual"``; the bundled
+model now images its speckle from moving scatterers instead, :mod:`.scatterers`).
 
 The decoder predicts each frame's mean given z and x0. How the speckle re-forms from
 frame to frame (scatterers moving relative to each other under the pulse as the
@@ -89,9 +90,10 @@ class SpeckleResidual(nn.Module):
         self.register_buffer("rho", torch.zeros(()))
         self.register_buffer("std", torch.zeros(channels, frames, SPECKLE_LEVELS))
 
-    def noise_shape(self, frames: torch.Tensor) -> tuple[int, ...]:
-        """Shape of the white noise :meth:`forward` takes for ``frames [B, C, T, H, W]``."""
-        b, c, t, h, w = frames.shape
+    def noise_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Shape of the white noise :meth:`forward` takes for frames of ``shape``
+        ``(B, C, T, H, W)``."""
+        b, c, t, h, w = shape
         return (b, 2 * c, t, h, w)
 
     def level_index(self, frames: torch.Tensor) -> torch.Tensor:
@@ -106,10 +108,13 @@ class SpeckleResidual(nn.Module):
         channel = torch.arange(c, device=frames.device).view(1, c, 1, 1, 1)
         return self.std.float()[channel, rows.view(1, 1, t, 1, 1), self.level_index(frames)]
 
-    def forward(self, frames: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, frames: torch.Tensor, noise: torch.Tensor, flow: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """frames: decoded means ``[B, C, T, H, W]``; noise: N(0, 1) of
-        :meth:`noise_shape` -> frames with speckle, same shape and dtype."""
-        want = self.noise_shape(frames)
+        :meth:`noise_shape` -> frames with speckle, same shape and dtype. ``flow`` (the
+        decoder's field) is not used: this speckle does not follow the tissue."""
+        want = self.noise_shape(frames.shape)
         if tuple(noise.shape) != want:
             raise ValueError(
                 f"speckle noise has shape {tuple(noise.shape)}, frames {tuple(frames.shape)} "

@@ -259,15 +259,16 @@ def coarse_l1(video: torch.Tensor, target: torch.Tensor, factors=(4, 8)) -> torc
 @torch.no_grad()
 def rebuild_batch(autoencoder: VideoAutoencoder, clip: torch.Tensor):
     """Rebuild ``clip [B, C, T+1, H, W]`` from the posterior means (z's and the texture
-    code's). Returns x0 ``[B, C, H, W]``, frames ``[B, C, T, H, W]``, z and the rebuilt
-    frames (float, clamped to [-1, 1])."""
+    code's). Returns x0 ``[B, C, H, W]``, frames ``[B, C, T, H, W]``, z, the rebuilt
+    frames (float, clamped to [-1, 1]) and the decoder's field ``[B, 2, T, H, W]`` (None
+    without ``warp``)."""
     x0, frames = clip[:, :, 0], clip[:, :, 1:]
     z = autoencoder.encode(frames).latent_dist.mode()
     texture = None
     if autoencoder.texture_encoder is not None:
         texture = autoencoder.encode_texture(frames, x0).mode()
-    out = autoencoder.decode(z, x0, texture).sample.float().clamp(-1, 1)
-    return x0, frames, z, out
+    out = autoencoder.decode(z, x0, texture)
+    return x0, frames, z, out.sample.float().clamp(-1, 1), out.flow
 
 
 @torch.no_grad()
@@ -301,7 +302,7 @@ def reconstruction_metrics(
         raise ValueError("a speckle generator was given, but the autoencoder has no speckle")
     psnr, ssim, psnr0, ssim0, psnr_s, ssim_s = [], [], [], [], [], []
     for clip, _ in DataLoader(clips, batch_size=batch_size):
-        x0, frames, z, out = rebuild_batch(autoencoder, clip.to(device))
+        x0, frames, z, out, flow = rebuild_batch(autoencoder, clip.to(device))
         repeated = x0[:, :, None].expand_as(frames)
         psnr.append(psnr_clip(out, frames))
         ssim.append(ssim_clip(out, frames))
@@ -310,7 +311,7 @@ def reconstruction_metrics(
         if speckle is not None:
             shape = autoencoder.speckle_shape(z)
             noise = torch.randn(shape, generator=speckle, device=z.device)
-            out = autoencoder.speckle(out, noise).clamp(-1, 1)
+            out = autoencoder.add_speckle(out, noise, flow).clamp(-1, 1)
             psnr_s.append(psnr_clip(out, frames))
             ssim_s.append(ssim_clip(out, frames))
         if rebuilt is not None:

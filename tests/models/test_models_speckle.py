@@ -115,7 +115,7 @@ def test_the_std_table_is_read_by_channel_frame_and_gray_level():
 def test_a_fresh_module_adds_nothing_and_a_fitted_one_adds_its_std():
     module = SpeckleResidual(channels=1, frames=4)
     frames = torch.rand(2, 1, 4, 16, 16) - 0.5
-    noise = torch.randn(module.noise_shape(frames))
+    noise = torch.randn(module.noise_shape(frames.shape))
     assert torch.equal(module(frames, noise), frames)
     module.std.fill_(0.2)
     module.rho.fill_(0.5)

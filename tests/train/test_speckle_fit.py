@@ -48,3 +48,49 @@ def test_fit_writes_a_checkpoint_with_speckle(phantom_root, tmp_path, capsys):
 def test_bad_arguments_are_named(phantom_root, tmp_path):
     with pytest.raises(SystemExit):
         main(["--checkpoint", "x", "--data", str(phantom_root), "--out", "y", "--clips", "0"])
+
+
+def test_fit_scatterers_writes_a_checkpoint_the_pipeline_draws(phantom_root, tmp_path, capsys):
+    import dataclasses
+
+    config = preset("tiny")
+    config = dataclasses.replace(
+        config, autoencoder=dataclasses.replace(config.autoencoder, warp=True)
+    )
+    torch.manual_seed(0)
+    save_pretrained(tmp_path / "ckpt", build_models(config))
+    args = ["--checkpoint", str(tmp_path / "ckpt"), "--data", str(phantom_root)]
+    out = ["--out", str(tmp_path / "out"), "--clips", "4", "--quiet", "--model", "scatterers"]
+    assert main([*args, *out]) == 0
+    record = json.loads(capsys.readouterr().out)
+    fitted = from_pretrained(tmp_path / "out")
+    assert fitted.config.autoencoder.speckle_model == "scatterers"
+    assert fitted.config.autoencoder.speckle_frames == config.num_frames
+    speckle = fitted.autoencoder.speckle
+    # The display range is the phantom's, read from its dataset.json.
+    manifest = json.loads((phantom_root / "dataset.json").read_text())
+    assert float(speckle.dynamic_range_db) == manifest["config"]["dynamic_range_db"]
+    assert record["model"] == "scatterers" and record["clips"] == 4
+    assert fitted.meta["speckle"]["rho"] == pytest.approx(float(speckle.rho))
+    assert 0.2 < float(speckle.axial_sigma) < 3 and 0.2 < float(speckle.lateral_sigma) < 3
+    old = safetensors.torch.load_file(tmp_path / "ckpt" / "autoencoder.safetensors")
+    new = safetensors.torch.load_file(tmp_path / "out" / "autoencoder.safetensors")
+    assert sorted(set(new) - set(old)) == [
+        f"speckle.{n}"
+        for n in ("anatomy_sigma", "axial_sigma", "dynamic_range_db", "lateral_sigma", "rho")
+    ]
+    assert all(torch.equal(old[k], new[k]) for k in old)
+    videos = LDDMPipeline.from_pretrained(tmp_path / "out")(
+        torch.rand(2, 1, 32, 32), steps=2, seed=0, output="float"
+    ).videos
+    assert videos.shape == (2, 1, config.num_frames + 1, 32, 32)
+    assert torch.isfinite(videos).all()
+
+
+def test_fit_scatterers_needs_a_warping_decoder(phantom_root, tmp_path, capsys):
+    torch.manual_seed(0)
+    save_pretrained(tmp_path / "ckpt", build_models(preset("tiny")))
+    args = ["--checkpoint", str(tmp_path / "ckpt"), "--data", str(phantom_root)]
+    with pytest.raises(SystemExit):
+        main([*args, "--out", str(tmp_path / "out"), "--model", "scatterers", "--quiet"])
+    assert "has no warp" in capsys.readouterr().err

@@ -1,0 +1,223 @@
+"""Speckle re-imaged from moving scatterers (``AutoencoderConfig.speckle_model =
+"scatterers"``).
+
+Why not a warp or an independent texture: speckle is the interference of unresolved
+scatterers under the pulse. As tissue strains, the scatterers inside one resolution
+cell move relative to each other and the pattern re-forms; a warp of x0 stretches its
+grains instead, and log-speckle drawn over the decoder's mean does not move with the
+tissue. Measured on the phantom's held-out set (docs/TRAINING.md): clips whose every
+scatterer is drawn again (frame 0 kept) score FVD 34 against the real clips, at the
+real-vs-real floor of 33, while x0 moved by the exact true motion scores 545. What a
+rebuilt clip needs is speckle formed the way a scanner forms it, over the clip's
+anatomy and motion, not x0's own speckle.
+
+So this module images a field of point scatterers through the decoder's motion:
+
+* a lattice covering the image and a margin (one scatterer per RF sample along depth,
+  two per lateral PSF sigma across), each uniformly jittered inside its cell, with a
+  complex Gaussian amplitude (the sum of many such echoes is a circular Gaussian:
+  fully developed speckle at any lattice density);
+* frame t places each scatterer where the decoder's displacement field carries its
+  tissue (the field maps frame t's pixels back to frame 0; two fixed-point steps
+  invert it) and lets its amplitude drift as an AR(1) with correlation ``rho``
+  (out-of-plane motion mixing fresh scatterers into the beam);
+* the scatterers are shared bilinearly onto an RF grid finer along depth, convolved
+  with the analytic pulse-echo PSF (a Gaussian-modulated carrier along depth, a
+  Gaussian across; :mod:`lddm_fast.data.phantom_bmode` forms the phantom's images the
+  same way) in one FFT product, and sampled back at the pixels;
+* the log of the echo intensity, standardised to unit mean power per frame, is added
+  to the decoder's mean blurred by ``anatomy_sigma`` (the mean still carries some of
+  x0's speckle where the warp kept it), in display units: a log-compressed display of
+  ``dynamic_range_db`` over [-1, 1] moves by ``20 / dynamic_range_db / ln 10`` per unit
+  of ln intensity.
+
+``lddm_fast.train.speckle --model scatterers`` fits the PSF widths, ``anatomy_sigma``
+and ``rho`` to a trained decoder's rebuilt clips; a fresh module adds nothing
+(``dynamic_range_db`` 0 marks it unfitted).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["ScattererSpeckle", "gaussian_blur"]
+
+# The pulse's carrier in cycles per RF sample and the smallest envelope std, in RF
+# samples, that keeps its band inside (0, Nyquist): the RF grid is made fine enough
+# for it, as the phantom's imager does.
+CARRIER = 0.25
+_MIN_RF_SIGMA = 1.6
+# The lattice covers this fraction of the image beyond each edge: tissue the motion
+# brings into view (the phantom's largest shifts reach 0.17 of the size).
+_MARGIN = 0.2
+_EULER_GAMMA = 0.5772156649015329
+
+
+def gaussian_blur(frames: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``frames [..., H, W]`` blurred by a Gaussian of std ``sigma`` pixels (edges
+    replicated); ``sigma`` <= 0 returns them unchanged."""
+    if sigma <= 0:
+        return frames
+    r = max(1, math.ceil(3 * sigma))
+    k = torch.exp(-(torch.arange(-r, r + 1.0, device=frames.device) ** 2) / (2 * sigma**2))
+    k = (k / k.sum()).to(frames.dtype)
+    shape = frames.shape
+    x = frames.reshape(-1, 1, *shape[-2:])
+    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
+    x = F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))
+    return x.reshape(shape)
+
+
+class ScattererSpeckle(nn.Module):
+    """Adds speckle imaged from scatterers that move with the decoder's field.
+
+    Buffers (fitted by :func:`lddm_fast.train.speckle.fit_scatterers`):
+        axial_sigma, lateral_sigma: ``[]`` the pulse-echo PSF's Gaussian stds, pixels.
+        rho: ``[]`` frame-to-frame correlation of each scatterer's amplitude.
+        anatomy_sigma: ``[]`` std (pixels) of the blur applied to the decoder's mean.
+        dynamic_range_db: ``[]`` the display's log-compression range; 0: unfitted, the
+            module adds nothing.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        for name, value in (
+            ("axial_sigma", 0.7),
+            ("lateral_sigma", 0.9),
+            ("rho", 1.0),
+            ("anatomy_sigma", 0.0),
+            ("dynamic_range_db", 0.0),
+        ):
+            self.register_buffer(name, torch.tensor(float(value)))
+
+    # The RF grid and lattice follow from the PSF widths.
+    def _geometry(self, h: int, w: int) -> dict:
+        sz, sx = float(self.axial_sigma), float(self.lateral_sigma)
+        up = max(1, math.ceil(_MIN_RF_SIGMA / sz))
+        pad_z, pad_x = math.ceil(3 * sz) + 1, math.ceil(3 * sx) + 1
+        mz, mx = math.ceil(_MARGIN * h), math.ceil(_MARGIN * w)
+        step_x = sx / 2
+        return {
+            "up": up,
+            "pad": (pad_z, pad_x),
+            "rf": ((h + 2 * pad_z) * up, w + 2 * pad_x),
+            "origin": (-mz, -mx),
+            "step": (1.0 / up, step_x),
+            "lattice": ((h + 2 * mz) * up, math.ceil((w + 2 * mx) / step_x)),
+        }
+
+    def noise_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Shape ``(B, 2, T + 1, Nz, Nx)`` of the N(0, 1) noise :meth:`forward` takes for
+        frames of ``shape`` ``(B, C, T, H, W)``: ``[:, :, 0]`` the scatterers' jitter
+        (depth, lateral), ``[:, :, 1 + t]`` the complex amplitude innovation of frame t
+        (real, imaginary) over the ``Nz x Nx`` lattice."""
+        b, _, t, h, w = shape
+        return (b, 2, t + 1, *self._geometry(h, w)["lattice"])
+
+    def _psf_spectrum(self, rows: int, cols: int, up: int, device) -> torch.Tensor:
+        fz = torch.fft.fftfreq(rows, device=device, dtype=torch.float64)
+        fx = torch.fft.fftfreq(cols, device=device, dtype=torch.float64)
+        s = float(self.axial_sigma) * up
+        axial = torch.exp(-2 * (math.pi * s) ** 2 * (fz - CARRIER) ** 2) + torch.exp(
+            -2 * (math.pi * s) ** 2 * (fz + CARRIER) ** 2
+        )
+        # Analytic signal along depth: positive frequencies doubled, negative dropped.
+        hilbert = torch.where(fz > 0, 2.0, torch.where(fz < 0, 0.0, 1.0)).to(fz)
+        if rows % 2 == 0:
+            hilbert[rows // 2] = 1.0
+        lateral = torch.exp(-2 * (math.pi * float(self.lateral_sigma)) ** 2 * fx**2)
+        return ((axial * hilbert)[:, None] * lateral[None, :]).to(torch.complex64)
+
+    def log_intensity(self, flow: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The scatterers' echo through the motion ``flow [B, 2, T, H, W]`` (pixels; frame
+        t's pixel (y, x) shows frame 0's tissue at (y + flow[:, 1], x + flow[:, 0]), as
+        :func:`~lddm_fast.models.autoencoder.warp_image` reads it) from ``noise`` of
+        :meth:`noise_shape`. Returns ``ln |echo|^2 + gamma`` per frame standardised to
+        unit mean power, float32 ``[B, 1, T, H, W]`` (mean 0 for fully developed
+        speckle)."""
+        b, _, t, h, w = flow.shape
+        geo = self._geometry(h, w)
+        nz, nx = geo["lattice"]
+        rows, cols = geo["rf"]
+        up, (pad_z, pad_x) = geo["up"], geo["pad"]
+        noise = noise.float()
+        dev = flow.device
+        # Lattice cell corners plus a uniform jitter (the normal's CDF of the noise).
+        cell_z = geo["origin"][0] + torch.arange(nz, device=dev) * geo["step"][0]
+        cell_x = geo["origin"][1] + torch.arange(nx, device=dev) * geo["step"][1]
+        jitter = 0.5 * (1 + torch.erf(noise[:, :, 0] / math.sqrt(2)))  # [B, 2, Nz, Nx]
+        pz = (cell_z[:, None] + jitter[:, 0] * geo["step"][0]).reshape(b, -1)
+        px = (cell_x[None, :] + jitter[:, 1] * geo["step"][1]).reshape(b, -1)
+        flow = flow.float()
+
+        def displacement(f: torch.Tensor, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+            grid = torch.stack([(x + 0.5) * (2 / w) - 1, (z + 0.5) * (2 / h) - 1], dim=-1)
+            out = F.grid_sample(f, grid[:, None], padding_mode="border", align_corners=False)
+            return out[:, :, 0]  # [B, 2, N]: (x, z)
+
+        spectrum = self._psf_spectrum(rows, cols, up, dev)
+        rho = float(self.rho)
+        fresh = math.sqrt(max(1.0 - rho * rho, 0.0))
+        amplitude = None
+        out = []
+        for i in range(t):
+            innovation = torch.complex(noise[:, 0, 1 + i], noise[:, 1, 1 + i]).reshape(b, -1)
+            amplitude = innovation if amplitude is None else rho * amplitude + fresh * innovation
+            # Where frame t shows scatterer p: q + flow(q) = p.
+            f = flow[:, :, i]
+            qz, qx = pz, px
+            for _ in range(2):
+                d = displacement(f, qz, qx)
+                qz, qx = pz - d[:, 1], px - d[:, 0]
+            gz, gx = (qz + pad_z) * up, qx + pad_x
+            inside = (gz >= 0) & (gz < rows - 1) & (gx >= 0) & (gx < cols - 1)
+            gz, gx = gz.clamp(0, rows - 1.001), gx.clamp(0, cols - 1.001)
+            iz, ix = gz.floor(), gx.floor()
+            fz, fx = gz - iz, gx - ix
+            base = (iz * cols + ix).long()
+            a = amplitude * inside
+            grid = torch.zeros((b, rows * cols), dtype=torch.complex64, device=dev)
+            for offset, weight in (
+                (0, (1 - fz) * (1 - fx)),
+                (1, (1 - fz) * fx),
+                (cols, fz * (1 - fx)),
+                (cols + 1, fz * fx),
+            ):
+                grid.scatter_add_(1, base + offset, a * weight)
+            echo = torch.fft.ifft2(torch.fft.fft2(grid.view(b, rows, cols)) * spectrum)
+            out.append(echo[:, pad_z * up : (pad_z + h) * up : up, pad_x : pad_x + w])
+        power = torch.stack(out, dim=1).abs().square()  # [B, T, H, W]
+        power = power / power.mean(dim=(-1, -2), keepdim=True).clamp_min(1e-30)
+        return (power.clamp_min(1e-30).log() + _EULER_GAMMA)[:, None]
+
+    def forward(
+        self, frames: torch.Tensor, noise: torch.Tensor, flow: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """frames: decoded means ``[B, C, T, H, W]``; noise: N(0, 1) of
+        :meth:`noise_shape`; flow: the decoder's field ``[B, 2, T, H, W]`` -> frames with
+        speckle, same shape and dtype (every channel gets the same speckle: it belongs
+        to the tissue, not to a colour)."""
+        want = self.noise_shape(frames.shape)
+        if tuple(noise.shape) != want:
+            raise ValueError(
+                f"speckle noise has shape {tuple(noise.shape)}, frames {tuple(frames.shape)} "
+                f"need {want} [B, 2, T+1, Nz, Nx]"
+            )
+        b, _, t, h, w = frames.shape
+        if flow is None or tuple(flow.shape) != (b, 2, t, h, w):
+            got = None if flow is None else tuple(flow.shape)
+            raise ValueError(
+                f"scatterer speckle needs the decoder's field [B, 2, T, H, W] = "
+                f"{(b, 2, t, h, w)}, got {got}"
+            )
+        db = float(self.dynamic_range_db)
+        if db <= 0:
+            return frames
+        scale = 20.0 / db / math.log(10.0)
+        anatomy = gaussian_blur(frames.float(), float(self.anatomy_sigma))
+        speckle = self.log_intensity(flow, noise)
+        return (anatomy + scale * speckle).to(frames.dtype)
