@@ -9,7 +9,9 @@ tissue. Measured on the phantom's held-out set (docs/TRAINING.md): clips whose e
 scatterer is drawn again (frame 0 kept) score FVD 34 against the real clips, at the
 real-vs-real floor of 33, while x0 moved by the exact true motion scores 545. What a
 rebuilt clip needs is speckle formed the way a scanner forms it, over the clip's
-anatomy and motion, not x0's own speckle.
+anatomy and motion, not x0's own speckle. (It halves the bundled model's FVDs but is not
+bundled: bar 2's strain estimator tracks frames against x0 and reads speckle that is not
+x0's as noise; docs/TRAINING.md.)
 
 So this module images a field of point scatterers through the decoder's motion:
 
@@ -31,9 +33,9 @@ So this module images a field of point scatterers through the decoder's motion:
   ``dynamic_range_db`` over [-1, 1] moves by ``20 / dynamic_range_db / ln 10`` per unit
   of ln intensity.
 
-``lddm_fast.train.speckle --model scatterers`` fits the PSF widths, ``anatomy_sigma``
-and ``rho`` to a trained decoder's rebuilt clips; a fresh module adds nothing
-(``dynamic_range_db`` 0 marks it unfitted).
+``lddm_fast.train.speckle --model scatterers`` fits the PSF widths and ``rho`` to a
+trained decoder's rebuilt clips (``anatomy_sigma`` is given: every blur measured raised
+the FVD); a fresh module adds nothing (``dynamic_range_db`` 0 marks it unfitted).
 """
 
 from __future__ import annotations
@@ -75,10 +77,12 @@ def gaussian_blur(frames: torch.Tensor, sigma: float) -> torch.Tensor:
 class ScattererSpeckle(nn.Module):
     """Adds speckle imaged from scatterers that move with the decoder's field.
 
-    Buffers (fitted by :func:`lddm_fast.train.speckle.fit_scatterers`):
-        axial_sigma, lateral_sigma: ``[]`` the pulse-echo PSF's Gaussian stds, pixels.
-        rho: ``[]`` frame-to-frame correlation of each scatterer's amplitude.
-        anatomy_sigma: ``[]`` std (pixels) of the blur applied to the decoder's mean.
+    Buffers (set by :func:`lddm_fast.train.speckle.fit_scatterers`):
+        axial_sigma, lateral_sigma: ``[]`` the pulse-echo PSF's Gaussian stds, pixels
+            (fitted).
+        rho: ``[]`` frame-to-frame correlation of each scatterer's amplitude (fitted).
+        anatomy_sigma: ``[]`` std (pixels) of the blur applied to the decoder's mean
+            (given).
         dynamic_range_db: ``[]`` the display's log-compression range; 0: unfitted, the
             module adds nothing.
     """
