@@ -7,7 +7,13 @@ import argparse
 import math
 from collections.abc import Callable
 
-__all__ = ["finite_float", "int_at_least", "positive_float", "positive_int"]
+__all__ = [
+    "finite_float",
+    "int_at_least",
+    "non_negative_float",
+    "positive_float",
+    "positive_int",
+]
 
 
 def int_at_least(minimum: int, unit: str = "") -> Callable[[str], int]:
@@ -30,6 +36,13 @@ def positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
     return value
 
 

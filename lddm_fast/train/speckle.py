@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from lddm_fast.argtypes import positive_int
+from lddm_fast.argtypes import non_negative_float, positive_float, positive_int
 from lddm_fast.data.atomic import atomic_folder
 from lddm_fast.models.autoencoder import VideoAutoencoder
 from lddm_fast.models.checkpoint import (
@@ -449,14 +449,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--dynamic-range-db",
-        type=float,
+        type=positive_float,
         default=None,
         help="scatterers: the display's log-compression range (default: the data's "
         "dataset.json config.dynamic_range_db, else 60)",
     )
     parser.add_argument(
         "--anatomy-sigma",
-        type=float,
+        type=non_negative_float,
         default=0.0,
         help="scatterers: blur (pixels) of the decoder's mean under the speckle (default 0)",
     )

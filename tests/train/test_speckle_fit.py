@@ -45,9 +45,20 @@ def test_fit_writes_a_checkpoint_with_speckle(phantom_root, tmp_path, capsys):
     assert torch.isfinite(videos).all()
 
 
-def test_bad_arguments_are_named(phantom_root, tmp_path):
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        (["--clips", "0"], "must be at least 1"),
+        (["--dynamic-range-db", "0"], "must be positive"),
+        (["--anatomy-sigma", "-0.5"], "must be a finite number >= 0"),
+        (["--anatomy-sigma", "nan"], "must be a finite number >= 0"),
+        (["--model", "gaussian"], "invalid choice"),
+    ],
+)
+def test_bad_arguments_are_named(phantom_root, capsys, bad, message):
     with pytest.raises(SystemExit):
-        main(["--checkpoint", "x", "--data", str(phantom_root), "--out", "y", "--clips", "0"])
+        main(["--checkpoint", "x", "--data", str(phantom_root), "--out", "y", *bad])
+    assert message in capsys.readouterr().err
 
 
 def test_fit_scatterers_writes_a_checkpoint_the_pipeline_draws(phantom_root, tmp_path, capsys):
