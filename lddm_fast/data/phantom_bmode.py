@@ -45,6 +45,27 @@ class Pulse:
         """RF samples per output pixel along depth."""
         return max(1, math.ceil(_MIN_RF_SIGMA / self.axial_sigma))
 
+    @property
+    def padding(self) -> tuple[int, int]:
+        """Output pixels of RF grid around the image (depth, lateral): three PSF widths,
+        so a circular FFT convolution cannot wrap echoes from one edge onto the other."""
+        return math.ceil(3 * self.axial_sigma) + 1, math.ceil(3 * self.lateral_sigma) + 1
+
+    def spectrum(self, rows: int, cols: int) -> np.ndarray:
+        """The analytic pulse-echo PSF's spectrum on an RF grid of ``rows x cols``
+        (``upsample`` samples per pixel along depth): Fourier transform of the
+        Gaussian-modulated carrier times the Hilbert weights, times the lateral
+        Gaussian's. float64 ``[rows, cols]``."""
+        fz = scipy.fft.fftfreq(rows)
+        fx = scipy.fft.fftfreq(cols)
+        sz = self.axial_sigma * self.upsample
+        # Fourier transform of exp(-z^2 / 2 sz^2) cos(2 pi f0 z): two Gaussians at +-f0.
+        axial = np.exp(-2 * (np.pi * sz) ** 2 * (fz - CARRIER) ** 2) + np.exp(
+            -2 * (np.pi * sz) ** 2 * (fz + CARRIER) ** 2
+        )
+        lateral = np.exp(-2 * (np.pi * self.lateral_sigma) ** 2 * fx**2)
+        return (axial * hilbert_weights(rows))[:, None] * lateral[None, :]
+
 
 class BModeImager:
     """Forms envelope images of ``size`` x ``size`` pixels from point scatterers.
@@ -57,25 +78,11 @@ class BModeImager:
         self.size = size
         self.pulse = pulse
         self.upsample = pulse.upsample
-        self.pad_z = math.ceil(3 * pulse.axial_sigma) + 1
-        self.pad_x = math.ceil(3 * pulse.lateral_sigma) + 1
+        self.pad_z, self.pad_x = pulse.padding
         rows = scipy.fft.next_fast_len((size + 2 * self.pad_z) * self.upsample)
         cols = scipy.fft.next_fast_len(size + 2 * self.pad_x)
         self.shape = (rows, cols)
-        self.spectrum = self._analytic_psf_spectrum()
-
-    def _analytic_psf_spectrum(self) -> np.ndarray:
-        rows, cols = self.shape
-        fz = scipy.fft.fftfreq(rows)
-        fx = scipy.fft.fftfreq(cols)
-        sz = self.pulse.axial_sigma * self.upsample
-        sx = self.pulse.lateral_sigma
-        # Fourier transform of exp(-z^2 / 2 sz^2) cos(2 pi f0 z): two Gaussians at +-f0.
-        axial = np.exp(-2 * (np.pi * sz) ** 2 * (fz - CARRIER) ** 2) + np.exp(
-            -2 * (np.pi * sz) ** 2 * (fz + CARRIER) ** 2
-        )
-        lateral = np.exp(-2 * (np.pi * sx) ** 2 * fx**2)
-        return (axial * hilbert_weights(rows))[:, None] * lateral[None, :]
+        self.spectrum = pulse.spectrum(rows, cols)
 
     def splat(self, z: np.ndarray, x: np.ndarray, amplitude: np.ndarray) -> np.ndarray:
         """Scatterers at depths ``z``, laterals ``x`` (pixels), real ``amplitude``.

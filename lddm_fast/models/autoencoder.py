@@ -424,11 +424,7 @@ class VideoAutoencoder(nn.Module):
         which the scatterer model moves its scatterers by."""
         if self.speckle is None:
             raise ValueError("speckle noise given, but this autoencoder has no speckle model")
-        want = self.speckle.noise_shape(frames.shape)
-        if tuple(noise.shape) != want:
-            raise ValueError(
-                f"speckle has shape {tuple(noise.shape)}, frames {tuple(frames.shape)} need {want}"
-            )
+        # The speckle module checks the noise's shape against the frames'.
         return channels_last(self.speckle(frames, noise, flow))
 
     def decode(

@@ -46,13 +46,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lddm_fast.data.phantom_bmode import Pulse
+
 __all__ = ["ScattererSpeckle", "gaussian_blur"]
 
-# The pulse's carrier in cycles per RF sample and the smallest envelope std, in RF
-# samples, that keeps its band inside (0, Nyquist): the RF grid is made fine enough
-# for it, as the phantom's imager does.
-CARRIER = 0.25
-_MIN_RF_SIGMA = 1.6
 # The lattice covers this fraction of the image beyond each edge: tissue the motion
 # brings into view (the phantom's largest shifts reach 0.17 of the size).
 _MARGIN = 0.2
@@ -98,13 +95,17 @@ class ScattererSpeckle(nn.Module):
         ):
             self.register_buffer(name, torch.tensor(float(value)))
 
-    # The RF grid and lattice follow from the PSF widths.
+    def pulse(self) -> Pulse:
+        """The pulse-echo PSF of the buffers (the phantom's imager's, fitted widths)."""
+        return Pulse(float(self.axial_sigma), float(self.lateral_sigma))
+
+    # The RF grid and lattice follow from the PSF widths, as the phantom's imager lays
+    # them out.
     def _geometry(self, h: int, w: int) -> dict:
-        sz, sx = float(self.axial_sigma), float(self.lateral_sigma)
-        up = max(1, math.ceil(_MIN_RF_SIGMA / sz))
-        pad_z, pad_x = math.ceil(3 * sz) + 1, math.ceil(3 * sx) + 1
+        pulse = self.pulse()
+        up, (pad_z, pad_x) = pulse.upsample, pulse.padding
         mz, mx = math.ceil(_MARGIN * h), math.ceil(_MARGIN * w)
-        step_x = sx / 2
+        step_x = pulse.lateral_sigma / 2
         return {
             "up": up,
             "pad": (pad_z, pad_x),
@@ -121,20 +122,6 @@ class ScattererSpeckle(nn.Module):
         (real, imaginary) over the ``Nz x Nx`` lattice."""
         b, _, t, h, w = shape
         return (b, 2, t + 1, *self._geometry(h, w)["lattice"])
-
-    def _psf_spectrum(self, rows: int, cols: int, up: int, device) -> torch.Tensor:
-        fz = torch.fft.fftfreq(rows, device=device, dtype=torch.float64)
-        fx = torch.fft.fftfreq(cols, device=device, dtype=torch.float64)
-        s = float(self.axial_sigma) * up
-        axial = torch.exp(-2 * (math.pi * s) ** 2 * (fz - CARRIER) ** 2) + torch.exp(
-            -2 * (math.pi * s) ** 2 * (fz + CARRIER) ** 2
-        )
-        # Analytic signal along depth: positive frequencies doubled, negative dropped.
-        hilbert = torch.where(fz > 0, 2.0, torch.where(fz < 0, 0.0, 1.0)).to(fz)
-        if rows % 2 == 0:
-            hilbert[rows // 2] = 1.0
-        lateral = torch.exp(-2 * (math.pi * float(self.lateral_sigma)) ** 2 * fx**2)
-        return ((axial * hilbert)[:, None] * lateral[None, :]).to(torch.complex64)
 
     def log_intensity(self, flow: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """The scatterers' echo through the motion ``flow [B, 2, T, H, W]`` (pixels; frame
@@ -163,7 +150,9 @@ class ScattererSpeckle(nn.Module):
             out = F.grid_sample(f, grid[:, None], padding_mode="border", align_corners=False)
             return out[:, :, 0]  # [B, 2, N]: (x, z)
 
-        spectrum = self._psf_spectrum(rows, cols, up, dev)
+        spectrum = torch.from_numpy(self.pulse().spectrum(rows, cols)).to(
+            device=dev, dtype=torch.complex64
+        )
         rho = float(self.rho)
         fresh = math.sqrt(max(1.0 - rho * rho, 0.0))
         amplitude = None

@@ -1,6 +1,6 @@
 """Fully developed speckle drawn over the decoder's frames
-(``AutoencoderConfig.speckle_frames`` with ``speckle_model="residual"``; the bundled
-model now images its speckle from moving scatterers instead, :mod:`.scatterers`).
+(``AutoencoderConfig.speckle_frames`` with ``speckle_model="residual"``, the bundled
+model's; :mod:`.scatterers` images speckle from moving scatterers instead).
 
 The decoder predicts each frame's mean given z and x0. How the speckle re-forms from
 frame to frame (scatterers moving relative to each other under the pulse as the

@@ -152,6 +152,16 @@ def _frame_change(frames: torch.Tensor) -> float:
     return float((frames[:, :, 1:] - frames[:, :, :-1]).abs().mean())
 
 
+def _bisect(figure, goal: float, low: float, high: float, increasing: bool) -> float:
+    """The value in [low, high] where ``figure`` (monotonic) reaches ``goal``; an end if
+    the goal lies beyond it."""
+    for _ in range(_BISECTION_ROUNDS):
+        mid = 0.5 * (low + high)
+        below = figure(mid) < goal
+        low, high = (mid, high) if below == increasing else (low, mid)
+    return 0.5 * (low + high)
+
+
 def fit_speckle(
     autoencoder: VideoAutoencoder,
     real: torch.Tensor,
@@ -204,15 +214,12 @@ def fit_speckle(
     sigmas = [1.0, 1.0]
     for _ in range(2):
         for axis in (0, 1):
-            low, high = _SIGMA_RANGE
-            for _ in range(_BISECTION_ROUNDS):
-                sigmas[axis] = 0.5 * (low + high)
-                low, high = (
-                    (sigmas[axis], high)
-                    if grain(sigmas)[axis] < goal_grain[axis]
-                    else (low, sigmas[axis])
-                )
-            sigmas[axis] = 0.5 * (low + high)
+
+            def along(value: float, axis: int = axis) -> float:
+                sigmas[axis] = value
+                return grain(sigmas)[axis]
+
+            sigmas[axis] = _bisect(along, goal_grain[axis], *_SIGMA_RANGE, increasing=True)
     module.kernel.copy_(gaussian_kernel(*sigmas))
 
     # rho: the rebuilt frames with speckle change as much from frame to frame as the
@@ -223,11 +230,9 @@ def fit_speckle(
     def with_speckle_at(rho: float) -> torch.Tensor:
         return (rebuilt + scale * standard_log_speckle(noise, module.kernel, rho)).clamp(-1, 1)
 
-    low, high = 0.0, 0.999
-    for _ in range(_BISECTION_ROUNDS):
-        mid = 0.5 * (low + high)
-        low, high = (mid, high) if _frame_change(with_speckle_at(mid)) > goal else (low, mid)
-    module.rho.fill_(0.5 * (low + high))
+    module.rho.fill_(
+        _bisect(lambda v: _frame_change(with_speckle_at(v)), goal, 0.0, 0.999, increasing=False)
+    )
     final = with_speckle_at(float(module.rho))
     # Unreachable when even a frozen speckle (rho near 1) changes the frames more than
     # the clips change, or fresh speckle every frame (rho 0) less: rho stays at that end.
@@ -259,16 +264,6 @@ def fit_speckle(
         },
     }
     return module, record
-
-
-def _bisect(figure, goal: float, low: float, high: float, increasing: bool) -> float:
-    """The value in [low, high] where ``figure`` (monotonic) reaches ``goal``; an end if
-    the goal lies beyond it."""
-    for _ in range(_BISECTION_ROUNDS):
-        mid = 0.5 * (low + high)
-        below = figure(mid) < goal
-        low, high = (mid, high) if below == increasing else (low, mid)
-    return 0.5 * (low + high)
 
 
 def fit_scatterers(
