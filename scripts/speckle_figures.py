@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             mean = out.sample.clamp(-1, 1)
             noise = torch.randn(ae.speckle_shape(z), generator=generator)
             means.append(mean)
-            speckled.append(ae.add_speckle(mean, noise, out.flow).clamp(-1, 1))
+            speckled.append(ae.add_speckle(mean, noise, out.flow, x0[i : i + 16]).clamp(-1, 1))
     mean, speckled = torch.cat(means), torch.cat(speckled)
     residual = frames - mean
     manifest = json.loads((Path(args.data) / "dataset.json").read_text())

@@ -363,8 +363,8 @@ class VideoAutoencoder(nn.Module):
         self.decoder = VideoDecoder(self.config)
         self.texture_encoder = TextureEncoder(self.config) if self.config.texture_channels else None
         self.speckle = None
-        if self.config.speckle_frames and self.config.speckle_model == "scatterers":
-            self.speckle = ScattererSpeckle()
+        if self.config.speckle_frames and self.config.speckle_model in ("scatterers", "retrieved"):
+            self.speckle = ScattererSpeckle(retrieve=self.config.speckle_model == "retrieved")
         elif self.config.speckle_frames:
             self.speckle = SpeckleResidual(self.config.in_channels, self.config.speckle_frames)
 
@@ -417,15 +417,20 @@ class VideoAutoencoder(nn.Module):
         return self.speckle.noise_shape((b, self.config.in_channels, t, h * f, w * f))
 
     def add_speckle(
-        self, frames: torch.Tensor, noise: torch.Tensor, flow: torch.Tensor | None = None
+        self,
+        frames: torch.Tensor,
+        noise: torch.Tensor,
+        flow: torch.Tensor | None = None,
+        x0: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Decoded means ``frames [B, C, T, H, W]`` with speckle drawn from ``noise`` (of
         :meth:`speckle_shape`); ``flow``: the decoder's field (:class:`DecoderOutput`),
-        which the scatterer model moves its scatterers by."""
+        which the scatterer models move their scatterers by; ``x0 [B, C, H, W]``: the
+        first frame, whose own scatterers the ``"retrieved"`` model moves."""
         if self.speckle is None:
             raise ValueError("speckle noise given, but this autoencoder has no speckle model")
         # The speckle module checks the noise's shape against the frames'.
-        return channels_last(self.speckle(frames, noise, flow))
+        return channels_last(self.speckle(frames, noise, flow, x0))
 
     def decode(
         self,
@@ -480,7 +485,7 @@ class VideoAutoencoder(nn.Module):
         features = self.cond_encoder(channels_last(x0))
         out = self.decoder(channels_last(z), features, x0, texture)
         if speckle is not None:
-            out.sample = self.add_speckle(out.sample, speckle, out.flow)
+            out.sample = self.add_speckle(out.sample, speckle, out.flow, x0)
         return out
 
     def forward(

@@ -25,7 +25,7 @@ __all__ = [
 BETA_SCHEDULES = ("linear", "cosine")
 PREDICTION_TYPES = ("eps", "v")
 FRAME_EMBEDDINGS = ("learned", "sinusoidal")
-SPECKLE_MODELS = ("residual", "scatterers")
+SPECKLE_MODELS = ("residual", "scatterers", "retrieved")
 
 
 class ConfigFieldError(ValueError):
@@ -112,9 +112,11 @@ class AutoencoderConfig:
             default): no speckle; ``lddm_fast.train.speckle`` adds and fits it.
         speckle_model: which speckle generation draws when ``speckle_frames`` is set:
             ``"residual"`` (the default; log-speckle with a fitted std table over the
-            mean) or ``"scatterers"`` (:class:`~lddm_fast.models.scatterers.ScattererSpeckle`:
+            mean), ``"scatterers"`` (:class:`~lddm_fast.models.scatterers.ScattererSpeckle`:
             speckle imaged from point scatterers moved by the decoder's field, over
-            the mean blurred; needs ``warp``).
+            the mean blurred; needs ``warp``) or ``"retrieved"`` (the same module with
+            x0's own scatterers, retrieved from its envelope, moved by the field and
+            imaged again: :mod:`~lddm_fast.models.scatterer_retrieval`; needs ``warp``).
     """
 
     in_channels: int = 1
@@ -136,10 +138,10 @@ class AutoencoderConfig:
             raise ValueError(
                 f"{owner}.speckle_model must be one of {SPECKLE_MODELS}, got {self.speckle_model!r}"
             )
-        if self.speckle_model == "scatterers" and not self.warp:
+        if self.speckle_model in ("scatterers", "retrieved") and not self.warp:
             raise ValueError(
-                f"{owner}.speckle_model 'scatterers' moves its scatterers by the decoder's "
-                "field: it needs warp=True"
+                f"{owner}.speckle_model {self.speckle_model!r} moves its scatterers by the "
+                "decoder's field: it needs warp=True"
             )
         for name in ("texture_channels", "speckle_frames"):
             v = getattr(self, name)

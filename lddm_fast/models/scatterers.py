@@ -33,9 +33,16 @@ So this module images a field of point scatterers through the decoder's motion:
   ``dynamic_range_db`` over [-1, 1] moves by ``20 / dynamic_range_db / ln 10`` per unit
   of ln intensity.
 
-``lddm_fast.train.speckle --model scatterers`` fits the PSF widths and ``rho`` to a
-trained decoder's rebuilt clips (``anatomy_sigma`` is given: every blur measured raised
-the FVD); a fresh module adds nothing (``dynamic_range_db`` 0 marks it unfitted).
+With ``retrieve`` (``speckle_model = "retrieved"``) the scatterers are not drawn
+afresh: they are x0's own, retrieved from its envelope
+(:mod:`.scatterer_retrieval`), and a frame is their echo alone, moved by the decoder's
+field (the decoder's mean is not used): frames that continue x0's speckle the way a
+scanner's do, which the lesion strain of bar 2 tracks and I3D accepts.
+
+``lddm_fast.train.speckle --model scatterers`` (or ``retrieved``) fits the PSF widths
+and ``rho`` to a trained decoder's rebuilt clips (``anatomy_sigma`` is given: every
+blur measured raised the FVD); a fresh module adds nothing (``dynamic_range_db`` 0
+marks it unfitted).
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lddm_fast.data.phantom_bmode import Pulse
+from lddm_fast.models import scatterer_retrieval as retrieval
 
 __all__ = ["ScattererSpeckle", "gaussian_blur"]
 
@@ -54,6 +62,14 @@ __all__ = ["ScattererSpeckle", "gaussian_blur"]
 # brings into view (the phantom's largest shifts reach 0.17 of the size).
 _MARGIN = 0.2
 _EULER_GAMMA = 0.5772156649015329
+
+
+def _sample(image: torch.Tensor, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``image [B, C, H, W]`` bilinearly at pixel positions ``z, x [B, n]`` (edges
+    replicated) -> ``[B, C, n]``."""
+    h, w = image.shape[-2:]
+    grid = torch.stack([(x + 0.5) * (2 / w) - 1, (z + 0.5) * (2 / h) - 1], dim=-1)
+    return F.grid_sample(image, grid[:, None], padding_mode="border", align_corners=False)[:, :, 0]
 
 
 def gaussian_blur(frames: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -84,8 +100,9 @@ class ScattererSpeckle(nn.Module):
             module adds nothing.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, retrieve: bool = False) -> None:
         super().__init__()
+        self.retrieve = retrieve
         for name, value in (
             ("axial_sigma", 0.7),
             ("lateral_sigma", 0.9),
@@ -116,12 +133,38 @@ class ScattererSpeckle(nn.Module):
         }
 
     def noise_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
-        """Shape ``(B, 2, T + 1, Nz, Nx)`` of the N(0, 1) noise :meth:`forward` takes for
-        frames of ``shape`` ``(B, C, T, H, W)``: ``[:, :, 0]`` the scatterers' jitter
-        (depth, lateral), ``[:, :, 1 + t]`` the complex amplitude innovation of frame t
-        (real, imaginary) over the ``Nz x Nx`` lattice."""
+        """Shape of the N(0, 1) noise :meth:`forward` takes for frames of ``shape``
+        ``(B, C, T, H, W)``, over the ``Nz x Nx`` lattice: ``(B, 2, T + 1, Nz, Nx)``,
+        ``[:, :, 0]`` the scatterers' jitter (depth, lateral) and ``[:, :, 1 + t]`` the
+        complex amplitude innovation of frame t (real, imaginary); with ``retrieve``,
+        ``(B, 2, T + 2, Nz, Nx)``: the jitter, then the prior draw of x0's scatterers,
+        then the innovations."""
         b, _, t, h, w = shape
-        return (b, 2, t + 1, *self._geometry(h, w)["lattice"])
+        return (b, 2, t + 1 + int(self.retrieve), *self._geometry(h, w)["lattice"])
+
+    def _lattice(self, jitter_noise: torch.Tensor, h: int, w: int):
+        """Scatterer positions ``(z, x)``, each ``[B, Nz * Nx]`` pixels: lattice cell
+        corners plus a uniform jitter (the normal's CDF of ``jitter_noise [B, 2, Nz,
+        Nx]``)."""
+        geo = self._geometry(h, w)
+        nz, nx = geo["lattice"]
+        b, dev = jitter_noise.shape[0], jitter_noise.device
+        cell_z = geo["origin"][0] + torch.arange(nz, device=dev) * geo["step"][0]
+        cell_x = geo["origin"][1] + torch.arange(nx, device=dev) * geo["step"][1]
+        jitter = 0.5 * (1 + torch.erf(jitter_noise.float() / math.sqrt(2)))
+        pz = (cell_z[:, None] + jitter[:, 0] * geo["step"][0]).reshape(b, -1)
+        px = (cell_x[None, :] + jitter[:, 1] * geo["step"][1]).reshape(b, -1)
+        return pz, px
+
+    @staticmethod
+    def _moved(flow_t: torch.Tensor, pz: torch.Tensor, px: torch.Tensor):
+        """Where frame t shows the scatterers at frame-0 positions ``pz, px [B, n]``:
+        ``q + flow_t(q) = p``, two fixed-point steps (``flow_t [B, 2, H, W]``)."""
+        qz, qx = pz, px
+        for _ in range(2):
+            d = _sample(flow_t, qz, qx)
+            qz, qx = pz - d[:, 1], px - d[:, 0]
+        return qz, qx
 
     def log_intensity(self, flow: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """The scatterers' echo through the motion ``flow [B, 2, T, H, W]`` (pixels; frame
@@ -132,24 +175,12 @@ class ScattererSpeckle(nn.Module):
         speckle)."""
         b, _, t, h, w = flow.shape
         geo = self._geometry(h, w)
-        nz, nx = geo["lattice"]
         rows, cols = geo["rf"]
         up, (pad_z, pad_x) = geo["up"], geo["pad"]
         noise = noise.float()
         dev = flow.device
-        # Lattice cell corners plus a uniform jitter (the normal's CDF of the noise).
-        cell_z = geo["origin"][0] + torch.arange(nz, device=dev) * geo["step"][0]
-        cell_x = geo["origin"][1] + torch.arange(nx, device=dev) * geo["step"][1]
-        jitter = 0.5 * (1 + torch.erf(noise[:, :, 0] / math.sqrt(2)))  # [B, 2, Nz, Nx]
-        pz = (cell_z[:, None] + jitter[:, 0] * geo["step"][0]).reshape(b, -1)
-        px = (cell_x[None, :] + jitter[:, 1] * geo["step"][1]).reshape(b, -1)
+        pz, px = self._lattice(noise[:, :, 0], h, w)
         flow = flow.float()
-
-        def displacement(f: torch.Tensor, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-            grid = torch.stack([(x + 0.5) * (2 / w) - 1, (z + 0.5) * (2 / h) - 1], dim=-1)
-            out = F.grid_sample(f, grid[:, None], padding_mode="border", align_corners=False)
-            return out[:, :, 0]  # [B, 2, N]: (x, z)
-
         spectrum = torch.from_numpy(self.pulse().spectrum(rows, cols)).to(
             device=dev, dtype=torch.complex64
         )
@@ -160,12 +191,7 @@ class ScattererSpeckle(nn.Module):
         for i in range(t):
             innovation = torch.complex(noise[:, 0, 1 + i], noise[:, 1, 1 + i]).reshape(b, -1)
             amplitude = innovation if amplitude is None else rho * amplitude + fresh * innovation
-            # Where frame t shows scatterer p: q + flow(q) = p.
-            f = flow[:, :, i]
-            qz, qx = pz, px
-            for _ in range(2):
-                d = displacement(f, qz, qx)
-                qz, qx = pz - d[:, 1], px - d[:, 0]
+            qz, qx = self._moved(flow[:, :, i], pz, px)
             gz, gx = (qz + pad_z) * up, qx + pad_x
             inside = (gz >= 0) & (gz < rows - 1) & (gx >= 0) & (gx < cols - 1)
             gz, gx = gz.clamp(0, rows - 1.001), gx.clamp(0, cols - 1.001)
@@ -187,29 +213,81 @@ class ScattererSpeckle(nn.Module):
         power = power / power.mean(dim=(-1, -2), keepdim=True).clamp_min(1e-30)
         return (power.clamp_min(1e-30).log() + _EULER_GAMMA)[:, None]
 
+    def retrieved_frames(self, x0: torch.Tensor, flow: torch.Tensor, noise: torch.Tensor):
+        """Frames made of x0's own scatterers (:mod:`.scatterer_retrieval`) moved by
+        ``flow [B, 2, T, H, W]`` and imaged again, display units, float32 ``[B, 1, T, H,
+        W]``; ``x0 [B, C, H, W]`` (display units, channels averaged); ``noise`` of
+        :meth:`noise_shape` (with ``retrieve``)."""
+        b, _, t, h, w = flow.shape
+        geo = self._geometry(h, w)
+        pulse = self.pulse()
+        scale = 20.0 / float(self.dynamic_range_db) / math.log(10.0)
+        noise = noise.float()
+        pz, px = self._lattice(noise[:, :, 0], h, w)
+        gray = x0.float().mean(1)  # [B, H, W]
+        intensity = torch.exp(gray / scale)
+        local = gaussian_blur(intensity[:, None], retrieval.PRIOR_BLUR)
+        sd = _sample(local, pz, px)[:, 0].sqrt()
+
+        def draw(i: int) -> torch.Tensor:
+            return torch.complex(noise[:, 0, i], noise[:, 1, i]).reshape(b, -1) / math.sqrt(2)
+
+        imager = retrieval.BasebandImager(pulse, geo["rf"], geo["pad"], (h, w), pz, px)
+        power = imager.A(draw(1) * sd).abs().square().mean((-1, -2))
+        sd = sd * (intensity.mean((-1, -2)) / power.clamp_min(1e-30)).sqrt()[:, None]
+        # Pixels clipped to black or white in x0 say only that the echo is beyond them.
+        free = (gray <= -0.99) | (gray >= 0.99)
+        amplitude = retrieval.retrieve_amplitudes(
+            imager, intensity, free, draw(1) * sd, sd.square()
+        )
+        rho = float(self.rho)
+        fresh = math.sqrt(max(1.0 - rho * rho, 0.0))
+        out = []
+        for i in range(t):
+            if fresh > 0:
+                amplitude = rho * amplitude + fresh * sd * draw(2 + i)
+            qz, qx = self._moved(flow[:, :, i].float(), pz, px)
+            moved = retrieval.BasebandImager(pulse, geo["rf"], geo["pad"], (h, w), qz, qx)
+            out.append(moved.A(amplitude).abs().square().clamp_min(1e-30).log() * scale)
+        return torch.stack(out, dim=1)[:, None]
+
     def forward(
-        self, frames: torch.Tensor, noise: torch.Tensor, flow: torch.Tensor | None = None
+        self,
+        frames: torch.Tensor,
+        noise: torch.Tensor,
+        flow: torch.Tensor | None = None,
+        x0: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """frames: decoded means ``[B, C, T, H, W]``; noise: N(0, 1) of
-        :meth:`noise_shape`; flow: the decoder's field ``[B, 2, T, H, W]`` -> frames with
-        speckle, same shape and dtype (every channel gets the same speckle: it belongs
-        to the tissue, not to a colour)."""
+        :meth:`noise_shape`; flow: the decoder's field ``[B, 2, T, H, W]``; x0: the first
+        frame ``[B, C, H, W]`` (needed with ``retrieve``) -> frames with speckle, same
+        shape and dtype (every channel gets the same speckle: it belongs to the tissue,
+        not to a colour). With ``retrieve`` the frames are x0's scatterers moved by the
+        field and imaged again: the decoder's means are not used, its motion is."""
         want = self.noise_shape(frames.shape)
         if tuple(noise.shape) != want:
             raise ValueError(
                 f"speckle noise has shape {tuple(noise.shape)}, frames {tuple(frames.shape)} "
-                f"need {want} [B, 2, T+1, Nz, Nx]"
+                f"need {want} [B, 2, T+{1 + int(self.retrieve)}, Nz, Nx]"
             )
-        b, _, t, h, w = frames.shape
+        b, c, t, h, w = frames.shape
         if flow is None or tuple(flow.shape) != (b, 2, t, h, w):
             got = None if flow is None else tuple(flow.shape)
             raise ValueError(
                 f"scatterer speckle needs the decoder's field [B, 2, T, H, W] = "
                 f"{(b, 2, t, h, w)}, got {got}"
             )
+        if self.retrieve and (x0 is None or tuple(x0.shape) != (b, c, h, w)):
+            got = None if x0 is None else tuple(x0.shape)
+            raise ValueError(
+                f"retrieved scatterer speckle needs x0 [B, C, H, W] = {(b, c, h, w)}, got {got}"
+            )
         db = float(self.dynamic_range_db)
         if db <= 0:
             return frames
+        if self.retrieve:
+            out = self.retrieved_frames(x0, flow, noise)
+            return out.expand(-1, c, -1, -1, -1).to(frames.dtype)
         scale = 20.0 / db / math.log(10.0)
         anatomy = gaussian_blur(frames.float(), float(self.anatomy_sigma))
         speckle = self.log_intensity(flow, noise)

@@ -109,11 +109,16 @@ class SpeckleResidual(nn.Module):
         return self.std.float()[channel, rows.view(1, 1, t, 1, 1), self.level_index(frames)]
 
     def forward(
-        self, frames: torch.Tensor, noise: torch.Tensor, flow: torch.Tensor | None = None
+        self,
+        frames: torch.Tensor,
+        noise: torch.Tensor,
+        flow: torch.Tensor | None = None,
+        x0: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """frames: decoded means ``[B, C, T, H, W]``; noise: N(0, 1) of
         :meth:`noise_shape` -> frames with speckle, same shape and dtype. ``flow`` (the
-        decoder's field) is not used: this speckle does not follow the tissue."""
+        decoder's field) and ``x0`` are not used: this speckle does not follow the
+        tissue."""
         want = self.noise_shape(frames.shape)
         if tuple(noise.shape) != want:
             raise ValueError(

@@ -311,7 +311,7 @@ def reconstruction_metrics(
         if speckle is not None:
             shape = autoencoder.speckle_shape(z)
             noise = torch.randn(shape, generator=speckle, device=z.device)
-            out = autoencoder.add_speckle(out, noise, flow).clamp(-1, 1)
+            out = autoencoder.add_speckle(out, noise, flow, x0).clamp(-1, 1)
             psnr_s.append(psnr_clip(out, frames))
             ssim_s.append(ssim_clip(out, frames))
         if rebuilt is not None:

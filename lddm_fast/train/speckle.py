@@ -398,7 +398,9 @@ def with_speckle(
         autoencoder=dataclasses.replace(
             models.config.autoencoder,
             speckle_frames=frames,
-            speckle_model="scatterers" if scatterers else "residual",
+            speckle_model=(
+                ("retrieved" if module.retrieve else "scatterers") if scatterers else "residual"
+            ),
         ),
     )
     ae = models.autoencoder
@@ -437,16 +439,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="noise of the fit (default 0)")
     parser.add_argument(
         "--model",
-        choices=("residual", "scatterers"),
+        choices=("residual", "scatterers", "retrieved"),
         default="residual",
         help="residual: log-speckle with a std table over the mean (default); scatterers: "
-        "speckle imaged from scatterers moved by the decoder's field (needs warp)",
+        "speckle imaged from scatterers moved by the decoder's field (needs warp); "
+        "retrieved: the same fit, but generation moves x0's own scatterers, retrieved "
+        "from its envelope, instead of fresh ones",
     )
     parser.add_argument(
         "--dynamic-range-db",
         type=positive_float,
         default=None,
-        help="scatterers: the display's log-compression range (default: the data's "
+        help="scatterers, retrieved: the display's log-compression range (default: the data's "
         "dataset.json config.dynamic_range_db, else 60)",
     )
     parser.add_argument(
@@ -465,12 +469,15 @@ def main(argv: list[str] | None = None) -> int:
     config = models.config
     splits = model_splits(args.data, config, args.region)
     clips = eval_view(splits.train, args.clips)
-    if args.model == "scatterers" and not config.autoencoder.warp:
-        parser.error(f"--model scatterers: {args.checkpoint} has no warp (AutoencoderConfig.warp)")
+    scatterers = args.model in ("scatterers", "retrieved")
+    if scatterers and not config.autoencoder.warp:
+        parser.error(
+            f"--model {args.model}: {args.checkpoint} has no warp (AutoencoderConfig.warp)"
+        )
     real, rebuilt, flows = rebuild(
         models.autoencoder.eval(), clips, args.batch_size, not args.quiet
     )
-    if args.model == "scatterers":
+    if scatterers:
         db = args.dynamic_range_db or _data_dynamic_range(args.data)
         module, record = fit_scatterers(
             models.autoencoder,
@@ -481,6 +488,9 @@ def main(argv: list[str] | None = None) -> int:
             anatomy_sigma=args.anatomy_sigma,
             seed=args.seed,
         )
+        # The PSF and rho fitted on free scatterers serve x0's retrieved ones as well.
+        module.retrieve = args.model == "retrieved"
+        record["model"] = args.model
     else:
         module, record = fit_speckle(models.autoencoder, real, rebuilt, seed=args.seed)
     if not record["frame_change"]["matched"]:
@@ -488,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
         why = (
             "scatterers that never change, moved by the decoder's field, already change "
             "the frames more than that (kept at rho 1)"
-            if args.model == "scatterers"
+            if scatterers
             else "is the autoencoder trained?"
         )
         print(

@@ -61,7 +61,10 @@ def test_bad_arguments_are_named(phantom_root, capsys, bad, message):
     assert message in capsys.readouterr().err
 
 
-def test_fit_scatterers_writes_a_checkpoint_the_pipeline_draws(phantom_root, tmp_path, capsys):
+@pytest.mark.parametrize("model", ["scatterers", "retrieved"])
+def test_fit_scatterers_writes_a_checkpoint_the_pipeline_draws(
+    phantom_root, tmp_path, capsys, model
+):
     import dataclasses
 
     config = preset("tiny")
@@ -71,17 +74,18 @@ def test_fit_scatterers_writes_a_checkpoint_the_pipeline_draws(phantom_root, tmp
     torch.manual_seed(0)
     save_pretrained(tmp_path / "ckpt", build_models(config))
     args = ["--checkpoint", str(tmp_path / "ckpt"), "--data", str(phantom_root)]
-    out = ["--out", str(tmp_path / "out"), "--clips", "4", "--quiet", "--model", "scatterers"]
+    out = ["--out", str(tmp_path / "out"), "--clips", "4", "--quiet", "--model", model]
     assert main([*args, *out]) == 0
     record = json.loads(capsys.readouterr().out)
     fitted = from_pretrained(tmp_path / "out")
-    assert fitted.config.autoencoder.speckle_model == "scatterers"
+    assert fitted.config.autoencoder.speckle_model == model
+    assert fitted.autoencoder.speckle.retrieve == (model == "retrieved")
     assert fitted.config.autoencoder.speckle_frames == config.num_frames
     speckle = fitted.autoencoder.speckle
     # The display range is the phantom's, read from its dataset.json.
     manifest = json.loads((phantom_root / "dataset.json").read_text())
     assert float(speckle.dynamic_range_db) == manifest["config"]["dynamic_range_db"]
-    assert record["model"] == "scatterers" and record["clips"] == 4
+    assert record["model"] == model and record["clips"] == 4
     assert fitted.meta["speckle"]["rho"] == pytest.approx(float(speckle.rho))
     assert 0.2 < float(speckle.axial_sigma) < 3 and 0.2 < float(speckle.lateral_sigma) < 3
     old = safetensors.torch.load_file(tmp_path / "ckpt" / "autoencoder.safetensors")
@@ -98,10 +102,12 @@ def test_fit_scatterers_writes_a_checkpoint_the_pipeline_draws(phantom_root, tmp
     assert torch.isfinite(videos).all()
 
 
-def test_fit_scatterers_needs_a_warping_decoder(phantom_root, tmp_path, capsys):
+@pytest.mark.parametrize("model", ["scatterers", "retrieved"])
+def test_fit_scatterers_needs_a_warping_decoder(phantom_root, tmp_path, capsys, model):
     torch.manual_seed(0)
     save_pretrained(tmp_path / "ckpt", build_models(preset("tiny")))
     args = ["--checkpoint", str(tmp_path / "ckpt"), "--data", str(phantom_root)]
     with pytest.raises(SystemExit):
-        main([*args, "--out", str(tmp_path / "out"), "--model", "scatterers", "--quiet"])
-    assert "has no warp" in capsys.readouterr().err
+        main([*args, "--out", str(tmp_path / "out"), "--model", model, "--quiet"])
+    err = capsys.readouterr().err
+    assert f"--model {model}:" in err and "has no warp" in err
