@@ -8,6 +8,7 @@ import dataclasses
 
 import pytest
 import torch
+from speckle_helpers import speckle_config
 
 from lddm_fast.data.phantom import PhantomConfig, simulate_clip
 from lddm_fast.data.phantom_bmode import Pulse
@@ -125,21 +126,8 @@ def test_rho_below_one_draws_fresh_scatterers_over_the_clip():
     assert corr[2] < 0.8, corr
 
 
-def _retrieved_config():
-    config = preset("tiny")
-    ae = dataclasses.replace(
-        config.autoencoder, warp=True, speckle_frames=config.num_frames, speckle_model="retrieved"
-    )
-    return dataclasses.replace(config, autoencoder=ae)
-
-
-def test_config_needs_warp():
-    with pytest.raises(ValueError, match="'retrieved' moves its scatterers"):
-        dataclasses.replace(preset("tiny").autoencoder, speckle_model="retrieved")
-
-
 def test_decode_checkpoint_and_pipeline(tmp_path):
-    config = _retrieved_config()
+    config = speckle_config("retrieved")
     torch.manual_seed(0)
     models = build_models(config)
     ae = models.autoencoder.eval()

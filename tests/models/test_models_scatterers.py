@@ -10,6 +10,7 @@ import math
 
 import pytest
 import torch
+from speckle_helpers import speckle_config
 
 from lddm_fast.diffusion import LDDMPipeline
 from lddm_fast.models import preset
@@ -142,16 +143,13 @@ def test_gaussian_blur_keeps_constants_and_smooths():
 
 
 def _scatterer_config():
-    config = preset("tiny")
-    ae = dataclasses.replace(
-        config.autoencoder, warp=True, speckle_frames=config.num_frames, speckle_model="scatterers"
-    )
-    return dataclasses.replace(config, autoencoder=ae)
+    return speckle_config("scatterers")
 
 
-def test_config_needs_warp_and_a_known_model():
-    with pytest.raises(ValueError, match="needs warp=True"):
-        dataclasses.replace(preset("tiny").autoencoder, speckle_model="scatterers")
+@pytest.mark.parametrize("model", ["scatterers", "retrieved"])
+def test_config_needs_warp_and_a_known_model(model):
+    with pytest.raises(ValueError, match=f"'{model}' moves its scatterers.*needs warp=True"):
+        dataclasses.replace(preset("tiny").autoencoder, speckle_model=model)
     with pytest.raises(ValueError, match="speckle_model must be one of"):
         dataclasses.replace(preset("tiny").autoencoder, speckle_model="gaussian")
 
