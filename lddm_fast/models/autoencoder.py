@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lddm_fast import ops
-from lddm_fast.models.config import AutoencoderConfig
+from lddm_fast.models.config import SCATTERER_SPECKLE_MODELS, AutoencoderConfig
 from lddm_fast.models.layers import (
     Conv2d,
     Conv3d,
@@ -363,7 +363,7 @@ class VideoAutoencoder(nn.Module):
         self.decoder = VideoDecoder(self.config)
         self.texture_encoder = TextureEncoder(self.config) if self.config.texture_channels else None
         self.speckle = None
-        if self.config.speckle_frames and self.config.speckle_model in ("scatterers", "retrieved"):
+        if self.config.speckle_frames and self.config.speckle_model in SCATTERER_SPECKLE_MODELS:
             self.speckle = ScattererSpeckle(retrieve=self.config.speckle_model == "retrieved")
         elif self.config.speckle_frames:
             self.speckle = SpeckleResidual(self.config.in_channels, self.config.speckle_frames)

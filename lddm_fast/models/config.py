@@ -26,6 +26,8 @@ BETA_SCHEDULES = ("linear", "cosine")
 PREDICTION_TYPES = ("eps", "v")
 FRAME_EMBEDDINGS = ("learned", "sinusoidal")
 SPECKLE_MODELS = ("residual", "scatterers", "retrieved")
+# The speckle models that image point scatterers moved by the decoder's field.
+SCATTERER_SPECKLE_MODELS = ("scatterers", "retrieved")
 
 
 class ConfigFieldError(ValueError):
@@ -138,7 +140,7 @@ class AutoencoderConfig:
             raise ValueError(
                 f"{owner}.speckle_model must be one of {SPECKLE_MODELS}, got {self.speckle_model!r}"
             )
-        if self.speckle_model in ("scatterers", "retrieved") and not self.warp:
+        if self.speckle_model in SCATTERER_SPECKLE_MODELS and not self.warp:
             raise ValueError(
                 f"{owner}.speckle_model {self.speckle_model!r} moves its scatterers by the "
                 "decoder's field: it needs warp=True"

@@ -18,100 +18,23 @@ scatterers' echo envelope, so they are retrieved as a posterior sample:
   the solver stops converging on the PSF's weak lateral frequencies and the fit gets
   worse, not better.
 
-Imaging here is at baseband: each scatterer's carrier phase rides on its amplitude and
-the RF grid carries only the envelope. Bilinear splatting of the carrier itself (as
-the phantom and the free scatterer model do) halves a lone scatterer's echo power at
-half an RF sample: harmless for independent scatterers, but it attenuates a fitted,
-coherent field wherever the field moves it; at baseband the power stays within a few
-per cent of the PSF's at any offset.
+Imaging here is at baseband (:class:`~lddm_fast.models.lattice_imaging.LatticeImager`
+with ``baseband=True``): a fitted, coherent field keeps its power wherever the field
+moves it.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from lddm_fast.data.phantom_bmode import CARRIER, Pulse
+from lddm_fast.models.lattice_imaging import LatticeImager
 
-__all__ = ["BasebandImager", "retrieve_amplitudes", "ROUNDS", "FLOOR", "CG_ITERATIONS"]
+__all__ = ["retrieve_amplitudes", "ROUNDS", "FLOOR", "CG_ITERATIONS"]
 
 PRIOR_BLUR = 2.0
 ROUNDS = 25
 FLOOR = 0.002
 CG_ITERATIONS = 60
-
-
-class BasebandImager:
-    """Pulse-echo imaging of complex scatterers at fixed positions, at baseband.
-
-    Args:
-        pulse: the PSF (Gaussian envelope stds, pixels) and its RF grid's upsampling.
-        rf: the RF grid ``(rows, cols)``; pad: image offset on it ``(pad_z, pad_x)`` in
-            pixels; size: the image ``(H, W)``.
-        z, x: scatterer positions ``[B, n]``, pixels (scatterers off the grid are dropped).
-    """
-
-    def __init__(self, pulse: Pulse, rf, pad, size, z: torch.Tensor, x: torch.Tensor) -> None:
-        self.rows, self.cols = rf
-        self.h, self.w = size
-        self.up = pulse.upsample
-        z0 = pad[0] * self.up
-        self.pixels = (slice(z0, z0 + self.h * self.up, self.up), slice(pad[1], pad[1] + self.w))
-        fz = torch.fft.fftfreq(self.rows, dtype=torch.float64, device=z.device)
-        fx = torch.fft.fftfreq(self.cols, dtype=torch.float64, device=z.device)
-        # The analytic PSF's spectrum moved down by its carrier: the envelope's.
-        axial = 2 * torch.exp(-2 * (math.pi * pulse.axial_sigma * self.up) ** 2 * fz**2)
-        lateral = torch.exp(-2 * (math.pi * pulse.lateral_sigma) ** 2 * fx**2)
-        self.spectrum = (axial[:, None] * lateral[None]).to(torch.complex64)
-        gz, gx = (z + pad[0]) * self.up, x + pad[1]
-        inside = (gz >= 0) & (gz < self.rows - 1) & (gx >= 0) & (gx < self.cols - 1)
-        gz, gx = gz.clamp(0, self.rows - 1.001), gx.clamp(0, self.cols - 1.001)
-        iz, ix = gz.floor(), gx.floor()
-        fz_, fx_ = gz - iz, gx - ix
-        base = (iz * self.cols + ix).long()
-        self.index = (base, base + 1, base + self.cols, base + self.cols + 1)
-        self.bilinear = tuple(
-            w * inside for w in ((1 - fz_) * (1 - fx_), (1 - fz_) * fx_, fz_ * (1 - fx_), fz_ * fx_)
-        )
-        carrier = torch.polar(torch.ones_like(gz), -2 * math.pi * CARRIER * gz)
-        self.weight = tuple(w * carrier for w in self.bilinear)
-
-    def _splat(self, values: torch.Tensor, weights, dtype) -> torch.Tensor:
-        grid = torch.zeros(
-            (values.shape[0], self.rows * self.cols), dtype=dtype, device=values.device
-        )
-        for index, weight in zip(self.index, weights, strict=True):
-            grid.scatter_add_(1, index, values * weight)
-        return grid.view(-1, self.rows, self.cols)
-
-    def A(self, amplitude: torch.Tensor) -> torch.Tensor:
-        """Amplitudes ``[B, n]`` complex -> the echo at the pixels ``[B, H, W]`` complex."""
-        grid = self._splat(amplitude, self.weight, torch.complex64)
-        echo = torch.fft.ifft2(torch.fft.fft2(grid) * self.spectrum)
-        return echo[(slice(None), *self.pixels)]
-
-    def AH(self, residual: torch.Tensor) -> torch.Tensor:
-        """The adjoint of :meth:`A`: ``[B, H, W]`` complex -> ``[B, n]`` complex."""
-        grid = torch.zeros(
-            (residual.shape[0], self.rows, self.cols), dtype=torch.complex64, device=residual.device
-        )
-        grid[(slice(None), *self.pixels)] = residual
-        spread = torch.fft.ifft2(torch.fft.fft2(grid) * self.spectrum.conj()).flatten(1)
-        return sum(
-            torch.gather(spread, 1, index) * weight.conj()
-            for index, weight in zip(self.index, self.weight, strict=True)
-        )
-
-    def power(self, variance: torch.Tensor) -> torch.Tensor:
-        """About the diagonal of ``A diag(variance) A^H``: each pixel's expected echo power
-        from independent amplitudes of ``variance [B, n]``, each scatterer's power shared
-        bilinearly (the envelope varies little across one cell of the grid). Real
-        ``[B, H, W]``; the conjugate gradients' preconditioner."""
-        grid = self._splat(variance, self.bilinear, torch.float32)
-        psf_power = torch.fft.fft2(torch.fft.ifft2(self.spectrum).abs().square())
-        spread = torch.fft.ifft2(torch.fft.fft2(grid) * psf_power).real
-        return spread[(slice(None), *self.pixels)].clamp_min(0)
 
 
 def _conjugate_gradients(apply, rhs, precondition, iterations: int) -> torch.Tensor:
@@ -136,7 +59,7 @@ def _conjugate_gradients(apply, rhs, precondition, iterations: int) -> torch.Ten
 
 @torch.no_grad()
 def retrieve_amplitudes(
-    imager: BasebandImager,
+    imager: LatticeImager,
     intensity: torch.Tensor,
     free: torch.Tensor,
     prior: torch.Tensor,

@@ -55,6 +55,7 @@ from torch import nn
 
 from lddm_fast.data.phantom_bmode import Pulse
 from lddm_fast.models import scatterer_retrieval as retrieval
+from lddm_fast.models.lattice_imaging import LatticeImager
 
 __all__ = ["ScattererSpeckle", "gaussian_blur"]
 
@@ -175,40 +176,18 @@ class ScattererSpeckle(nn.Module):
         speckle)."""
         b, _, t, h, w = flow.shape
         geo = self._geometry(h, w)
-        rows, cols = geo["rf"]
-        up, (pad_z, pad_x) = geo["up"], geo["pad"]
         noise = noise.float()
-        dev = flow.device
         pz, px = self._lattice(noise[:, :, 0], h, w)
         flow = flow.float()
-        spectrum = torch.from_numpy(self.pulse().spectrum(rows, cols)).to(
-            device=dev, dtype=torch.complex64
-        )
         rho = float(self.rho)
         fresh = math.sqrt(max(1.0 - rho * rho, 0.0))
+        imager = LatticeImager(self.pulse(), geo["rf"], geo["pad"], (h, w), pz, px, baseband=False)
         amplitude = None
         out = []
         for i in range(t):
             innovation = torch.complex(noise[:, 0, 1 + i], noise[:, 1, 1 + i]).reshape(b, -1)
             amplitude = innovation if amplitude is None else rho * amplitude + fresh * innovation
-            qz, qx = self._moved(flow[:, :, i], pz, px)
-            gz, gx = (qz + pad_z) * up, qx + pad_x
-            inside = (gz >= 0) & (gz < rows - 1) & (gx >= 0) & (gx < cols - 1)
-            gz, gx = gz.clamp(0, rows - 1.001), gx.clamp(0, cols - 1.001)
-            iz, ix = gz.floor(), gx.floor()
-            fz, fx = gz - iz, gx - ix
-            base = (iz * cols + ix).long()
-            a = amplitude * inside
-            grid = torch.zeros((b, rows * cols), dtype=torch.complex64, device=dev)
-            for offset, weight in (
-                (0, (1 - fz) * (1 - fx)),
-                (1, (1 - fz) * fx),
-                (cols, fz * (1 - fx)),
-                (cols + 1, fz * fx),
-            ):
-                grid.scatter_add_(1, base + offset, a * weight)
-            echo = torch.fft.ifft2(torch.fft.fft2(grid.view(b, rows, cols)) * spectrum)
-            out.append(echo[:, pad_z * up : (pad_z + h) * up : up, pad_x : pad_x + w])
+            out.append(imager.moved(*self._moved(flow[:, :, i], pz, px)).A(amplitude))
         power = torch.stack(out, dim=1).abs().square()  # [B, T, H, W]
         power = power / power.mean(dim=(-1, -2), keepdim=True).clamp_min(1e-30)
         return (power.clamp_min(1e-30).log() + _EULER_GAMMA)[:, None]
@@ -232,14 +211,15 @@ class ScattererSpeckle(nn.Module):
         def draw(i: int) -> torch.Tensor:
             return torch.complex(noise[:, 0, i], noise[:, 1, i]).reshape(b, -1) / math.sqrt(2)
 
-        imager = retrieval.BasebandImager(pulse, geo["rf"], geo["pad"], (h, w), pz, px)
-        power = imager.A(draw(1) * sd).abs().square().mean((-1, -2))
-        sd = sd * (intensity.mean((-1, -2)) / power.clamp_min(1e-30)).sqrt()[:, None]
+        imager = LatticeImager(pulse, geo["rf"], geo["pad"], (h, w), pz, px, baseband=True)
+        prior = draw(1) * sd
+        # Scaled so the prior's echo has x0's mean intensity.
+        power = imager.A(prior).abs().square().mean((-1, -2))
+        gain = (intensity.mean((-1, -2)) / power.clamp_min(1e-30)).sqrt()[:, None]
+        prior, sd = prior * gain, sd * gain
         # Pixels clipped to black or white in x0 say only that the echo is beyond them.
         free = (gray <= -0.99) | (gray >= 0.99)
-        amplitude = retrieval.retrieve_amplitudes(
-            imager, intensity, free, draw(1) * sd, sd.square()
-        )
+        amplitude = retrieval.retrieve_amplitudes(imager, intensity, free, prior, sd.square())
         rho = float(self.rho)
         fresh = math.sqrt(max(1.0 - rho * rho, 0.0))
         out = []
@@ -247,8 +227,8 @@ class ScattererSpeckle(nn.Module):
             if fresh > 0:
                 amplitude = rho * amplitude + fresh * sd * draw(2 + i)
             qz, qx = self._moved(flow[:, :, i].float(), pz, px)
-            moved = retrieval.BasebandImager(pulse, geo["rf"], geo["pad"], (h, w), qz, qx)
-            out.append(moved.A(amplitude).abs().square().clamp_min(1e-30).log() * scale)
+            echo = imager.moved(qz, qx).A(amplitude)
+            out.append(echo.abs().square().clamp_min(1e-30).log() * scale)
         return torch.stack(out, dim=1)[:, None]
 
     def forward(

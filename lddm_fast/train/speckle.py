@@ -63,6 +63,7 @@ from lddm_fast.models.checkpoint import (
     from_pretrained,
     save_pretrained,
 )
+from lddm_fast.models.config import SCATTERER_SPECKLE_MODELS, SPECKLE_MODELS
 from lddm_fast.models.scatterers import ScattererSpeckle
 from lddm_fast.models.speckle import (
     SPECKLE_KERNEL,
@@ -439,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="noise of the fit (default 0)")
     parser.add_argument(
         "--model",
-        choices=("residual", "scatterers", "retrieved"),
+        choices=SPECKLE_MODELS,
         default="residual",
         help="residual: log-speckle with a std table over the mean (default); scatterers: "
         "speckle imaged from scatterers moved by the decoder's field (needs warp); "
@@ -469,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     config = models.config
     splits = model_splits(args.data, config, args.region)
     clips = eval_view(splits.train, args.clips)
-    scatterers = args.model in ("scatterers", "retrieved")
+    scatterers = args.model in SCATTERER_SPECKLE_MODELS
     if scatterers and not config.autoencoder.warp:
         parser.error(
             f"--model {args.model}: {args.checkpoint} has no warp (AutoencoderConfig.warp)"

@@ -16,7 +16,7 @@ from lddm_fast.diffusion import LDDMPipeline
 from lddm_fast.eval.psnr_ssim import psnr_clip
 from lddm_fast.models import preset
 from lddm_fast.models.checkpoint import build_models, from_pretrained, save_pretrained
-from lddm_fast.models.scatterer_retrieval import BasebandImager
+from lddm_fast.models.lattice_imaging import LatticeImager
 from lddm_fast.models.scatterers import ScattererSpeckle
 from lddm_fast.train.speckle import with_speckle
 
@@ -30,9 +30,9 @@ def _module(rho: float = 1.0) -> ScattererSpeckle:
     return m
 
 
-def _imager(z: torch.Tensor, x: torch.Tensor, size: int = SIZE) -> BasebandImager:
+def _imager(z: torch.Tensor, x: torch.Tensor, size: int = SIZE) -> LatticeImager:
     geo = _module()._geometry(size, size)
-    return BasebandImager(Pulse(0.7, 0.9), geo["rf"], geo["pad"], (size, size), z, x)
+    return LatticeImager(Pulse(0.7, 0.9), geo["rf"], geo["pad"], (size, size), z, x, baseband=True)
 
 
 def _x0(seed: int = 3, label: str = "benign") -> torch.Tensor:
