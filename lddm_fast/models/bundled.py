@@ -23,10 +23,10 @@ SAMPLE_IMAGES_DIR = ASSETS_DIR / "samples"
 
 #: sha256 of every file of the bundled checkpoint.
 BUNDLED_SHA256: dict[str, str] = {
-    "autoencoder.safetensors": "08cd9ff00f4fcd38daf7a8f087e75dd024b179d792cf27a4d3e23a95c4294b2b",
-    "config.json": "45e40872c3b9cb301daa07811639efe165da285cb66492d7083d7775e04f68fc",
+    "autoencoder.safetensors": "137078a72b2b15f822bbd5ff28e52b087b3a7585a884f7a0f7923b63e2933e8c",
+    "config.json": "7e635360fd254460d87170fc92c506fbea603f33b2e7f8035487c6d1ba45be2a",
     "denoiser.safetensors": "b520b82a146deb405b0dbb4570d9f1332a988322131ecdd4b4fabe3914c76f9c",
-    "meta.json": "0560f17bc8b5072485070dcc7261820e58a28f4ad66942e0f4cd325ec337f987",
+    "meta.json": "7149a01f697c877d123aef95a3e13378f7573274eb23530f317261715af436d4",
 }
 
 

@@ -2,7 +2,7 @@
 ``meta.json`` that records how it was made and how it scored.
 
     python -m lddm_fast.train.bundle --checkpoint runs/ldm/checkpoint \\
-        --report runs/heldout.json --dataset data/phantom64 \\
+        --report runs/heldout.json --report runs/heldout_seed4.json --dataset data/phantom64 \\
         --data-command "lddm-fast phantom data/phantom64 ..." --out lddm_fast/assets/phantom64
 
 prints the sha256 table to put in :data:`lddm_fast.models.bundled.BUNDLED_SHA256`.
@@ -92,8 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--report",
         type=Path,
-        default=None,
-        help="held-out report JSON (python -m lddm_fast.eval.heldout)",
+        action="append",
+        default=[],
+        help="held-out report JSON (python -m lddm_fast.eval.heldout); repeat it for "
+        "reports at other --seed values: the first is meta.json's heldout_report, the "
+        "others its heldout_reports_other_seeds",
     )
     parser.add_argument(
         "--dataset",
@@ -113,8 +116,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     extra: dict = {}
-    if args.report is not None:
-        extra["heldout_report"] = json.loads(args.report.read_text())
+    reports = []
+    for path in args.report:
+        try:
+            reports.append(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError) as err:
+            parser.error(f"--report {path}: {err}")
+    if reports:
+        extra["heldout_report"] = reports[0]
+    if len(reports) > 1:
+        extra["heldout_reports_other_seeds"] = reports[1:]
     if args.dataset is not None:
         info = json.loads((args.dataset / "dataset.json").read_text())
         extra["dataset"] = {

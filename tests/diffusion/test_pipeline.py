@@ -289,6 +289,13 @@ def test_the_shipped_bundled_model_verifies_and_loads_as_float32():
     assert bundled_checkpoint().is_dir()
     assert all(p.dtype == torch.float32 for p in pipe.models.denoiser.parameters())
     assert pipe.models.meta["denoiser_trained"] is True
+    # The shipped model's own held-out reports (meta.json) say it meets every bar.
+    reports = [pipe.models.meta["heldout_report"]]
+    reports += pipe.models.meta.get("heldout_reports_other_seeds", [])
+    for report in reports:
+        assert report["n_per_set"] >= 256
+        failed = [bar for bar, met in report["bars"].items() if not met]
+        assert not failed, (report["sampler"], failed)
 
 
 def test_lazy_top_level_export():
