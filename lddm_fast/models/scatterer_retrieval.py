@@ -88,6 +88,7 @@ def retrieve_amplitudes(
     unit = normal(torch.ones_like(mask)).real.mean((-1, -2), keepdim=True)
     diagonal = imager.power(variance)
     diagonal = torch.where(free, diagonal.mean((-1, -2), keepdim=True), diagonal)
+    prior_echo = imager.A(prior)
     amplitude = prior
     for i in range(rounds):
         lam = unit * max(0.3 * 0.8**i, floor)
@@ -95,7 +96,7 @@ def retrieve_amplitudes(
         target = envelope * echo / echo.abs().clamp_min(1e-12)
         v = _conjugate_gradients(
             lambda u, lam=lam: normal(u) + lam * u,
-            mask * (target - imager.A(prior)),
+            mask * (target - prior_echo),
             1.0 / (diagonal + lam),
             cg_iterations,
         )
