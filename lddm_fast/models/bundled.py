@@ -23,10 +23,10 @@ SAMPLE_IMAGES_DIR = ASSETS_DIR / "samples"
 
 #: sha256 of every file of the bundled checkpoint.
 BUNDLED_SHA256: dict[str, str] = {
-    "autoencoder.safetensors": "137078a72b2b15f822bbd5ff28e52b087b3a7585a884f7a0f7923b63e2933e8c",
-    "config.json": "7e635360fd254460d87170fc92c506fbea603f33b2e7f8035487c6d1ba45be2a",
-    "denoiser.safetensors": "b520b82a146deb405b0dbb4570d9f1332a988322131ecdd4b4fabe3914c76f9c",
-    "meta.json": "7149a01f697c877d123aef95a3e13378f7573274eb23530f317261715af436d4",
+    "autoencoder.safetensors": "6c2c636ebc64e2018ec0fabc9f86ff2b465ca4cea68efec57ae6cb9826494398",
+    "config.json": "09957d266fa175faafd2d3185f3a8d9fb65c15130977c341976b8853b82923cd",
+    "denoiser.safetensors": "925a5e46deb8ebce659cde0520db1cfb322f3994dcad8f6eef4ecc5eccb9d3b5",
+    "meta.json": "bf0644243906688493e4ddc6b74c48ef5823dae7b56f4f2c00666543e8cd8fa5",
 }
 
 

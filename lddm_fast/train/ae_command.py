@@ -13,13 +13,12 @@ share of the global batch (DDP).
 
 examples:
   lddm-fast phantom data/phantom --benign 200 --malignant 200 --normal 0 --layout busv
-  lddm-fast train-ae --data data/phantom --out runs/ae --preset phantom64 --steps 3000
-  # add a texture code to a trained model; z (and stage 2) stay as they are
-  lddm-fast train-ae --data data/phantom --out runs/aet --config configs/phantom64-texture.json \\
-      --init runs/ae/checkpoint --freeze-encoder --steps 1000
-  # move the displacement head one level finer and train it on the phantom's motion
-  lddm-fast train-ae --data data/phantom --out runs/aef --config configs/phantom64-flow.json \\
-      --init runs/ae/checkpoint --freeze-encoder --flow-weight 0.2 --steps 2000
+  # the bundled model's stage 1 (docs/TRAINING.md): the field also on the phantom's motion
+  lddm-fast train-ae --data data/phantom --out runs/ae --preset phantom64 --steps 4000 \\
+      --flow-weight 2.0
+  # go on training the decoder alone; z (and stage 2) stay as they are
+  lddm-fast train-ae --data data/phantom --out runs/aef --preset phantom64 \\
+      --init runs/ae/checkpoint --freeze-encoder --flow-weight 4.0 --steps 2000
   torchrun --nproc-per-node 8 -m lddm_fast train-ae --data busv --out runs/ae \\
       --preset busv128 --batch-size 64 --device cuda
 """
