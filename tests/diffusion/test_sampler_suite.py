@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from lddm_fast.diffusion import LDDMPipeline
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import harness  # noqa: E402
 from suites import sampler as suite  # noqa: E402
@@ -28,5 +30,11 @@ def test_cpu_quick_case_runs_with_parity(monkeypatch):
     rows = harness.run_case(case, "cpu", {"copy_gbs": 10.0}, quick=True)
     timed = {r["provider"]: r for r in rows if "median_ms" in r}
     assert set(timed) == {"eager", "default"}
+    # The one step goes from t = 999 to the clean latent in eps form, (x - sigma eps) / alpha:
+    # float32 rounding of the two O(1) terms is multiplied by 1 / alpha (157 on the linear
+    # schedule), while a v-prediction preset's result is O(1). A few ulps of that, relative
+    # to max |result|; a wrong update or a dropped term is off by O(1).
+    alpha = LDDMPipeline.from_preset("phantom64").alphas_cumprod[-1].sqrt().item()
+    bound = 4 * torch.finfo(torch.float32).eps / alpha
     for row in timed.values():
-        assert row["parity_ok"] and row["max_rel"] < 1e-5, row
+        assert row["parity_ok"] and row["max_rel"] < bound, row
