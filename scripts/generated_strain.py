@@ -15,30 +15,18 @@ class are noisier than the report's 4 x 128, and read best next to another check
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 import torch
+from heldout_probe import probe_inputs, probe_parser
 from strain_figures import field_ratio, moved
 
-from lddm_fast.diffusion.pipeline import (
-    LDDMPipeline,
-    PerSampleNoise,
-    video_generators,
-    video_seed,
-)
-from lddm_fast.eval.heldout import CLASS_NAMES, heldout_sets
+from lddm_fast.diffusion.pipeline import PerSampleNoise, video_generators, video_seed
+from lddm_fast.eval.heldout import CLASS_NAMES
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", required=True, help="the phantom dataset root")
-    parser.add_argument("--checkpoint", default=None, help="checkpoint dir (default: bundled)")
-    parser.add_argument("--n", type=int, default=64, help="clips of set B (default 64)")
-    args = parser.parse_args()
-    _, set_b = heldout_sets(args.data, 256)
-    set_b = set_b[:: max(1, 256 // args.n)]
-    pipe = LDDMPipeline.from_pretrained(args.checkpoint, device="cpu")
+    args = probe_parser(__doc__, 64).parse_args()
+    set_b, pipe = probe_inputs(args)
     config = pipe.config
     ae, denoiser = pipe.models.autoencoder, pipe.models.denoiser
     rows = {k: {c: [] for c in CLASS_NAMES} for k in ("posterior", "generated")}

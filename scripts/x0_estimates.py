@@ -18,14 +18,11 @@ noise levels. One fixed noise draw (seed 0); 32 clips take about a minute on a C
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 import torch.nn.functional as F
+from heldout_probe import probe_inputs, probe_parser
 
-from lddm_fast.diffusion.pipeline import LDDMPipeline
 from lddm_fast.diffusion.schedules import alphas_cumprod, betas_for
-from lddm_fast.eval.heldout import heldout_sets
 
 
 def roughness(z: torch.Tensor) -> str:
@@ -38,15 +35,10 @@ def roughness(z: torch.Tensor) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", required=True, help="the phantom dataset root")
-    parser.add_argument("--checkpoint", default=None, help="checkpoint dir (default: bundled)")
-    parser.add_argument("--n", type=int, default=32, help="clips of set B (default 32)")
+    parser = probe_parser(__doc__, 32)
     parser.add_argument("--steps", type=int, default=25, help="DDIM steps from t = 999")
     args = parser.parse_args()
-    _, set_b = heldout_sets(args.data, 256)
-    set_b = set_b[:: max(1, 256 // args.n)]
-    pipe = LDDMPipeline.from_pretrained(args.checkpoint, device="cpu")
+    set_b, pipe = probe_inputs(args)
     config = pipe.config
     ae, denoiser = pipe.models.autoencoder, pipe.models.denoiser
     abar = alphas_cumprod(betas_for(config.beta_schedule, config.num_train_timesteps)).float()
