@@ -6,14 +6,17 @@ On the posterior means z0 of every (256 / n)-th clip of the held-out set B
 (``lddm_fast.eval.heldout``), scaled as the denoiser sees them:
 
 - per timestep t, the error of the denoiser's estimate of z0 from z_t = alpha_t z0 +
-  sigma_t eps (eps- or v-prediction, as the config says);
-- DDIM (eta 0, evenly spaced steps) started from z_t at t = 999, 600, 400, 200: the
-  spread of the result, its roughness (std of the spatial high-pass z - 3x3 mean, and of
-  the frame-to-frame difference) next to z0's, and its distance to z0.
+  sigma_t eps: one DDIM step from t to the clean end;
+- DDIM (eta 0, the pipeline's trailing steps over timesteps 0..t) started from z_t at
+  t = 999, 600, 400, 200: the spread of the result, its roughness (std of the spatial
+  high-pass z - 3x3 mean, and of the frame-to-frame difference) next to z0's, and its
+  distance to z0.
 
-A run started at t = 999 is a sample from (almost) pure noise; if it is rougher or more
-spread than z0 while the runs started lower are not, the error comes from the highest
-noise levels. One fixed noise draw (seed 0); 32 clips take about a minute on a CPU.
+Both run the library's own sampler and prediction adapter (eps or v, as the config
+says). A run started at t = 999 is a sample from (almost) pure noise; if it is rougher
+or more spread than z0 while the runs started lower are not, the error comes from the
+highest noise levels. One fixed noise draw (seed 0); 32 clips take about a minute on a
+CPU.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ import torch
 import torch.nn.functional as F
 from heldout_probe import probe_inputs, probe_parser
 
-from lddm_fast.diffusion.schedules import alphas_cumprod, betas_for
+from lddm_fast.diffusion.denoisers import prediction_adapter
+from lddm_fast.diffusion.samplers import sample_ddim
+from lddm_fast.diffusion.schedules import sampling_schedule
 
 
 def roughness(z: torch.Tensor) -> str:
@@ -39,49 +44,40 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=25, help="DDIM steps from t = 999")
     args = parser.parse_args()
     set_b, pipe = probe_inputs(args)
-    config = pipe.config
+    config, abar = pipe.config, pipe.alphas_cumprod
     ae, denoiser = pipe.models.autoencoder, pipe.models.denoiser
-    abar = alphas_cumprod(betas_for(config.beta_schedule, config.num_train_timesteps)).float()
     last = config.num_train_timesteps - 1
-
-    def estimate(z_t, t, x0):
-        """(z0 estimate, eps estimate) of z_t at timestep t."""
-        alpha, sigma = abar[t].sqrt(), (1 - abar[t]).sqrt()
-        tt = torch.full((len(z_t),), t, dtype=torch.long)
-        out = denoiser(z_t, tt, x0).sample.float()
-        if config.prediction_type == "eps":
-            return (z_t - sigma * out) / alpha, out
-        return alpha * z_t - sigma * out, alpha * out + sigma * z_t
-
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         video = torch.stack([it["video"].float() for it in set_b]) / 127.5 - 1.0
-        x0 = video[:, :, 0]
         z0 = ae.encode(video[:, :, 1:]).latent_dist.mode() * config.latent_scale
+        cond = denoiser.encode_condition(video[:, :, 0])
+
+        def net(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return denoiser(x, t, cond=cond).sample
+
+        model = prediction_adapter(config.prediction_type, net, abar)
+
+        def ddim_from(t: int, steps: int) -> torch.Tensor:
+            """z0 noised to timestep t (a fresh draw), then DDIM to the clean end."""
+            noise = torch.randn(z0.shape, generator=generator)
+            z_t = (abar[t].sqrt() * z0 + (1 - abar[t]).sqrt() * noise).float()
+            return sample_ddim(model, z_t, sampling_schedule(abar[: t + 1], steps), disable=True)
+
         print(f"set B, {len(set_b)} clips, {args.checkpoint or 'bundled'}: ", end="")
         print(f"{config.prediction_type}-prediction, {config.beta_schedule} schedule")
         print(f"posterior z0:      {roughness(z0)}")
         for t in (20, 100, 200, 400, 600, 800, last):
-            z_t = abar[t].sqrt() * z0 + (1 - abar[t]).sqrt() * torch.randn(
-                z0.shape, generator=generator
-            )
-            z0_hat, _ = estimate(z_t, t, x0)
+            z0_hat = ddim_from(t, 1)
             print(
                 f"t {t:4d} (sigma/alpha {float((1 / abar[t] - 1).sqrt()):7.2f}): "
                 f"z0 estimate error {(z0_hat - z0).std():.3f}, estimate std {z0_hat.std():.3f}"
             )
         for start in (last, 600, 400, 200):
-            n = max(2, round(args.steps * start / last))
-            times = torch.linspace(start, 0, n + 1).round().long().tolist()[:-1]
-            z = abar[start].sqrt() * z0 + (1 - abar[start]).sqrt() * torch.randn(
-                z0.shape, generator=generator
-            )
-            for i, t in enumerate(times):
-                z0_hat, eps_hat = estimate(z, t, x0)
-                after = abar[times[i + 1]] if i + 1 < len(times) else torch.tensor(1.0)
-                z = after.sqrt() * z0_hat + (1 - after).sqrt() * eps_hat
+            steps = max(2, round(args.steps * start / last))
+            z = ddim_from(start, steps)
             print(
-                f"DDIM from t {start:4d} ({n:2d} steps): {roughness(z)}  "
+                f"DDIM from t {start:4d} ({steps:2d} steps): {roughness(z)}  "
                 f"distance to z0 {(z - z0).std():.3f}"
             )
 
