@@ -1,8 +1,10 @@
-// The one registration file: op schemas in the `lddm` namespace and their CPU / CUDA
-// kernels. The same op names dispatch by device; the fake (meta) implementations that
-// torch.compile and CUDA-graph capture need are registered by lddm_fast/_ext.py.
+// The one registration file: op schemas in the `lddm` namespace, their CPU / CUDA kernels
+// and the autograd kernels of those with a backward. The same op names dispatch by device;
+// the fake (meta) implementations that torch.compile and CUDA-graph capture need are
+// registered by lddm_fast/_ext.py.
 #include <Python.h>
 
+#include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/library.h>
 
 #include "cpu/dispatch.h"
@@ -38,6 +40,18 @@ TORCH_LIBRARY_IMPL(lddm, CPU, m) {
   m.impl("temporal_attention_lse", &lddm::temporal_attention_lse_cpu);
   m.impl("temporal_attention_backward", &lddm::temporal_attention_backward_cpu);
   m.impl("sampler_step", &lddm::sampler_step_cpu);
+}
+
+// The ops with a backward (csrc/autograd.cpp): every device's training calls pass here.
+// The others, the backward ops included, refuse a backward through them with an error
+// naming the op (autograd's default fallback would only warn and drop the gradient).
+TORCH_LIBRARY_IMPL(lddm, Autograd, m) {
+  m.impl("group_norm", &lddm::group_norm_autograd);
+  m.impl("group_norm_stats", &lddm::group_norm_stats_autograd);
+  m.impl("temporal_attention_lse", &lddm::temporal_attention_lse_autograd);
+  for (const char* op : {"group_norm_backward", "temporal_attention",
+                         "temporal_attention_backward", "sampler_step"})
+    m.impl(op, torch::autograd::autogradNotImplementedFallback());
 }
 
 #ifdef LDDM_WITH_CUDA

@@ -62,6 +62,24 @@ at::Tensor sampler_step_cpu(const at::Tensor& x, const at::Tensor& eps, const at
                             const at::Tensor& b, const std::optional<at::Tensor>& noise,
                             const std::optional<at::Tensor>& c);
 
+// Autograd kernels (csrc/autograd.cpp) of group_norm, group_norm_stats and
+// temporal_attention_lse: same arguments and outputs; each runs the op below autograd and
+// records its backward op (group_norm_backward, temporal_attention_backward) on the graph.
+at::Tensor group_norm_autograd(const at::Tensor& x, int64_t num_groups,
+                               const std::optional<at::Tensor>& weight,
+                               const std::optional<at::Tensor>& bias, double eps,
+                               const std::optional<at::Tensor>& scale,
+                               const std::optional<at::Tensor>& shift, bool silu);
+std::tuple<at::Tensor, at::Tensor> group_norm_stats_autograd(
+    const at::Tensor& x, int64_t num_groups, const std::optional<at::Tensor>& weight,
+    const std::optional<at::Tensor>& bias, double eps, const std::optional<at::Tensor>& scale,
+    const std::optional<at::Tensor>& shift, bool silu);
+std::tuple<at::Tensor, at::Tensor> temporal_attention_lse_autograd(const at::Tensor& q,
+                                                                   const at::Tensor& k,
+                                                                   const at::Tensor& v,
+                                                                   int64_t num_heads,
+                                                                   double scale);
+
 #ifdef LDDM_WITH_CUDA
 // CUDA versions of the ops above: same arguments, semantics and output layouts; float16
 // is accepted as well.

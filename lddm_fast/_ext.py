@@ -1,9 +1,11 @@
 """Loads the compiled extension ``lddm_fast._C`` at import and remembers why it failed.
 
-Importing ``_C`` registers the ``torch.ops.lddm.*`` custom ops (static
-``TORCH_LIBRARY`` initialisers in csrc/bindings.cpp). The package works without it:
-only the ``cpp`` and ``cuda`` backends need it. Status is computed once, here, so the
-dispatcher reads plain module globals (cheap, and traceable by torch.compile).
+Importing ``_C`` registers the ``torch.ops.lddm.*`` custom ops and the backward of
+those that have one (static ``TORCH_LIBRARY`` initialisers in csrc/bindings.cpp; the
+autograd kernels are C++, csrc/autograd.cpp, so a training call runs no Python). The
+package works without it: only the ``cpp`` and ``cuda`` backends need it. Status is
+computed once, here, so the dispatcher reads plain module globals (cheap, and
+traceable by torch.compile).
 """
 
 from __future__ import annotations
@@ -71,63 +73,12 @@ def _register_fakes() -> None:
         )
 
 
-def _register_autograd() -> None:
-    """Backward formulas of the differentiable ``lddm::`` ops, each one call of its
-    backward op (the kernels in csrc/cpu/*_backward.cpp)."""
-
-    # group_norm_stats (what training calls run) also returns the group statistics, which
-    # the backward takes instead of re-reading x for them; plain group_norm recomputes them.
-    def group_norm_setup(ctx, inputs, output):
-        x, num_groups, weight, bias, eps, scale, shift, silu = inputs
-        stats = output[1] if isinstance(output, tuple) else None
-        if stats is not None:
-            ctx.mark_non_differentiable(stats)
-        ctx.save_for_backward(x, weight, bias, scale, shift, stats)
-        ctx.args = (num_groups, eps, silu)
-
-    def group_norm_backward(ctx, grad, *_grad_stats):
-        x, weight, bias, scale, shift, stats = ctx.saved_tensors
-        num_groups, eps, silu = ctx.args
-        grads = torch.ops.lddm.group_norm_backward(
-            grad, x, num_groups, weight, bias, eps, scale, shift, silu, stats
-        )
-        need = ctx.needs_input_grad
-        wanted = (need[0], need[2], need[3], need[5], need[6])  # x, weight, bias, scale, shift
-        gx, gw, gb, gs, gh = (g if w else None for g, w in zip(grads, wanted, strict=True))
-        return gx, None, gw, gb, None, gs, gh, None
-
-    for op in ("lddm::group_norm", "lddm::group_norm_stats"):
-        torch.library.register_autograd(op, group_norm_backward, setup_context=group_norm_setup)
-
-    # FlashAttention-style: the forward saves the logsumexp [B, heads, T, H, W] (not the
-    # attention matrix); the backward recomputes the probabilities from it.
-    def attention_setup(ctx, inputs, output):
-        q, k, v, num_heads, scale = inputs
-        _, lse = output
-        ctx.mark_non_differentiable(lse)
-        ctx.save_for_backward(q, k, v, lse)
-        ctx.args = (num_heads, scale)
-
-    def attention_backward(ctx, grad_out, _grad_lse):
-        q, k, v, lse = ctx.saved_tensors
-        grads = torch.ops.lddm.temporal_attention_backward(grad_out, q, k, v, lse, *ctx.args)
-        dq, dk, dv = (
-            g if need else None for g, need in zip(grads, ctx.needs_input_grad[:3], strict=True)
-        )
-        return dq, dk, dv, None, None
-
-    torch.library.register_autograd(
-        "lddm::temporal_attention_lse", attention_backward, setup_context=attention_setup
-    )
-
-
 def _load() -> tuple[ModuleType | None, str]:
     try:
         from lddm_fast import _C
     except ImportError as exc:
         return None, f"extension not built: {exc}"
     _register_fakes()
-    _register_autograd()
     return _C, "ok"
 
 

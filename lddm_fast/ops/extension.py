@@ -115,7 +115,7 @@ def vector_cpu_kernels() -> bool:
         return False
 
 
-# The ops whose CPU kernels have a backward (registered in lddm_fast/_ext.py), and
+# The ops whose CPU kernels have a backward (autograd kernels in csrc/autograd.cpp), and
 # those a default training call takes. The attention backward of the vector builds
 # (pixels in the lanes) runs at 2-5x eager autograd; the portable one (one position at
 # a time) at 0.7-1.8x, slower than eager at most shapes (benchmarks/RESULTS.md).

@@ -106,6 +106,36 @@ def test_sampler_step_opcheck():
     torch.library.opcheck(torch.ops.lddm.sampler_step.default, args, test_utils=OPCHECK_TESTS)
 
 
+def _attention_inputs():
+    qkv = torch.randn(2, 24, 5, 3, 3).contiguous(memory_format=torch.channels_last_3d)
+    return _needs_grad(qkv)[0].chunk(3, dim=1)
+
+
+def test_training_calls_record_cpp_backward_nodes():
+    # The backward formulas are C++ (csrc/autograd.cpp): a training call runs no Python
+    # autograd wrapper, which cost a third of a small GroupNorm's forward + backward.
+    (x,) = _needs_grad(torch.randn(2, 8, 3, 4, 4))
+    y = ops.group_norm(x, 4, activation="silu", backend="cpp")
+    assert "CppNode<lddm::" in y.grad_fn.name() and "GroupNormFunction" in y.grad_fn.name()
+    q, k, v = _attention_inputs()
+    out = ops.temporal_attention(q, k, v, num_heads=2, backend="cpp")
+    assert "TemporalAttentionFunction" in out.grad_fn.name()
+
+
+def test_backward_through_an_op_without_derivative_raises():
+    # Double backward, and backward through an inference-only op: an error that names the
+    # op, not autograd's default (a warning and a silently missing gradient).
+    (x,) = _needs_grad(torch.randn(2, 8, 3, 4, 4))
+    y = ops.group_norm(x, 4, activation="silu", backend="cpp")
+    (gx,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="lddm::group_norm_backward"):
+        gx.sum().backward()
+    q, k, v = _attention_inputs()
+    out = torch.ops.lddm.temporal_attention(q, k, v, 2, 0.25)
+    with pytest.raises(RuntimeError, match="lddm::temporal_attention"):
+        out.sum().backward()
+
+
 class Block(torch.nn.Module):
     """GroupNorm+FiLM+SiLU -> qkv -> temporal attention -> residual, as in the denoiser."""
 
