@@ -51,6 +51,9 @@ class Case:
     parity_floor: float | None = None  # overrides PARITY_FLOOR[dtype] (e.g. uint8 outputs)
     items: int = 0  # things one call produces (e.g. videos), for a rate column
     item_name: str = "videos"
+    # Time the providers in rounds, one call of each per round (time_interleaved), not
+    # one after the other: for cases of a few calls each (whole models on a CPU).
+    interleave: bool = False
 
 
 @dataclass
@@ -64,6 +67,9 @@ class Timing:
     # (its trim/mmap thresholds) pays them on every call, so its time can move by
     # several fold between runs; this column says when that is what happened.
     faults_per_call: float | None = None
+    # Each call's time in call order (time_interleaved only: call i of every provider is
+    # in round i, next to the others' call i).
+    times_ms: list[float] | None = None
 
 
 def _sync(device: str) -> None:
@@ -102,13 +108,41 @@ def time_fn(fn: Callable[[], Any], device: str, quick: bool) -> Timing:
             fn()
             times.append((time.perf_counter() - t0) * 1e3)
     faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) / len(times)
+    return _summary(times, None if device == "cuda" else faults)
+
+
+def time_interleaved(fns: dict[str, Callable[[], Any]], device: str, quick: bool) -> dict:
+    """Timing of each of ``fns`` (name -> call), taken in rounds of one call of each, the
+    order rotated every round: a slow spell of a shared machine then falls on every
+    provider alike, where timing them one after the other can put one provider's few
+    calls (a whole model on a CPU: 5 in its budget) all inside it. Wall clock per call,
+    synchronised on CUDA; at least 5 rounds, then the time budget of all of them."""
+    names = list(fns)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    faults = dict.fromkeys(names, 0)
+    deadline = time.perf_counter() + (0.3 if quick else 1.5) * len(names)
+    rounds = 0
+    while rounds < 5 or (time.perf_counter() < deadline and rounds < 1000):
+        for i in range(len(names)):
+            name = names[(rounds + i) % len(names)]
+            faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            t0 = time.perf_counter()
+            fns[name]()
+            _sync(device)
+            times[name].append((time.perf_counter() - t0) * 1e3)
+            faults[name] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0
+        rounds += 1
+    timings = {}
+    for n in names:
+        timings[n] = _summary(times[n], None if device == "cuda" else faults[n] / rounds)
+        timings[n].times_ms = times[n]
+    return timings
+
+
+def _summary(times: list[float], faults_per_call: float | None) -> Timing:
     q = statistics.quantiles(times, n=10) if len(times) >= 2 else [times[0]] * 9
     return Timing(
-        statistics.median(times),
-        q[0],
-        q[-1],
-        len(times),
-        faults_per_call=None if device == "cuda" else faults,
+        statistics.median(times), q[0], q[-1], len(times), faults_per_call=faults_per_call
     )
 
 
@@ -168,7 +202,7 @@ def run_case(case: Case, device: str, ceilings: dict[str, float], quick: bool) -
         case.flops / peak_flops if peak_flops else 0.0,
     )
     rows: list[dict] = []
-    baseline_ms = baseline_rel = None
+    ran: dict[str, Callable[[], Any]] = {}  # providers whose first call worked
     for name, fn in case.providers.items():
         row: dict[str, Any] = {
             "suite": case.suite,
@@ -178,6 +212,7 @@ def run_case(case: Case, device: str, ceilings: dict[str, float], quick: bool) -
             "provider": name,
             **case.params,
         }
+        rows.append(row)
         try:
             t0 = time.perf_counter()
             out = fn(*inputs)  # first call: includes compilation for compiled providers
@@ -185,10 +220,23 @@ def run_case(case: Case, device: str, ceilings: dict[str, float], quick: bool) -
             row["first_call_s"] = round(time.perf_counter() - t0, 3)
             row["max_abs"], row["max_rel"] = parity(out, expected)
             del out
-            timing = time_fn(functools.partial(fn, *inputs), device, quick)
+            call = functools.partial(fn, *inputs)
+            if not case.interleave:
+                row["timing"] = time_fn(call, device, quick)
+            ran[name] = call
         except Exception as exc:  # a baseline that cannot run here is reported, not fatal
             row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-            rows.append(row)
+    if case.interleave and ran:
+        for row, timing in zip(
+            [r for r in rows if r["provider"] in ran],
+            time_interleaved(ran, device, quick).values(),
+            strict=True,
+        ):
+            row["timing"] = timing
+    baseline_ms = baseline_rel = baseline_times = None
+    for row in rows:
+        timing = row.pop("timing", None)
+        if timing is None:
             continue
         row.update(
             median_ms=timing.median_ms, p10_ms=timing.p10_ms, p90_ms=timing.p90_ms, reps=timing.reps
@@ -205,7 +253,14 @@ def run_case(case: Case, device: str, ceilings: dict[str, float], quick: bool) -
             row[f"{case.item_name}_per_s"] = case.items / (timing.median_ms / 1e3)
         if baseline_ms is None:
             baseline_ms, baseline_rel = timing.median_ms, row["max_rel"]
+            baseline_times = timing.times_ms
         row["speedup"] = baseline_ms / timing.median_ms
+        if timing.times_ms is not None:
+            # The median of the per-round ratios: what a drift of the machine's speed
+            # over the run, which moves both calls of a round alike, leaves untouched.
+            row["paired_speedup"] = statistics.median(
+                b / t for b, t in zip(baseline_times, timing.times_ms, strict=True)
+            )
         floor = (
             case.parity_floor
             if case.parity_floor is not None
@@ -214,7 +269,6 @@ def run_case(case: Case, device: str, ceilings: dict[str, float], quick: bool) -
         tol = max(floor, 2 * baseline_rel)
         row["parity_tol"] = tol
         row["parity_ok"] = bool(row["max_rel"] <= tol)
-        rows.append(row)
     for name, why in case.notes.items():
         rows.append(
             {
@@ -260,13 +314,15 @@ def markdown_table(rows: list[dict]) -> str:
             (f"{v:.2f} {k.removesuffix('_per_s')}/s" for k, v in r.items() if k.endswith("_per_s")),
             "-",
         )
+        # Interleaved cases: the median of the per-round ratios as well.
+        paired = f" (paired {r['paired_speedup']:.2f}x)" if "paired_speedup" in r else ""
         lines.append(
             f"| {r['op']} | {r['case']} | {r['dtype']} | {r['provider']} | "
             f"{r['median_ms']:.3f} | {r['p10_ms']:.3f}-{r['p90_ms']:.3f} | "
             f"{format(r['gbs'], '.1f') if 'gbs' in r else '-'} | "
             f"{format(r['roofline_pct'], '.1f') if 'roofline_pct' in r else '-'} | {rate} | "
             f"{format(r['faults_per_call'], '.0f') if 'faults_per_call' in r else '-'} | "
-            f"{r['speedup']:.2f}x | {r['max_abs']:.2e} | "
+            f"{r['speedup']:.2f}x{paired} | {r['max_abs']:.2e} | "
             f"{r['max_rel']:.2e} | {'ok' if r['parity_ok'] else 'FAIL'} |"
         )
     return "\n".join(lines)

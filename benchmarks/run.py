@@ -36,6 +36,8 @@ SUITES = {
     "diffusers": diffusers_unet.cases,
     "train": train.cases,
 }
+# suite name -> summarize(rows) -> lines derived from several cases of one run
+SUMMARIES = {"diffusers": diffusers_unet.summarize}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -96,13 +98,18 @@ def main(argv: list[str] | None = None) -> int:
             # by a time limit (a lent GPU's lease) keeps what it measured.
             print("\n".join(harness.markdown_table(case_rows).splitlines()[2:]), flush=True)
             if args.out:
-                _write_json(args, argv, dtype, env, ceilings, rows)
+                _write_json(args, argv, dtype, env, ceilings, rows, [])
 
+    summaries = [
+        f"[{name}] {line}" for name in suites if name in SUMMARIES for line in SUMMARIES[name](rows)
+    ]
     if args.out:
-        _write_json(args, argv, dtype, env, ceilings, rows)
+        _write_json(args, argv, dtype, env, ceilings, rows, summaries)
     failures = [r for r in rows if r.get("parity_ok") is False]
     print()
     print(harness.markdown_table(rows))
+    if summaries:
+        print("\n" + "\n".join(summaries))
     if failures:
         for r in failures:
             print(
@@ -114,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _write_json(args, argv, dtype, env, ceilings, rows) -> None:
+def _write_json(args, argv, dtype, env, ceilings, rows, summaries) -> None:
     args.out.write_text(
         json.dumps(
             {
@@ -131,6 +138,7 @@ def _write_json(args, argv, dtype, env, ceilings, rows) -> None:
                 "environment": env,
                 "ceilings": ceilings,
                 "results": rows,
+                "summaries": summaries,
             },
             indent=2,
             default=str,

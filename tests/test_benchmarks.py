@@ -5,6 +5,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -121,6 +122,67 @@ def test_page_faults_per_call_are_counted():
     assert reusing.faults_per_call < 0.1 * pages
 
 
+def test_interleaved_timing_takes_rounds_of_every_provider():
+    calls: list[str] = []
+
+    def provider(name, seconds):
+        def run():
+            calls.append(name)
+            time.sleep(seconds)
+
+        return run
+
+    fns = {"slow": provider("slow", 0.004), "fast": provider("fast", 0.0)}
+    timings = harness.time_interleaved(fns, "cpu", quick=True)
+    rounds = [calls[i : i + 2] for i in range(0, len(calls), 2)]
+    assert len(rounds) >= 5 and all(sorted(r) == ["fast", "slow"] for r in rounds)
+    # The order rotates, so neither provider always runs first after the other.
+    assert {tuple(r) for r in rounds} == {("slow", "fast"), ("fast", "slow")}
+    assert timings["slow"].reps == timings["fast"].reps == len(rounds)
+    assert timings["slow"].median_ms >= 4.0 > timings["fast"].median_ms
+
+
+def test_interleaved_case_reports_each_provider():
+    def broken(t):
+        raise RuntimeError("no kernel here")
+
+    case = _case(lambda t: t + t)
+    case.providers["failing"] = broken
+    case.interleave = True
+    rows = harness.run_case(case, "cpu", {"copy_gbs": 10.0}, quick=True)
+    by = {r["provider"]: r for r in rows}
+    assert by["eager"]["speedup"] == 1.0 and by["eager"]["reps"] >= 5
+    assert by["eager"]["paired_speedup"] == 1.0
+    assert by["broken"]["parity_ok"] and by["broken"]["median_ms"] > 0
+    assert by["broken"]["paired_speedup"] > 0
+    assert "no kernel here" in by["failing"]["error"] and "median_ms" not in by["failing"]
+
+
+def test_diffusers_summary_is_amdahl_over_the_site_rows():
+    from suites import diffusers_unet
+
+    def row(op, case, provider, ms, **extra):
+        return {"op": op, "case": case, "provider": provider, "median_ms": ms, **extra}
+
+    fwd, model = "diffusers UNet forward", "tiny"
+    rows = [
+        row(fwd, model, "original", 100.0, speedup=1.0),
+        row(fwd, model, "accelerated", 95.0, speedup=100 / 95, paired_speedup=1.04),
+        {"op": fwd, "case": model, "provider": "compile", "skipped": "--no-compile"},
+        row("site: GroupNorm", "a", "original", 5.0, model_case=model, calls_per_forward=2),
+        row("site: GroupNorm", "a", "accelerated", 4.0, model_case=model, calls_per_forward=2),
+    ]
+    (line,) = diffusers_unet.summarize(rows)
+    assert line.startswith("tiny: the replaced calls take 10.0 ms of the original forward's")
+    # 10 of 100 ms: at most 100/90; the site rows predict 100/98; measured 100/95.
+    assert "(10.0%)" in line and "at most 1.11x" in line
+    assert line.endswith(
+        "1.02x from the accelerated site times, 1.05x measured (1.04x paired by round)"
+    )
+    # No site rows (a --filter run): nothing to say.
+    assert diffusers_unet.summarize(rows[:3]) == []
+
+
 def test_pytest_benchmark_view_of_the_kernels_suite_runs():
     """`pytest benchmarks --benchmark-only` (the run-to-run comparison view) collects
     the suite's cases and checks their parity; here once each, benchmarks disabled."""
@@ -181,6 +243,8 @@ def test_diffusers_suite_times_and_checks_every_provider(monkeypatch, tmp_path):
             assert by[name]["speedup"] > 0
         assert "--quick on CPU" in by["compile"]["skipped"]
     assert {r["steps"] for r in rows if r["op"] == "diffusers sampling loop"} == {2}
+    (summary,) = json.loads(out.read_text())["summaries"]
+    assert summary.startswith("[diffusers] tiny SVD UNet: the replaced calls take")
     # Every replaced call of one forward is a site row, counted once.
     calls: dict[str, int] = {}
     for r in rows:

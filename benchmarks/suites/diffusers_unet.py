@@ -367,10 +367,53 @@ def _shape_cases(shape: UNetShape, device, dtype, quick, compile_) -> list[Case]
                 flops=flops * (steps or 1),
                 notes=dict(notes),
                 items=shape.batch if steps else 0,
+                interleave=device == "cpu",  # a forward of 0.1-0.3 s, a loop of seconds
             )
         )
     sites = _capture_sites(accelerated, lambda: _forward(accelerated)(*make()))
     return out + _site_cases(sites, device, dtype, {"model_case": shape.label})
+
+
+def summarize(rows: list[dict]) -> list[str]:
+    """What the site rows say about the model rows, per model case (Amdahl): the time the
+    replaced calls take in the original forward (sum of calls x the site's original
+    median), the speedup the forward could reach if they cost nothing, the one the
+    accelerated site times predict, and the one measured (and its per-round median
+    where the providers were timed in rounds). Nothing for a case whose forward or site
+    rows were not run (``--filter``)."""
+
+    def find(case, provider):
+        keys = ("diffusers UNet forward", case, provider)
+        match = (r for r in rows if (r["op"], r["case"], r["provider"]) == keys)
+        return next((r for r in match if "median_ms" in r), None)
+
+    lines = []
+    for case in dict.fromkeys(r["case"] for r in rows if r["op"] == "diffusers UNet forward"):
+        original, accelerated = find(case, "original"), find(case, "accelerated")
+        sites = [r for r in rows if r.get("model_case") == case and "median_ms" in r]
+        if original is None or not sites:
+            continue
+        total = original["median_ms"]
+        spent = {
+            provider: sum(
+                r["calls_per_forward"] * r["median_ms"] for r in sites if r["provider"] == provider
+            )
+            for provider in ("original", "accelerated")
+        }
+        rest = total - spent["original"]
+        measured = "accelerated forward not run"
+        if accelerated:
+            measured = f"{accelerated['speedup']:.2f}x measured"
+            if "paired_speedup" in accelerated:
+                measured += f" ({accelerated['paired_speedup']:.2f}x paired by round)"
+        lines.append(
+            f"{case}: the replaced calls take {spent['original']:.1f} ms of the original "
+            f"forward's {total:.1f} ms ({spent['original'] / total:.1%}); at most "
+            f"{total / rest:.2f}x if they cost nothing, "
+            f"{total / (rest + spent['accelerated']):.2f}x from the accelerated site times, "
+            f"{measured}"
+        )
+    return lines
 
 
 def cases(device: str, dtype: torch.dtype, quick: bool, compile_: bool = True) -> list[Case]:
