@@ -17,7 +17,9 @@ latents, image embedding, added time ids) and no guidance.
 Site cases (op ``site: ...``): every distinct call of a replaced module in one forward
 (the GroupNorm(+SiLU) at each input shape and layout, the temporal self-attention at
 each ``[N, T, C]``), the diffusers computation against the fused one on random inputs
-of that shape and layout, with the number of such calls per forward. They are the
+of that shape and layout, with the number of such calls per forward; each side called
+as the model calls it (diffusers' GroupNorm and SiLU modules against the one fused
+module, each attention processor on the Attention module). They are the
 data a per-shape fallback rule ("keep the original module where the kernel loses")
 needs: where ``accelerated`` is slower than ``original`` at a site, that site costs
 the model ``calls x (difference)`` per forward.
@@ -172,6 +174,27 @@ def _original_group_norm(norm, x, scale, shift, weight=None, bias=None):
     return torch.nn.functional.silu(y) if norm.lddm_activation == "silu" else y
 
 
+def _original_modules(norm):
+    """The site as diffusers' model calls it, module by module (each call's Python
+    overhead included, as the accelerated provider's module call includes its own):
+    an ``nn.GroupNorm`` with the fused one's weights, the scale-shift, an ``nn.SiLU``.
+    Returns a callable ``(x, scale, shift) -> y``."""
+    from lddm_fast.integrations.diffusers.modules import unfuse_group_norm
+
+    plain = copy.deepcopy(norm)
+    unfuse_group_norm(plain)
+    silu = torch.nn.SiLU() if norm.lddm_activation == "silu" else None
+
+    def run(x, scale, shift):
+        y = plain(x)
+        if scale is not None:
+            view = (*scale.shape, *[1] * (x.dim() - 2))
+            y = y * (1 + scale.view(view)) + shift.view(view)
+        return y if silu is None else silu(y)
+
+    return run
+
+
 def _capture_sites(accelerated, run_forward) -> dict[tuple, dict]:
     """Run one forward of the accelerated model and record each distinct call of a
     replaced module: key (kind, size, stride, FiLM) -> {"module", "names", "calls"}."""
@@ -247,7 +270,7 @@ def _site_cases(sites: dict[tuple, dict], device: str, dtype: torch.dtype, param
         else:
             w64, b64 = module.weight.double(), module.bias.double()
             providers = {
-                "original": lambda x, sc, sh, m=module: _original_group_norm(m, x, sc, sh),
+                "original": _original_modules(module),
                 "accelerated": lambda x, sc, sh, m=module: m(x, scale=sc, shift=sh),
             }
 

@@ -48,12 +48,13 @@ class FusedGroupNorm(nn.GroupNorm):
     ) -> torch.Tensor:
         """x: ``[N, C, H, W]`` or ``[N, C, T, H, W]`` (any strides); scale, shift: ``[N, C]``
         FiLM or None. Returns ``act((norm(x) * weight + bias) * (1 + scale) + shift)``."""
-        if (
-            self.lddm_backend is None
-            and not x.is_cuda
-            and (self.lddm_activation is None or math.prod(x.shape[2:]) < CPU_MIN_POSITIONS)
-        ):
-            return self._unfused(x, scale, shift)
+        if self.lddm_backend is None and not x.is_cuda:
+            if self.lddm_activation is None and scale is None and shift is None:
+                # nn.GroupNorm's own call, inline: this path runs on every CPU call of a
+                # temporal transformer's entry norm, where a method call would show.
+                return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+            if self.lddm_activation is None or math.prod(x.shape[2:]) < CPU_MIN_POSITIONS:
+                return self._unfused(x, scale, shift)
         return ops.group_norm(
             x,
             self.num_groups,
