@@ -51,8 +51,10 @@ class Case:
     parity_floor: float | None = None  # overrides PARITY_FLOOR[dtype] (e.g. uint8 outputs)
     items: int = 0  # things one call produces (e.g. videos), for a rate column
     item_name: str = "videos"
-    # Time the providers in rounds, one call of each per round (time_interleaved), not
-    # one after the other: for cases of a few calls each (whole models on a CPU).
+    # On a CPU, time the providers in rounds, one call of each per round
+    # (time_interleaved), not one after the other: for cases a shared machine's slow
+    # spells would otherwise decide (a few calls each, or differences of 1%). On CUDA
+    # each provider is timed by do_bench as usual.
     interleave: bool = False
 
 
@@ -78,9 +80,9 @@ def _sync(device: str) -> None:
 
 
 def time_fn(fn: Callable[[], Any], device: str, quick: bool) -> Timing:
-    """Median and p10/p90 of one call. CUDA: per-call CUDA events after a warm-up, L2
-    flushed between calls (triton.testing.do_bench when available); CPU: wall clock
-    per call after a warm-up, repeated for a fixed time budget."""
+    """Median and p10/p90 of one call. CUDA: triton.testing.do_bench (CUDA events, L2
+    flushed between calls); elsewhere (or without Triton): wall clock per call,
+    synchronised, after a warm-up, repeated for a fixed time budget."""
     budget = 0.3 if quick else 1.5
     if device == "cuda":
         try:
@@ -92,23 +94,9 @@ def time_fn(fn: Callable[[], Any], device: str, quick: bool) -> Timing:
             pass
     fn()  # warm-up: first-call allocations, lazy initialisation
     _sync(device)
-    times: list[float] = []
-    faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    deadline = time.perf_counter() + budget
-    while len(times) < 5 or (time.perf_counter() < deadline and len(times) < 1000):
-        if device == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) / len(times)
-    return _summary(times, None if device == "cuda" else faults)
+    timing = time_interleaved({"call": fn}, device, quick)["call"]
+    timing.times_ms = None  # one provider: no rounds to pair with another's
+    return timing
 
 
 def time_interleaved(fns: dict[str, Callable[[], Any]], device: str, quick: bool) -> dict:
@@ -202,7 +190,9 @@ def run_case(case: Case, device: str, ceilings: dict[str, float], quick: bool) -
         case.flops / peak_flops if peak_flops else 0.0,
     )
     rows: list[dict] = []
+    interleave = case.interleave and device == "cpu"
     ran: dict[str, Callable[[], Any]] = {}  # providers whose first call worked
+    timings: dict[str, Timing] = {}
     for name, fn in case.providers.items():
         row: dict[str, Any] = {
             "suite": case.suite,
@@ -220,22 +210,16 @@ def run_case(case: Case, device: str, ceilings: dict[str, float], quick: bool) -
             row["first_call_s"] = round(time.perf_counter() - t0, 3)
             row["max_abs"], row["max_rel"] = parity(out, expected)
             del out
-            call = functools.partial(fn, *inputs)
-            if not case.interleave:
-                row["timing"] = time_fn(call, device, quick)
-            ran[name] = call
+            ran[name] = functools.partial(fn, *inputs)
+            if not interleave:
+                timings[name] = time_fn(ran[name], device, quick)
         except Exception as exc:  # a baseline that cannot run here is reported, not fatal
             row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-    if case.interleave and ran:
-        for row, timing in zip(
-            [r for r in rows if r["provider"] in ran],
-            time_interleaved(ran, device, quick).values(),
-            strict=True,
-        ):
-            row["timing"] = timing
+    if interleave and ran:
+        timings = time_interleaved(ran, device, quick)
     baseline_ms = baseline_rel = baseline_times = None
     for row in rows:
-        timing = row.pop("timing", None)
+        timing = timings.get(row["provider"])
         if timing is None:
             continue
         row.update(

@@ -1,10 +1,10 @@
 // Backward formulas of the differentiable lddm:: ops (bindings.cpp registers them for the
-// Autograd key).
-// Written in C++ rather than with torch.library.register_autograd because a Python
-// autograd wrapper costs 40-60 us per training call, a third of a whole forward+backward
-// of a [2, 128, 16, 8, 8] GroupNorm (benchmarks/RESULTS.md). Each function calls its op
-// below autograd and saves what the backward op takes; the backward ops themselves have
-// no derivative (double backward is refused by autograd's fallback).
+// Autograd key). Written in C++ rather than with torch.library.register_autograd because
+// a Python autograd wrapper costs 40-60 us per training call, a third of a whole
+// forward+backward of a [2, 128, 16, 8, 8] GroupNorm (benchmarks/RESULTS.md). Each
+// function calls its op below autograd and saves what the backward op takes; the
+// backward ops have no derivative (bindings.cpp gives them autograd's not-implemented
+// kernel, so a double backward raises).
 #include <torch/autograd.h>
 
 #include "ops.h"

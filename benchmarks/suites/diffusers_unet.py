@@ -161,27 +161,16 @@ def _flops(unet, inputs) -> int:
     return counter.get_total_flops()
 
 
-def _original_group_norm(norm, x, scale, shift, weight=None, bias=None):
-    """What diffusers computes where a FusedGroupNorm now runs: nn.GroupNorm, then the
-    scale-shift time embedding (ResnetBlock2D) and the SiLU that followed the norm.
-    x: ``[N, C, *spatial]``; scale, shift: ``[N, C]`` or None."""
-    weight = norm.weight if weight is None else weight
-    bias = norm.bias if bias is None else bias
-    y = torch.nn.functional.group_norm(x, norm.num_groups, weight, bias, norm.eps)
-    if scale is not None:
-        view = (*scale.shape, *[1] * (x.dim() - 2))
-        y = y * (1 + scale.view(view)) + shift.view(view)
-    return torch.nn.functional.silu(y) if norm.lddm_activation == "silu" else y
-
-
-def _original_modules(norm):
-    """The site as diffusers' model calls it, module by module (each call's Python
-    overhead included, as the accelerated provider's module call includes its own):
-    an ``nn.GroupNorm`` with the fused one's weights, the scale-shift, an ``nn.SiLU``.
-    Returns a callable ``(x, scale, shift) -> y``."""
+def _original_modules(norm, dtype: torch.dtype | None = None):
+    """What diffusers computes where a FusedGroupNorm now runs, module by module as its
+    model calls it (each call's Python overhead included, as the accelerated provider's
+    module call includes its own): an ``nn.GroupNorm`` with the fused one's weights (in
+    ``dtype`` if given), the scale-shift time embedding (ResnetBlock2D), an ``nn.SiLU``
+    where one followed the norm. Returns a callable ``(x, scale, shift) -> y``; x:
+    ``[N, C, *spatial]``, scale and shift ``[N, C]`` or None."""
     from lddm_fast.integrations.diffusers.modules import unfuse_group_norm
 
-    plain = copy.deepcopy(norm)
+    plain = copy.deepcopy(norm).to(dtype=dtype)
     unfuse_group_norm(plain)
     silu = torch.nn.SiLU() if norm.lddm_activation == "silu" else None
 
@@ -268,7 +257,7 @@ def _site_cases(sites: dict[tuple, dict], device: str, dtype: torch.dtype, param
             bytes_moved = 0
             label = f"{kind} [N, T, C] = {list(size)}, {module.heads} heads"
         else:
-            w64, b64 = module.weight.double(), module.bias.double()
+            reference = _original_modules(module, torch.float64)
             providers = {
                 "original": _original_modules(module),
                 # As the blocks call it: keyword arguments only with a scale-shift.
@@ -277,9 +266,9 @@ def _site_cases(sites: dict[tuple, dict], device: str, dtype: torch.dtype, param
                 ),
             }
 
-            def expected(x, sc, sh, m=module, w64=w64, b64=b64):
+            def expected(x, sc, sh, reference=reference):
                 sc, sh = (None, None) if sc is None else (sc.double(), sh.double())
-                return _original_group_norm(m, x.double(), sc, sh, w64, b64)
+                return reference(x.double(), sc, sh)
 
             bytes_moved = 2 * dense.numel() * torch.empty((), dtype=dtype).element_size()
             film_label = " + scale-shift" if film else ""
@@ -298,7 +287,7 @@ def _site_cases(sites: dict[tuple, dict], device: str, dtype: torch.dtype, param
                 bytes_moved=bytes_moved,
                 # Calls of 0.02-0.2 ms whose difference is often 1%: a slow spell of the
                 # machine during one provider's block would decide the row.
-                interleave=device == "cpu",
+                interleave=True,
             )
         )
     return out
@@ -396,7 +385,7 @@ def _shape_cases(shape: UNetShape, device, dtype, quick, compile_) -> list[Case]
                 flops=flops * (steps or 1),
                 notes=dict(notes),
                 items=shape.batch if steps else 0,
-                interleave=device == "cpu",  # a forward of 0.1-0.3 s, a loop of seconds
+                interleave=True,  # a forward of 0.1-0.3 s, a loop of seconds
             )
         )
     sites = _capture_sites(accelerated, lambda: _forward(accelerated)(*make()))

@@ -89,7 +89,7 @@ def _case(
         notes=notes,
         items=batch,
         item_name="clips",
-        interleave=device == "cpu",  # a step of 0.1-1 s: a few calls per provider
+        interleave=True,  # a step of 0.1-1 s: a few calls per provider
     )
 
 
