@@ -79,6 +79,23 @@ static inline void silu(typename V::reg* v) {
   for (int u = 0; u < U; ++u) v[u] = V::mul(v[u], r[u]);
 }
 
+// silu'(v) = s (1 + v (1 - s)), s = sigmoid(v), in place; as silu: s = 1 / (1 + e) with
+// e = 2^(-v log2 e) clamped, the reciprocal from the estimate and one Newton step. 1 - s
+// is taken as e s, which keeps its precision where s rounds to 1.
+template <typename V, int U>
+static inline void silu_grad(typename V::reg* v) {
+  using R = typename V::reg;
+  const R one = V::set1(1.0f);
+  R e[U], s[U];
+  for (int u = 0; u < U; ++u) e[u] = V::mul(v[u], V::set1(-1.44269504088896341f));
+  exp2_clamped<V, U>(e);
+  for (int u = 0; u < U; ++u) {
+    const R d = V::add(e[u], one), r = V::rcp(d);
+    s[u] = V::fmadd(V::fnmadd(d, r, one), r, r);
+  }
+  for (int u = 0; u < U; ++u) v[u] = V::mul(s[u], V::fmadd(v[u], V::mul(e[u], s[u]), one));
+}
+
 // In place: r[i][l] becomes r[l][i].
 static inline void transpose8(__m256 r[8]) {
   __m256 t[8], u[8];
