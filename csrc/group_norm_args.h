@@ -106,6 +106,17 @@ inline GroupNormIO group_norm_io(const at::Tensor& x_in) {
   return {std::move(x), std::move(y), nsc};
 }
 
+// The gradient of a scale/shift argument, as the backward kernels return it: from the
+// per-(n, c) sums (FiLM, or the argument absent: then [N, C] float32, unused) or summed
+// over the broadcast dims of the per-element gradient (spatial).
+inline at::Tensor modulation_grad(const std::optional<at::Tensor>& t, const at::Tensor& x,
+                                  const at::Tensor& from_sums, const at::Tensor& per_element) {
+  if (!t) return from_sums;
+  if (is_spatial_modulation(x, *t) && t->dim() != 2)
+    return per_element.sum_to_size(t->sizes()).to(t->scalar_type()).contiguous();
+  return from_sums.to(t->scalar_type());
+}
+
 // An optional weight / bias / FiLM tensor as contiguous float32 (the kernels' format).
 inline std::optional<at::Tensor> as_float32(const std::optional<at::Tensor>& t) {
   if (!t.has_value()) return std::nullopt;

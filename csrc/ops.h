@@ -10,8 +10,8 @@ namespace lddm {
 
 // x: [N, C, *spatial] (4-D or 5-D), contiguous or channels_last(_3d); weight, bias: [C];
 // scale, shift: [N, C] (FiLM) or x's dims broadcastable to x (spatial, e.g. SPADE's
-// [N, C, 1, H, W]; the CUDA kernels refuse this form). Returns act((xhat * weight + bias) * (1 + scale) + shift) in x's
-// dtype and memory format.
+// [N, C, 1, H, W]). Returns act((xhat * weight + bias) * (1 + scale) + shift) in x's dtype
+// and memory format.
 at::Tensor group_norm_cpu(const at::Tensor& x, int64_t num_groups,
                           const std::optional<at::Tensor>& weight,
                           const std::optional<at::Tensor>& bias, double eps,
@@ -88,6 +88,17 @@ at::Tensor group_norm_cuda(const at::Tensor& x, int64_t num_groups,
                            const std::optional<at::Tensor>& bias, double eps,
                            const std::optional<at::Tensor>& scale,
                            const std::optional<at::Tensor>& shift, bool silu);
+
+std::tuple<at::Tensor, at::Tensor> group_norm_stats_cuda(
+    const at::Tensor& x, int64_t num_groups, const std::optional<at::Tensor>& weight,
+    const std::optional<at::Tensor>& bias, double eps, const std::optional<at::Tensor>& scale,
+    const std::optional<at::Tensor>& shift, bool silu);
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> group_norm_backward_cuda(
+    const at::Tensor& grad_y, const at::Tensor& x, int64_t num_groups,
+    const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias, double eps,
+    const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& shift, bool silu,
+    const std::optional<at::Tensor>& stats);
 
 at::Tensor temporal_attention_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                    int64_t num_heads, double scale);

@@ -249,17 +249,6 @@ void run_nsc(const at::Tensor& x, const at::Tensor& gy, at::Tensor& gx, int64_t 
   });
 }
 
-// The gradient of a scale/shift argument: from the per-(n, c) sums (FiLM, or the
-// argument absent: then [N, C] float32, unused) or summed over the broadcast dims of
-// the per-element gradient (spatial).
-at::Tensor modulation_grad(const std::optional<at::Tensor>& t, const at::Tensor& x,
-                           const at::Tensor& from_sums, const at::Tensor& per_element) {
-  if (!t) return from_sums;
-  if (is_spatial_modulation(x, *t) && t->dim() != 2)
-    return per_element.sum_to_size(t->sizes()).to(t->scalar_type()).contiguous();
-  return from_sums.to(t->scalar_type());
-}
-
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> group_norm_backward_cpu(

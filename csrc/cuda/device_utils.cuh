@@ -2,6 +2,7 @@
 // conversions (fp32 math on fp32 / bf16 / fp16 storage) and 16-byte vectors.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 #include <cuda_bf16.h>
@@ -36,6 +37,19 @@ inline bool aligned(const void* p, int bytes) {
   return p == nullptr || (reinterpret_cast<uintptr_t>(p) % bytes) == 0;
 }
 inline bool aligned16(const void* p) { return aligned(p, 16); }
+
+__host__ __device__ __forceinline__ int64_t ceil_div(int64_t a, int64_t b) {
+  return (a + b - 1) / b;
+}
+__host__ __device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+inline size_t align16(size_t bytes) { return (bytes + 15) / 16 * 16; }
+
+// Grid cap; kernels grid-stride beyond it (grid.x allows 2^31 - 1, this is plenty).
+constexpr int64_t kMaxGrid = 65535;
+
+// Blocks for `work` items: at least one, at most kMaxGrid.
+inline int grid_for(int64_t work) { return int(work < 1 ? 1 : (work < kMaxGrid ? work : kMaxGrid)); }
 
 }  // namespace cuda
 }  // namespace lddm

@@ -35,8 +35,6 @@ constexpr int64_t kTargetBlocks = 1024;
 // A stats block reads at least this many values (when the group has them), so the
 // per-block reduction and its partial record stay a small fraction of the work.
 constexpr int64_t kMinBlockValues = 8192;
-// Grid cap; kernels grid-stride beyond it (grid.x allows 2^31 - 1, this is plenty).
-constexpr int64_t kMaxGrid = 65535;
 
 // Moments of `count` values relative to a pivot (see above): mean and sum of squared
 // deviations from that mean. count is a float: exact up to 2^24 values per partial,
@@ -53,11 +51,6 @@ struct Plan {
   int64_t partials;   // Partial records in the workspace
 };
 
-__host__ __device__ __forceinline__ int64_t ceil_div(int64_t a, int64_t b) {
-  return (a + b - 1) / b;
-}
-__host__ __device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
-
 // Depends on sizes only (not on the device or dtype), so group_norm_workspace_bytes
 // and the launch agree.
 Plan make_plan(GroupNormLayout layout, int64_t N, int64_t C, int64_t S, int64_t G) {
@@ -73,10 +66,6 @@ Plan make_plan(GroupNormLayout layout, int64_t N, int64_t C, int64_t S, int64_t 
   const int64_t chunks = ceil_div(S, chunk_len);
   return {chunks, chunk_len, N * chunks * C};
 }
-
-size_t align16(size_t bytes) { return (bytes + 15) / 16 * 16; }
-
-int grid_for(int64_t work) { return int(std::max<int64_t>(1, std::min(work, kMaxGrid))); }
 
 // Chan et al.: merge (mean_b, m2_b, n_b) into (mean, m2, n); F is float or double.
 template <typename F>
@@ -255,7 +244,8 @@ __global__ void __launch_bounds__(kThreads)
 
 // x: [N, C, S] in `layout` (read for the pivots); partial: kNCS [N*G, splits] | kNSC
 // [N, splits (chunks), C]; weight, bias: [C] or null; scale, shift: [N, C] or null;
-// a, m, b: [N, C], y = a * (x - m) + b before the activation.
+// a, m, b: [N, C], y = a * (x - m) + b before the activation; stats: [N, G, 2] (mean,
+// 1 / std) or null.
 template <typename T>
 __global__ void __launch_bounds__(kFinalizeThreads)
     finalize_kernel(const T* __restrict__ x, const Partial* __restrict__ partial,
@@ -263,7 +253,7 @@ __global__ void __launch_bounds__(kFinalizeThreads)
                     const float* __restrict__ bias, const float* __restrict__ scale,
                     const float* __restrict__ shift, int64_t N, int64_t C, int64_t S,
                     int64_t G, int64_t splits, double eps, float* __restrict__ a,
-                    float* __restrict__ m, float* __restrict__ b) {
+                    float* __restrict__ m, float* __restrict__ b, double* __restrict__ stats) {
   __shared__ double group_stats[3];  // rstd, mean rounded to fp32, its rounding error
   const int64_t cg = C / G;
   const bool ncs = layout == GroupNormLayout::kNCS;
@@ -302,6 +292,10 @@ __global__ void __launch_bounds__(kFinalizeThreads)
       group_stats[0] = 1.0 / sqrt(m2 / count + eps);
       group_stats[1] = mean_f;
       group_stats[2] = mean - double(mean_f);
+      if (stats != nullptr) {
+        stats[2 * ng] = mean;
+        stats[2 * ng + 1] = group_stats[0];
+      }
     }
     __syncthreads();
     const double rstd = group_stats[0], mean_lo = group_stats[2];
@@ -383,7 +377,7 @@ template <typename T>
 cudaError_t launch(GroupNormLayout layout, const void* x_raw, void* y_raw, const float* weight,
                    const float* bias, const float* scale, const float* shift,
                    SpatialModulation sp, int64_t N, int64_t C, int64_t S, int64_t G, double eps,
-                   bool silu, void* workspace, cudaStream_t stream) {
+                   bool silu, double* stats, void* workspace, cudaStream_t stream) {
   constexpr int W = Vec<T>::kWidth;
   const Plan plan = make_plan(layout, N, C, S, G);
   // Workspace: [plan.partials] Partial records, then (16-byte aligned) a, m, b.
@@ -411,7 +405,9 @@ cudaError_t launch(GroupNormLayout layout, const void* x_raw, void* y_raw, const
   }
 
   finalize_kernel<T><<<grid_for(N * G), kFinalizeThreads, 0, stream>>>(
-      x, partial, layout, weight, bias, scale, shift, N, C, S, G, plan.splits, eps, a, m, b);
+      x, partial, layout, weight, bias, scale, shift, N, C, S, G, plan.splits, eps, a, m, b,
+      stats);
+  if (y == nullptr) return cudaGetLastError();  // statistics only
 
   const int64_t total = N * C * S;
   const bool ncs = layout == GroupNormLayout::kNCS;
@@ -442,22 +438,22 @@ size_t group_norm_workspace_bytes(GroupNormLayout layout, int64_t N, int64_t C, 
 cudaError_t group_norm(DType dtype, GroupNormLayout layout, const void* x, void* y,
                        const float* weight, const float* bias, const float* scale,
                        const float* shift, SpatialModulation spatial, int64_t N, int64_t C,
-                       int64_t S, int64_t G, double eps, bool silu, void* workspace,
-                       cudaStream_t stream) {
+                       int64_t S, int64_t G, double eps, bool silu, double* stats,
+                       void* workspace, cudaStream_t stream) {
   if (N * C * S == 0) return cudaSuccess;
-  if (G <= 0 || C % G != 0) return cudaErrorInvalidValue;
+  if (G <= 0 || C % G != 0 || (y == nullptr && stats == nullptr)) return cudaErrorInvalidValue;
   if (spatial.active() && (scale || shift || spatial.period <= 0 || S % spatial.period != 0))
     return cudaErrorInvalidValue;
   switch (dtype) {
     case DType::kFloat32:
       return launch<float>(layout, x, y, weight, bias, scale, shift, spatial, N, C, S, G, eps, silu,
-                         workspace, stream);
+                         stats, workspace, stream);
     case DType::kBFloat16:
       return launch<__nv_bfloat16>(layout, x, y, weight, bias, scale, shift, spatial, N, C, S, G, eps, silu,
-                         workspace, stream);
+                         stats, workspace, stream);
     case DType::kFloat16:
       return launch<__half>(layout, x, y, weight, bias, scale, shift, spatial, N, C, S, G, eps, silu,
-                         workspace, stream);
+                         stats, workspace, stream);
   }
   return cudaErrorInvalidValue;
 }

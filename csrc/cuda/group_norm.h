@@ -39,12 +39,14 @@ struct SpatialModulation {
 // weight, bias: [C] float32 or null; scale, shift: [N, C] float32 (FiLM) or null, or
 // instead `spatial` (then scale and shift must be null); act is SiLU when `silu`.
 // Statistics in fp32 with a Chan combine in a fixed order (deterministic), coefficients
-// in fp64. workspace: group_norm_workspace_bytes(...) bytes on the device.
+// in fp64. stats: null, or [N, G, 2] float64 receiving each group's mean and 1 / std
+// (what the backward takes); y may be null when stats is not: statistics only.
+// workspace: group_norm_workspace_bytes(...) bytes on the device.
 cudaError_t group_norm(DType dtype, GroupNormLayout layout, const void* x, void* y,
                        const float* weight, const float* bias, const float* scale,
                        const float* shift, SpatialModulation spatial, int64_t N, int64_t C,
-                       int64_t S, int64_t G, double eps, bool silu, void* workspace,
-                       cudaStream_t stream);
+                       int64_t S, int64_t G, double eps, bool silu, double* stats,
+                       void* workspace, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace lddm

@@ -1,22 +1,57 @@
-// Torch-side launcher of the group_norm CUDA kernels: checks tensors, allocates the
-// output and the workspace with torch, takes the current stream, calls the
-// framework-free entry point in group_norm.cu.
+// Torch-side launchers of the group_norm CUDA kernels (forward and backward): check
+// tensors, allocate outputs and workspaces with torch, take the current stream, call
+// the framework-free entry points in group_norm.cu and group_norm_backward.cu.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
 #include "checks.h"
-#include "group_norm_args.h"
 #include "cuda/group_norm.h"
+#include "cuda/group_norm_backward.h"
+#include "group_norm_args.h"
 #include "ops.h"
 
 namespace lddm {
+namespace {
 
-at::Tensor group_norm_cuda(const at::Tensor& x_in, int64_t num_groups,
-                           const std::optional<at::Tensor>& weight,
-                           const std::optional<at::Tensor>& bias, double eps,
-                           const std::optional<at::Tensor>& scale,
-                           const std::optional<at::Tensor>& shift, bool silu) {
+const float* ptr(const std::optional<at::Tensor>& t) {
+  return t ? t->const_data_ptr<float>() : nullptr;
+}
+
+// The float32 forms of weight, bias and the modulation the kernels take: FiLM scale /
+// shift as [N, C]; a spatial one (or both, when either is spatial) as one period in
+// x's inner order (`spatial`), with the FiLM pointers null.
+struct KernelParams {
+  std::optional<at::Tensor> w, b, sc, sh, sc_sp, sh_sp;
+  int64_t period = 0;
+
+  KernelParams(const at::Tensor& x, bool nsc, const std::optional<at::Tensor>& weight,
+               const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& scale,
+               const std::optional<at::Tensor>& shift)
+      : w(as_float32(weight)), b(as_float32(bias)) {
+    const bool is_spatial = has_spatial_modulation(x, scale, shift);
+    period = is_spatial ? modulation_period(x, scale, shift) : 0;
+    if (!is_spatial) {
+      sc = as_float32(scale);
+      sh = as_float32(shift);
+      return;
+    }
+    if (scale) sc_sp = spatial_modulation(x, *scale, period, nsc);
+    if (shift) sh_sp = spatial_modulation(x, *shift, period, nsc);
+  }
+  cuda::SpatialModulation spatial() const { return {ptr(sc_sp), ptr(sh_sp), period}; }
+};
+
+cudaStream_t stream_of(const at::Tensor& x) {
+  return c10::cuda::getCurrentCUDAStream(x.device().index()).stream();
+}
+
+// y and, with_stats, each group's mean and 1 / std as float64 [N, G, 2] (undefined
+// without), as group_norm_impl in csrc/cpu/group_norm.cpp.
+std::tuple<at::Tensor, at::Tensor> group_norm_impl(
+    const at::Tensor& x_in, int64_t num_groups, const std::optional<at::Tensor>& weight,
+    const std::optional<at::Tensor>& bias, double eps, const std::optional<at::Tensor>& scale,
+    const std::optional<at::Tensor>& shift, bool silu, bool with_stats) {
   LDDM_CHECK_DEVICE(x_in, at::kCUDA, "x");
   check_group_norm_args(x_in, num_groups, weight, bias, scale, shift);
   const cuda::DType dtype = cuda_dtype_of(x_in, "x");
@@ -25,38 +60,137 @@ at::Tensor group_norm_cuda(const at::Tensor& x_in, int64_t num_groups,
   const c10::cuda::CUDAGuard guard(x_in.device());
   auto [x, y, nsc] = group_norm_io(x_in);
   poison_if_requested(y);
-  if (x.numel() == 0) return y;
+  // Zeros where nothing is normalised (an empty x writes no statistics).
+  at::Tensor stats = with_stats ? at::zeros({N, num_groups, 2}, x.options().dtype(at::kDouble))
+                                : at::Tensor();
+  if (x.numel() == 0) return {y, stats};
 
   const int64_t S = x.numel() / (N * C);
   const auto layout = nsc ? cuda::GroupNormLayout::kNSC : cuda::GroupNormLayout::kNCS;
-  // Coefficients as fp32 on the device. FiLM scale/shift fold into per-(n, c) a and b;
-  // a spatial one (or both, when either is spatial) is materialised as one period in
-  // x's inner order and applied per element.
-  const bool is_spatial = has_spatial_modulation(x, scale, shift);
-  const int64_t period = is_spatial ? modulation_period(x, scale, shift) : 0;
-  auto film = [&](const std::optional<at::Tensor>& t) {
-    return is_spatial ? std::nullopt : as_float32(t);
-  };
-  auto dense = [&](const std::optional<at::Tensor>& t) -> std::optional<at::Tensor> {
-    if (!is_spatial || !t) return std::nullopt;
-    return spatial_modulation(x, *t, period, nsc);
-  };
-  const auto w = as_float32(weight), b = as_float32(bias), sc = film(scale), sh = film(shift);
-  const auto sc_sp = dense(scale), sh_sp = dense(shift);
-  auto ptr = [](const std::optional<at::Tensor>& t) -> const float* {
-    return t ? t->const_data_ptr<float>() : nullptr;
-  };
-  const cuda::SpatialModulation spatial{ptr(sc_sp), ptr(sh_sp), period};
+  const KernelParams p(x, nsc, weight, bias, scale, shift);
   // From the caching allocator: no cudaMalloc per call, and safe under graph capture.
   const at::Tensor workspace = at::empty(
       {int64_t(cuda::group_norm_workspace_bytes(layout, N, C, S, num_groups))},
       x.options().dtype(at::kByte));
   const cudaError_t err = cuda::group_norm(
-      dtype, layout, x.const_data_ptr(), y.mutable_data_ptr(), ptr(w), ptr(b), ptr(sc), ptr(sh),
-      spatial, N, C, S, num_groups, eps, silu, workspace.mutable_data_ptr(),
-      c10::cuda::getCurrentCUDAStream(x.device().index()).stream());
+      dtype, layout, x.const_data_ptr(), y.mutable_data_ptr(), ptr(p.w), ptr(p.b), ptr(p.sc),
+      ptr(p.sh), p.spatial(), N, C, S, num_groups, eps, silu,
+      with_stats ? stats.mutable_data_ptr<double>() : nullptr, workspace.mutable_data_ptr(),
+      stream_of(x));
   TORCH_CHECK(err == cudaSuccess, "lddm::group_norm CUDA launch failed: ", cudaGetErrorString(err));
-  return y;
+  return {y, stats};
+}
+
+}  // namespace
+
+at::Tensor group_norm_cuda(const at::Tensor& x, int64_t num_groups,
+                           const std::optional<at::Tensor>& weight,
+                           const std::optional<at::Tensor>& bias, double eps,
+                           const std::optional<at::Tensor>& scale,
+                           const std::optional<at::Tensor>& shift, bool silu) {
+  return std::get<0>(
+      group_norm_impl(x, num_groups, weight, bias, eps, scale, shift, silu, false));
+}
+
+std::tuple<at::Tensor, at::Tensor> group_norm_stats_cuda(
+    const at::Tensor& x, int64_t num_groups, const std::optional<at::Tensor>& weight,
+    const std::optional<at::Tensor>& bias, double eps, const std::optional<at::Tensor>& scale,
+    const std::optional<at::Tensor>& shift, bool silu) {
+  return group_norm_impl(x, num_groups, weight, bias, eps, scale, shift, silu, true);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> group_norm_backward_cuda(
+    const at::Tensor& grad_y, const at::Tensor& x_in, int64_t num_groups,
+    const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias, double eps,
+    const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& shift, bool silu,
+    const std::optional<at::Tensor>& stats) {
+  LDDM_CHECK_DEVICE(x_in, at::kCUDA, "x");
+  TORCH_CHECK_VALUE(grad_y.device() == x_in.device(), "grad_y is on ", grad_y.device(),
+                    " but x is on ", x_in.device());
+  check_group_norm_args(x_in, num_groups, weight, bias, scale, shift);
+  const cuda::DType dtype = cuda_dtype_of(x_in, "x");
+  TORCH_CHECK_VALUE(grad_y.sizes() == x_in.sizes(), "grad_y has shape ", grad_y.sizes(),
+                    " but x has ", x_in.sizes());
+  const int64_t N = x_in.size(0), C = x_in.size(1);
+  if (stats) {
+    TORCH_CHECK_VALUE(stats->device() == x_in.device() &&
+                          stats->scalar_type() == at::kDouble &&
+                          stats->sizes() == at::IntArrayRef({N, num_groups, 2}),
+                      "stats must be group_norm_stats' float64 [N, G, 2] = [", N, ", ",
+                      num_groups, ", 2] tensor on ", x_in.device(), ", got ",
+                      stats->scalar_type(), " ", stats->sizes(), " on ", stats->device());
+  }
+
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  auto [x, gx, nsc] = group_norm_io(x_in);
+  poison_if_requested(gx);
+  const at::MemoryFormat fmt = output_format(x_in);  // x's and gx's (group_norm_io)
+  const at::Tensor gy = grad_y.to(x.scalar_type()).contiguous(fmt);
+  const auto f32 = x.options().dtype(at::kFloat);
+  const bool is_spatial = has_spatial_modulation(x, scale, shift);
+  at::Tensor gw = at::empty({C}, f32), gb = at::empty({C}, f32);
+  at::Tensor film_gs = at::empty({N, C}, f32), film_gh = at::empty({N, C}, f32);
+  at::Tensor gs_el, gh_el;  // per-element grads of a spatial scale / shift, x's layout
+  if (is_spatial) {
+    gs_el = at::empty(x.sizes(), f32.memory_format(fmt));
+    gh_el = at::empty(x.sizes(), f32.memory_format(fmt));
+  }
+  const auto result = [&] {
+    return std::make_tuple(gx, gw.to(weight ? weight->scalar_type() : at::kFloat),
+                           gb.to(bias ? bias->scalar_type() : at::kFloat),
+                           modulation_grad(scale, x, film_gs, gs_el),
+                           modulation_grad(shift, x, film_gh, gh_el));
+  };
+  if (x.numel() == 0) {  // nothing normalised: the parameters' grads are zero
+    for (at::Tensor* t : {&gw, &gb, &film_gs, &film_gh}) t->zero_();
+    if (is_spatial) {
+      gs_el.zero_();
+      gh_el.zero_();
+    }
+    return result();
+  }
+
+  const int64_t S = x.numel() / (N * C);
+  TORCH_CHECK_VALUE(!is_spatial || S < cuda::kMaxSpatialPositions,
+                    "the CUDA group_norm backward takes a spatial scale/shift only for x with "
+                    "fewer than 2^31 positions per sample, got ", S);
+  const auto layout = nsc ? cuda::GroupNormLayout::kNSC : cuda::GroupNormLayout::kNCS;
+  const KernelParams p(x, nsc, weight, bias, scale, shift);
+  const cudaStream_t stream = stream_of(x);
+  at::Tensor saved;
+  if (stats) {
+    saved = stats->contiguous();
+  } else {  // recomputed with the forward's code (its statistics only)
+    saved = at::empty({N, num_groups, 2}, x.options().dtype(at::kDouble));
+    const at::Tensor fwd_ws = at::empty(
+        {int64_t(cuda::group_norm_workspace_bytes(layout, N, C, S, num_groups))},
+        x.options().dtype(at::kByte));
+    const cudaError_t err = cuda::group_norm(
+        dtype, layout, x.const_data_ptr(), nullptr, ptr(p.w), ptr(p.b), ptr(p.sc), ptr(p.sh),
+        p.spatial(), N, C, S, num_groups, eps, silu, saved.mutable_data_ptr<double>(),
+        fwd_ws.mutable_data_ptr(), stream);
+    TORCH_CHECK(err == cudaSuccess, "lddm::group_norm_backward CUDA statistics failed: ",
+                cudaGetErrorString(err));
+  }
+  cuda::GroupNormParamGrads grads;
+  grads.weight = gw.mutable_data_ptr<float>();
+  grads.bias = gb.mutable_data_ptr<float>();
+  grads.scale = film_gs.mutable_data_ptr<float>();
+  grads.shift = film_gh.mutable_data_ptr<float>();
+  if (is_spatial) {
+    grads.spatial_scale = gs_el.mutable_data_ptr<float>();
+    grads.spatial_shift = gh_el.mutable_data_ptr<float>();
+  }
+  const at::Tensor workspace = at::empty(
+      {int64_t(cuda::group_norm_backward_workspace_bytes(layout, N, C, S, num_groups))},
+      x.options().dtype(at::kByte));
+  const cudaError_t err = cuda::group_norm_backward(
+      dtype, layout, gy.const_data_ptr(), x.const_data_ptr(), gx.mutable_data_ptr(),
+      saved.const_data_ptr<double>(), ptr(p.w), ptr(p.b), ptr(p.sc), ptr(p.sh), p.spatial(), N,
+      C, S, num_groups, silu, grads, workspace.mutable_data_ptr(), stream);
+  TORCH_CHECK(err == cudaSuccess, "lddm::group_norm_backward CUDA launch failed: ",
+              cudaGetErrorString(err));
+  return result();
 }
 
 }  // namespace lddm

@@ -32,9 +32,6 @@ constexpr int64_t kSmemBudget = 48 * 1024;
 // Positions per tile at most, for tiny T * head_dim where the budget would allow more
 // than the block's threads can use.
 constexpr int64_t kMaxPositions = 64;
-// Grid cap; the kernel grid-strides over tiles beyond it (B * heads * H * W can exceed
-// any grid dimension's limit).
-constexpr int64_t kMaxGrid = 65535;
 
 // Shared-memory geometry, in floats.
 struct Geometry {

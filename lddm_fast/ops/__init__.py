@@ -74,6 +74,8 @@ register(
         dtypes=_FLOATS,
         status=extension.cuda_status,
         limits=extension.cuda_limits,
+        differentiable=extension.CUDA_BACKWARD_OPS,
+        grad_default=extension.CUDA_GRAD_DEFAULT_OPS,
     ),
     default_for={"cuda": 0},
 )

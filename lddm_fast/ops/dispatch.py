@@ -33,8 +33,8 @@ class Backend:
         every op, or the names of the ops that have a backward.
     grad_default: the ops whose backward a default (not forced) call that needs grad
         may take, or None for every op with a backward; set from measurement, so a
-        backward that loses to the reference's autograd is there when asked for by
-        name but is not the default.
+        backward that loses to another (the reference's autograd, another backend's)
+        or is not measured yet is there when asked for by name but is not the default.
     limits: optional (op, main tensor, params) -> why this shape is out of range or
         None, for kernels with size limits (params holds e.g. num_heads).
     """
@@ -80,7 +80,7 @@ class Backend:
             return f"it has no backward for {op}; use backend='reference' for training"
         if by_default and needs_grad and self.grad_default is not None:
             if op not in self.grad_default:
-                return f"its {op} backward is slower than the reference's autograd"
+                return f"its {op} backward is not a default for training (grad_default)"
         if self.limits is not None and main is not None:
             return self.limits(op, main, params or {})
         return None

@@ -123,3 +123,9 @@ CPP_BACKWARD_OPS = ("group_norm", "temporal_attention")
 CPP_GRAD_DEFAULT_OPS = (
     ("group_norm", "temporal_attention") if vector_cpu_kernels() else ("group_norm",)
 )
+
+# The ops whose CUDA kernels have a backward (csrc/cuda/group_norm_backward.cu), and those
+# a default training call takes: none until a GPU run ranks the CUDA group_norm backward
+# against the Triton one (the default training path on a GPU); backend="cuda" takes it.
+CUDA_BACKWARD_OPS = ("group_norm",)
+CUDA_GRAD_DEFAULT_OPS: tuple[str, ...] = ()
