@@ -101,11 +101,13 @@ prefer("cuda", "group_norm", ["cuda", "triton"])
 prefer("cuda", "temporal_attention", ["triton", "cuda"])
 
 
-def _check_tensor(name: str, t: torch.Tensor, like: torch.Tensor) -> None:
+def _check_tensor(name: str, t: torch.Tensor, device: torch.device | None = None) -> None:
+    """t is a floating-point tensor, on ``device`` unless that is None (the input's own
+    check). Callers read the input's device once: each ``.device`` builds an object."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.device != like.device:
-        raise ValueError(f"{name} is on {t.device} but the input is on {like.device}")
+    if device is not None and t.device != device:
+        raise ValueError(f"{name} is on {t.device} but the input is on {device}")
     if not t.is_floating_point():
         raise ValueError(f"{name} must be a floating-point tensor, got {t.dtype}")
 
@@ -159,7 +161,7 @@ def group_norm(
     Returns:
         ``[N, C, *spatial]`` in x's dtype and memory format.
     """
-    _check_tensor("x", x, x)
+    _check_tensor("x", x)
     if x.dim() not in (4, 5):
         raise ValueError(
             f"x must be 4-D [N, C, H, W] or 5-D [N, C, T, H, W], got shape {tuple(x.shape)}"
@@ -167,14 +169,15 @@ def group_norm(
     n, c = x.shape[:2]
     if not isinstance(num_groups, int) or num_groups <= 0 or c % num_groups:
         raise ValueError(f"num_groups={num_groups} must be a positive divisor of C={c}")
+    device = x.device
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None:
-            _check_tensor(name, t, x)
+            _check_tensor(name, t, device)
             if t.shape != (c,):
                 raise ValueError(f"{name} must have shape ({c},), got {tuple(t.shape)}")
     for name, t in (("scale", scale), ("shift", shift)):
         if t is not None:
-            _check_tensor(name, t, x)
+            _check_tensor(name, t, device)
             _check_modulation(name, t, x)
     if activation not in (None, "silu"):
         raise ValueError(f"activation must be None or 'silu', got {activation!r}")
@@ -197,7 +200,7 @@ def silu(x: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
     Returns:
         x's shape, dtype and memory format.
     """
-    _check_tensor("x", x, x)
+    _check_tensor("x", x)
     return F.silu(x, inplace=inplace)
 
 
@@ -223,8 +226,11 @@ def temporal_attention(
         ``[B, C, T, H, W]`` in q's dtype; channels_last_3d when q's channel stride is 1,
         else contiguous. Softmax is computed in float32.
     """
+    _check_tensor("q", q)
+    device = q.device
     for name, t in (("q", q), ("k", k), ("v", v)):
-        _check_tensor(name, t, q)
+        if t is not q:
+            _check_tensor(name, t, device)
         if t.dim() != 5:
             raise ValueError(f"{name} must be 5-D [B, C, T, H, W], got shape {tuple(t.shape)}")
         if t.shape != q.shape:
@@ -259,13 +265,13 @@ def sampler_step(
     Returns:
         ``[B, ...]`` in x's dtype and memory format.
     """
-    _check_tensor("x", x, x)
+    _check_tensor("x", x)
     if x.dim() < 1:
         raise ValueError("x must have a batch dimension [B, ...]")
-    bsz = x.shape[0]
+    bsz, device = x.shape[0], x.device
     for name, t in (("eps", eps), ("noise", noise)):
         if t is not None:
-            _check_tensor(name, t, x)
+            _check_tensor(name, t, device)
             if t.shape != x.shape or t.dtype != x.dtype:
                 raise ValueError(
                     f"{name} must match x ({tuple(x.shape)}, {x.dtype}), "
@@ -275,7 +281,7 @@ def sampler_step(
         raise ValueError("noise and c must be given together")
     for name, t in (("a", a), ("b", b), ("c", c)):
         if t is not None:
-            _check_tensor(name, t, x)
+            _check_tensor(name, t, device)
             if t.shape != (bsz,):
                 raise ValueError(f"{name} must have shape ({bsz},) = [B], got {tuple(t.shape)}")
     impl = select("sampler_step", backend, x, eps, noise)

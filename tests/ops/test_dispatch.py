@@ -240,8 +240,8 @@ def test_shape_limits_refuse_explicitly_and_fall_back_by_default():
         short = torch.randn(1, 4, 3, 1, 1)
         assert ops.temporal_attention(short, short, short, num_heads=2) is short
     finally:
-        del dispatch._REGISTRY["limited"]
-        dispatch._DEFAULT_ORDER["cpu"].remove("limited")
+        dispatch.unregister("limited")
+    assert "limited" not in dispatch.default_order("cpu", "temporal_attention")
 
 
 @pytest.mark.parametrize(
