@@ -51,5 +51,25 @@ constexpr int64_t kMaxGrid = 65535;
 // Blocks for `work` items: at least one, at most kMaxGrid.
 inline int grid_for(int64_t work) { return int(work < 1 ? 1 : (work < kMaxGrid ? work : kMaxGrid)); }
 
+// How the group_norm reduction kernels cut their input: about target_blocks blocks in
+// all, each reading at least min_values values where the input has them.
+// Slices of each of `items` runs of `values` consecutive values (kNCS):
+inline int64_t slices_per_item(int64_t items, int64_t values, int64_t target_blocks,
+                               int64_t min_values) {
+  const int64_t by_blocks = ceil_div(target_blocks, items), by_size = ceil_div(values, min_values);
+  const int64_t slices = by_blocks < by_size ? by_blocks : by_size;
+  return slices > 1 ? slices : 1;
+}
+// Chunks of positions of each sample of a channels-last [N, S, C] input (kNSC):
+struct PositionChunks {
+  int64_t count;  // per sample
+  int64_t len;    // positions per chunk (the last may be shorter)
+};
+inline PositionChunks position_chunks(int64_t N, int64_t S, int64_t C, int64_t target_blocks,
+                                      int64_t min_values) {
+  const int64_t len = ceil_div(S, slices_per_item(N, S * C, target_blocks, min_values));
+  return {ceil_div(S, len), len};
+}
+
 }  // namespace cuda
 }  // namespace lddm

@@ -55,16 +55,11 @@ struct Plan {
 // and the launch agree.
 Plan make_plan(GroupNormLayout layout, int64_t N, int64_t C, int64_t S, int64_t G) {
   if (layout == GroupNormLayout::kNCS) {
-    const int64_t group_values = (C / G) * S;
-    const int64_t splits = std::max<int64_t>(
-        1, std::min(ceil_div(kTargetBlocks, N * G), ceil_div(group_values, kMinBlockValues)));
+    const int64_t splits = slices_per_item(N * G, (C / G) * S, kTargetBlocks, kMinBlockValues);
     return {splits, 0, N * G * splits};
   }
-  const int64_t want = std::max<int64_t>(
-      1, std::min(ceil_div(kTargetBlocks, N), ceil_div(S * C, kMinBlockValues)));
-  const int64_t chunk_len = ceil_div(S, want);
-  const int64_t chunks = ceil_div(S, chunk_len);
-  return {chunks, chunk_len, N * chunks * C};
+  const PositionChunks chunks = position_chunks(N, S, C, kTargetBlocks, kMinBlockValues);
+  return {chunks.count, chunks.len, N * chunks.count * C};
 }
 
 // Chan et al.: merge (mean_b, m2_b, n_b) into (mean, m2, n); F is float or double.

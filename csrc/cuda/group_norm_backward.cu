@@ -48,15 +48,11 @@ struct Plan {
 
 Plan make_plan(GroupNormLayout layout, int64_t N, int64_t C, int64_t S) {
   if (layout == GroupNormLayout::kNCS) {
-    const int64_t splits = std::max<int64_t>(
-        1, std::min(ceil_div(kTargetBlocks, N * C), ceil_div(S, kMinBlockValues)));
+    const int64_t splits = slices_per_item(N * C, S, kTargetBlocks, kMinBlockValues);
     return {splits, 0, N * C * splits};
   }
-  const int64_t want = std::max<int64_t>(
-      1, std::min(ceil_div(kTargetBlocks, N), ceil_div(S * C, kMinBlockValues)));
-  const int64_t chunk_len = ceil_div(S, want);
-  const int64_t chunks = ceil_div(S, chunk_len);
-  return {chunks, chunk_len, N * chunks * C};
+  const PositionChunks chunks = position_chunks(N, S, C, kTargetBlocks, kMinBlockValues);
+  return {chunks.count, chunks.len, N * chunks.count * C};
 }
 
 // Workspace: coef [N * C], partials, sums [N * C] (float4: gv, gv xhat, gu, gu xhat),

@@ -17,6 +17,13 @@ CPP_TEST_MARKS = [
 ]
 # The dtypes the cpp kernels take.
 CPP_DTYPES = [torch.float32, torch.bfloat16]
+# The same for the cuda backend's tests, which also carry the `gpu` mark (.ci/gpu).
+CUDA_STATUS = ops.available_backends()["cuda"]
+CUDA_TEST_MARKS = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(CUDA_STATUS != "ok", reason=f"cuda backend unavailable: {CUDA_STATUS}"),
+    pytest.mark.usefixtures("poisoned_outputs"),
+]
 
 FP32_TOL = 1e-5  # max|y - ref| / max|ref|
 # One rounding step of the storage dtype, relative: the least a low-precision result
@@ -81,6 +88,53 @@ def directional_check(fn, ref, inputs, eps=1e-6):
     numeric = ((plus - minus) * g).sum() / (2 * eps)
     # float32 kernels: the gradient's rounding is ~1e-6 relative per term.
     assert abs(analytic - numeric) <= 1e-4 * abs(numeric).clamp_min(1.0), (analytic, numeric)
+
+
+# (shape, groups) of the group_norm gradient tests: C/G = 5, T = 7 | 1-pixel frames,
+# G = C | 4-D, G = 1 | C = 12, S = 6.
+GN_GRAD_SHAPES = [
+    ((2, 40, 7, 5, 5), 8),
+    ((2, 24, 7, 1, 1), 24),
+    ((3, 6, 9, 9), 1),
+    ((1, 12, 2, 1, 3), 3),
+]
+
+
+def group_norm_fn(groups, activation):
+    """fn(x, weight, bias, scale, shift, *, backend) for check_grads: ops.group_norm."""
+
+    def fn(x, w, b, scale, shift, *, backend):
+        return ops.group_norm(
+            x, groups, w, b, scale=scale, shift=shift, activation=activation, backend=backend
+        )
+
+    return fn
+
+
+def check_group_norm_grad_of_x_through_a_view(backend, device):
+    """Only x needs grad (the parameter grads are computed and dropped), and x is a
+    channel slice of a leaf: autograd routes ``backend``'s dx into the leaf's grad."""
+    base = torch.randn(2, 12, 3, 4, 4, device=device).requires_grad_()
+    w = torch.randn(8, device=device)
+    ops.group_norm(base[:, 4:], 4, w, activation="silu", backend=backend).sum().backward()
+    ref = base.detach().double().requires_grad_()
+    ops.group_norm(
+        ref[:, 4:], 4, w.double(), activation="silu", backend="reference"
+    ).sum().backward()
+    assert w.grad is None
+    assert rel(base.grad, ref.grad) <= FP32_TOL
+
+
+def check_group_norm_finite_differences(backend, device):
+    """directional_check of ``backend``'s group_norm + FiLM scale + spatial shift + SiLU."""
+
+    fn = group_norm_fn(3, "silu")
+    shapes = [(2, 12, 3, 2, 3), (12,), (12,), (2, 12), (2, 12, 1, 2, 3)]
+    inputs = [torch.randn(s, device=device) for s in shapes]
+    inputs[3] *= 0.5
+    directional_check(
+        lambda *a: fn(*a, backend=backend), lambda *a: fn(*a, backend="reference"), inputs
+    )
 
 
 def check_group_norm(x, groups, weight, bias, backend, *, scale=None, shift=None, activation=None):

@@ -40,15 +40,8 @@ GN_SHAPES = [
 ]
 
 
-def _gn(x, w, b, scale, shift, *, groups, silu, backend):
-    act = "silu" if silu else None
-    return ops.group_norm(
-        x, groups, w, b, scale=scale, shift=shift, activation=act, backend=backend
-    )
-
-
 def _gn_fn(groups, silu):
-    return lambda *a, backend: _gn(*a, groups=groups, silu=silu, backend=backend)
+    return parity.group_norm_fn(groups, "silu" if silu else None)
 
 
 @pytest.mark.parametrize("shape,groups", GN_SHAPES)
@@ -115,14 +108,7 @@ def test_group_norm_saved_statistics(fmt, dtype, isa):
 
 
 def test_group_norm_grad_of_x_alone(isa):
-    # Only x needs grad (the parameter grads are computed and dropped).
-    x = torch.randn(2, 8, 3, 4, 4, requires_grad=True)
-    w = torch.randn(8)
-    ops.group_norm(x, 4, w, activation="silu", backend="cpp").sum().backward()
-    ref = x.detach().double().requires_grad_()
-    ops.group_norm(ref, 4, w.double(), activation="silu", backend="reference").sum().backward()
-    assert w.grad is None
-    assert rel(x.grad, ref.grad) <= 1e-5
+    parity.check_group_norm_grad_of_x_through_a_view("cpp", "cpu")
 
 
 # ---- temporal_attention -------------------------------------------------------------
@@ -212,20 +198,7 @@ def test_logsumexp_matches_reference(fmt, hw, isa):
 
 
 def test_group_norm_finite_differences(isa):
-    x = torch.randn(2, 12, 3, 2, 3)
-    params = [
-        torch.randn(12),
-        torch.randn(12),
-        torch.randn(2, 12) * 0.5,
-        torch.randn(2, 12, 1, 2, 3),
-    ]
-
-    def fn(x, w, b, scale, shift, backend="cpp"):
-        return ops.group_norm(
-            x, 3, w, b, scale=scale, shift=shift, activation="silu", backend=backend
-        )
-
-    directional_check(fn, partial(fn, backend="reference"), [x, *params])
+    parity.check_group_norm_finite_differences("cpp", "cpu")
 
 
 def test_temporal_attention_finite_differences(isa):

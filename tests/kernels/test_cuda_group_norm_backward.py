@@ -13,44 +13,22 @@ from functools import partial
 import parity
 import pytest
 import torch
-from parity import SPATIAL_FORMS, directional_check, layout, rel, spatial_modulation
+from parity import CUDA_TEST_MARKS, SPATIAL_FORMS, group_norm_fn, layout, rel, spatial_modulation
 
-from lddm_fast import ops
-
-STATUS = ops.available_backends()["cuda"]
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(STATUS != "ok", reason=f"cuda backend unavailable: {STATUS}"),
-    pytest.mark.usefixtures("poisoned_outputs"),
-]
+pytestmark = CUDA_TEST_MARKS
 
 DEV = "cuda"
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 check_grads = partial(parity.check_grads, backend="cuda")
 
-# (shape, groups): C/G = 5, T = 7 | 1-pixel frames, G = C | 4-D, G = 1 | C = 12, S = 6 |
-# the phantom64 level-1 shape, whose rows the kNCS sums split across blocks.
-SHAPES = [
-    ((2, 40, 7, 5, 5), 8),
-    ((2, 24, 7, 1, 1), 24),
-    ((3, 6, 9, 9), 1),
-    ((1, 12, 2, 1, 3), 3),
-    ((2, 128, 16, 8, 8), 32),
-]
+# The odd shapes, and the phantom64 level-1 one, whose rows the kNCS sums split across
+# blocks.
+SHAPES = [*parity.GN_GRAD_SHAPES, ((2, 128, 16, 8, 8), 32)]
 FORMATS = ["contiguous", "channels_last", "strided", "misaligned", "misaligned_cl"]
 
 
 def randn(*size, dtype=torch.float32):
     return torch.randn(size, device=DEV).to(dtype)
-
-
-def gn_fn(groups, activation):
-    def fn(x, w, b, scale, shift, *, backend):
-        return ops.group_norm(
-            x, groups, w, b, scale=scale, shift=shift, activation=activation, backend=backend
-        )
-
-    return fn
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -64,7 +42,7 @@ def test_grads_match_float64(shape, groups, fmt, dtype, activation):
     params = [randn(c, dtype=dtype), randn(c, dtype=dtype)]
     params += [randn(n, c, dtype=dtype) * 0.5, randn(n, c, dtype=dtype)]
     gy = layout(randn(*shape, dtype=dtype), fmt)
-    check_grads(gn_fn(groups, activation), [x, *params], gy)
+    check_grads(group_norm_fn(groups, activation), [x, *params], gy)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
@@ -74,7 +52,7 @@ def test_absent_parameters_and_float32_parameters(affine, film, dtype):
     x = layout(randn(*shape, dtype=dtype), "channels_last")
     w, b = (randn(40), randn(40)) if affine else (None, None)
     scale, shift = (randn(2, 40) * 0.5, randn(2, 40)) if film else (None, None)
-    check_grads(gn_fn(8, "silu"), [x, w, b, scale, shift], randn(*shape, dtype=dtype))
+    check_grads(group_norm_fn(8, "silu"), [x, w, b, scale, shift], randn(*shape, dtype=dtype))
 
 
 @pytest.mark.parametrize("fmt", ["contiguous", "channels_last"])
@@ -86,14 +64,14 @@ def test_spatial_modulation_grads(shape, form, fmt):
     x = layout(randn(*shape), fmt)
     scale, shift = spatial_modulation(x, form)
     c = shape[1]
-    check_grads(gn_fn(4, "silu"), [x, randn(c), randn(c), scale, shift], randn(*shape))
+    check_grads(group_norm_fn(4, "silu"), [x, randn(c), randn(c), scale, shift], randn(*shape))
 
 
 @pytest.mark.parametrize("fmt", ["contiguous", "channels_last"])
 def test_large_mean(fmt):
     x = layout(1000 + randn(2, 40, 3, 4, 5), fmt)
     args = [x, randn(40), randn(40), randn(2, 40), randn(2, 40)]
-    check_grads(gn_fn(8, "silu"), args, randn(2, 40, 3, 4, 5))
+    check_grads(group_norm_fn(8, "silu"), args, randn(2, 40, 3, 4, 5))
 
 
 @pytest.mark.parametrize("fmt", ["contiguous", "channels_last"])
@@ -103,7 +81,7 @@ def test_more_blocks_than_the_grid_cap(fmt):
     n, c = 64, 1280
     x = layout(randn(n, c, 1, 2, 2), fmt)
     args = [x, randn(c), randn(c), randn(n, c) * 0.5, randn(n, c)]
-    check_grads(gn_fn(32, "silu"), args, layout(randn(n, c, 1, 2, 2), fmt))
+    check_grads(group_norm_fn(32, "silu"), args, layout(randn(n, c, 1, 2, 2), fmt))
 
 
 @pytest.mark.parametrize("fmt", ["contiguous", "channels_last"])
@@ -137,22 +115,11 @@ def test_backward_is_deterministic(fmt):
 
 
 def test_grad_of_x_alone_and_through_a_view():
-    base = randn(2, 12, 3, 4, 4).requires_grad_()
-    w = randn(8)
-    ops.group_norm(base[:, 4:], 4, w, activation="silu", backend="cuda").sum().backward()
-    ref = base.detach().double().requires_grad_()
-    ops.group_norm(
-        ref[:, 4:], 4, w.double(), activation="silu", backend="reference"
-    ).sum().backward()
-    assert w.grad is None
-    assert rel(base.grad, ref.grad) <= parity.FP32_TOL
+    parity.check_group_norm_grad_of_x_through_a_view("cuda", DEV)
 
 
 def test_finite_differences():
-    x, w, b, scale = randn(2, 12, 3, 2, 3), randn(12), randn(12), randn(2, 12) * 0.5
-    fn = partial(gn_fn(3, "silu"), backend="cuda")
-    ref = partial(gn_fn(3, "silu"), backend="reference")
-    directional_check(fn, ref, [x, w, b, scale, randn(2, 12, 1, 2, 3)])
+    parity.check_group_norm_finite_differences("cuda", DEV)
 
 
 @pytest.mark.parametrize("form", ["film", "spatial", "x_only"])

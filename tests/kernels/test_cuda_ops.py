@@ -11,18 +11,22 @@ with a floor of one rounding step (2^-8 / 2^-10).
 
 import pytest
 import torch
-from parity import FP32_TOL, SPATIAL_FORMS, check, check_group_norm, layout, rel, spatial_modulation
+from parity import (
+    CUDA_TEST_MARKS,
+    FP32_TOL,
+    SPATIAL_FORMS,
+    check,
+    check_group_norm,
+    layout,
+    rel,
+    spatial_modulation,
+)
 
 from lddm_fast import ops
 from lddm_fast.layout import attention_output_format, memory_format_of
 from lddm_fast.ops.extension import cuda_attention_smem_bytes, cuda_limits
 
-STATUS = ops.available_backends()["cuda"]
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(STATUS != "ok", reason=f"cuda backend unavailable: {STATUS}"),
-    pytest.mark.usefixtures("poisoned_outputs"),
-]
+pytestmark = CUDA_TEST_MARKS
 
 DEV = "cuda"
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]

@@ -17,7 +17,7 @@ from functools import partial
 import parity
 import pytest
 import torch
-from parity import SPATIAL_FORMS, directional_check, layout, rel, spatial_modulation
+from parity import SPATIAL_FORMS, group_norm_fn, layout, spatial_modulation
 
 from lddm_fast import ops
 
@@ -41,26 +41,11 @@ LAYOUT_DTYPES = [
 ]
 check_grads = partial(parity.check_grads, backend="triton")
 
-# (shape, groups): C/G = 5, T = 7 | 1-pixel frames, G = C | 4-D, G = 1 | C = 12, S = 6.
-SHAPES = [
-    ((2, 40, 7, 5, 5), 8),
-    ((2, 24, 7, 1, 1), 24),
-    ((3, 6, 9, 9), 1),
-    ((1, 12, 2, 1, 3), 3),
-]
+SHAPES = parity.GN_GRAD_SHAPES
 
 
 def randn(*size, dtype=torch.float32):
     return torch.randn(size, device=DEVICE).to(dtype)
-
-
-def gn_fn(groups, activation):
-    def fn(x, w, b, scale, shift, *, backend):
-        return ops.group_norm(
-            x, groups, w, b, scale=scale, shift=shift, activation=activation, backend=backend
-        )
-
-    return fn
 
 
 @pytest.mark.parametrize("fmt,dtype", LAYOUT_DTYPES, ids=str)
@@ -73,7 +58,7 @@ def test_grads_match_float64(shape, groups, fmt, dtype):
     params = [randn(c, dtype=dtype), randn(c, dtype=dtype)]
     params += [randn(n, c, dtype=dtype) * 0.5, randn(n, c, dtype=dtype)]
     gy = layout(randn(*shape, dtype=dtype), fmt)
-    check_grads(gn_fn(groups, "silu"), [x, *params], gy)
+    check_grads(group_norm_fn(groups, "silu"), [x, *params], gy)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
@@ -87,7 +72,7 @@ def test_epilogue_combinations(affine, film, activation, dtype):
     x = layout(randn(*shape, dtype=dtype), "channels_last")
     w, b = (randn(40), randn(40)) if affine else (None, None)
     scale, shift = (randn(2, 40) * 0.5, randn(2, 40)) if film else (None, None)
-    check_grads(gn_fn(8, activation), [x, w, b, scale, shift], randn(*shape, dtype=dtype))
+    check_grads(group_norm_fn(8, activation), [x, w, b, scale, shift], randn(*shape, dtype=dtype))
 
 
 @pytest.mark.parametrize(
@@ -103,7 +88,7 @@ def test_spatial_modulation_grads(shape, form, fmt, dtype):
     scale, shift = spatial_modulation(x, form)
     c = shape[1]
     args = [x, randn(c), randn(c), scale, shift]
-    check_grads(gn_fn(4, "silu"), args, randn(*shape, dtype=dtype))
+    check_grads(group_norm_fn(4, "silu"), args, randn(*shape, dtype=dtype))
 
 
 @pytest.mark.parametrize("fmt", ["contiguous", "channels_last"])
@@ -111,7 +96,7 @@ def test_large_mean(fmt):
     """x = 1000 + noise: xhat comes from the saved mean of x - k, not from 1000."""
     x = layout(1000 + randn(2, 40, 3, 4, 5), fmt)
     args = [x, randn(40), randn(40), randn(2, 40), randn(2, 40)]
-    check_grads(gn_fn(8, "silu"), args, randn(2, 40, 3, 4, 5))
+    check_grads(group_norm_fn(8, "silu"), args, randn(2, 40, 3, 4, 5))
 
 
 @pytest.mark.parametrize("fmt", ["strided_cl", "spatial_slice"])
@@ -122,28 +107,15 @@ def test_views_that_are_copied(fmt):
     x = base[..., 1:] if fmt == "spatial_slice" else layout(base, fmt)
     c = x.shape[1]
     args = [x, randn(c), randn(c), randn(2, c), randn(2, c)]
-    check_grads(gn_fn(6, "silu"), args, randn(*x.shape))
+    check_grads(group_norm_fn(6, "silu"), args, randn(*x.shape))
 
 
 def test_grad_of_x_alone_and_through_a_view():
-    """Only x needs grad (the parameter grads are computed and dropped), and x is a
-    channel slice of a leaf: autograd routes dx into the leaf's grad."""
-    base = randn(2, 12, 3, 4, 4).requires_grad_()
-    w = randn(8)
-    ops.group_norm(base[:, 4:], 4, w, activation="silu", backend="triton").sum().backward()
-    ref = base.detach().double().requires_grad_()
-    ops.group_norm(
-        ref[:, 4:], 4, w.double(), activation="silu", backend="reference"
-    ).sum().backward()
-    assert w.grad is None
-    assert rel(base.grad, ref.grad) <= parity.FP32_TOL
+    parity.check_group_norm_grad_of_x_through_a_view("triton", DEVICE)
 
 
 def test_finite_differences():
-    x, w, b, scale = randn(2, 12, 3, 2, 3), randn(12), randn(12), randn(2, 12) * 0.5
-    fn = partial(gn_fn(3, "silu"), backend="triton")
-    ref = partial(gn_fn(3, "silu"), backend="reference")
-    directional_check(fn, ref, [x, w, b, scale, randn(2, 12, 1, 2, 3)])
+    parity.check_group_norm_finite_differences("triton", DEVICE)
 
 
 @pytest.mark.parametrize(
@@ -193,4 +165,4 @@ def test_full_size_grads(shape, groups, dtype, fmt):
     n, c = shape[:2]
     x = layout(randn(*shape, dtype=dtype) + 3, fmt)
     args = [x, randn(c), randn(c), randn(n, c) * 0.5, randn(n, c)]
-    check_grads(gn_fn(groups, "silu"), args, layout(randn(*shape, dtype=dtype), fmt))
+    check_grads(group_norm_fn(groups, "silu"), args, layout(randn(*shape, dtype=dtype), fmt))
