@@ -100,8 +100,8 @@ _forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("lddm_backe
 _open_blocks = 0
 
 
-# default_order's answers, by (device, op): select() asks on every op call, and
-# rebuilding the list took ~2 us of a ~10 us call on small tensors.
+# default_order's answers, by (device, op): select() asks on every op call, where the
+# Python around an op on small tensors costs more than the op (benchmarks/RESULTS.md).
 _ORDER_CACHE: dict[tuple[str, str | None], tuple[str, ...]] = {}
 
 

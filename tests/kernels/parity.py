@@ -127,7 +127,6 @@ def check_group_norm_grad_of_x_through_a_view(backend, device):
 
 def check_group_norm_finite_differences(backend, device):
     """directional_check of ``backend``'s group_norm + FiLM scale + spatial shift + SiLU."""
-
     fn = group_norm_fn(3, "silu")
     shapes = [(2, 12, 3, 2, 3), (12,), (12,), (2, 12), (2, 12, 1, 2, 3)]
     inputs = [torch.randn(s, device=device) for s in shapes]
