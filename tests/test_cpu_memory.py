@@ -16,9 +16,11 @@ pytestmark = pytest.mark.skipif(
     platform.libc_ver()[0] != "glibc", reason="mallopt thresholds are glibc's"
 )
 
-# Touch a 64 MiB block (16,384 pages), free it, twelve times; the minor page faults
-# of the last four rounds. With the thresholds raised the heap settles within six
-# rounds here (measured over 15 processes: later rounds never faulted again).
+# Touch a 64 MiB block (16,384 pages), free it, sixteen times; the minor page faults
+# of the last eight rounds. With the thresholds raised the heap settles within six
+# rounds (measured over 15 processes), but on a CI run a later round once mapped the
+# block afresh again (faults [16384, 0, 0, 0] in rounds 9-12), so the test asks for
+# fewer faults by a wide margin rather than for none.
 _LOOP = """
 import json, resource, sys, torch
 from lddm_fast.cpu_memory import retain_freed_memory
@@ -29,12 +31,12 @@ if sys.argv[1] == "pipeline":
     LDDMPipeline.from_preset("tiny", device="cpu")
     applied = cpu_memory._applied
 faults = []
-for _ in range(12):
+for _ in range(16):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     x = torch.empty(16 * 1024 * 1024).fill_(1.0)
     del x
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-print(json.dumps({"applied": applied, "faults": faults[-4:]}))
+print(json.dumps({"applied": applied, "faults": faults[-8:]}))
 """
 
 
@@ -58,9 +60,11 @@ def test_retained_blocks_are_reused_without_page_faults():
     plain = _run("none")
     kept = _run("call")
     assert kept["applied"] is True
-    # Unchanged malloc maps the 64 MiB afresh every round.
+    # Unchanged malloc maps the 64 MiB afresh every round; kept, at most a round or two
+    # of the last eight does.
     assert min(plain["faults"]) >= 16_000, plain
-    assert max(kept["faults"]) * 10 < min(plain["faults"]), (plain, kept)
+    assert sum(kept["faults"]) * 4 < sum(plain["faults"]), (plain, kept)
+    assert kept["faults"].count(0) >= 6, kept
 
 
 def test_the_cpu_pipeline_applies_it_and_the_variable_turns_it_off():
