@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <optional>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -106,6 +107,59 @@ inline GroupNormIO group_norm_io(const at::Tensor& x_in) {
   return {std::move(x), std::move(y), nsc};
 }
 
+// An optional weight / bias / FiLM tensor as contiguous float32 (the kernels' format).
+inline std::optional<at::Tensor> as_float32(const std::optional<at::Tensor>& t) {
+  if (!t.has_value()) return std::nullopt;
+  return t->to(at::kFloat).contiguous();
+}
+
+// An optional float32 tensor's data, or null.
+inline const float* float_ptr(const std::optional<at::Tensor>& t) {
+  return t ? t->const_data_ptr<float>() : nullptr;
+}
+
+// weight, bias and the modulation as the group_norm kernels (CPU forward, CUDA forward
+// and backward) take them, float32 and contiguous: a FiLM scale / shift as [N, C] (sc,
+// sh); a spatial one (or both, when either is spatial) as one period in x's inner order
+// (sc_sp, sh_sp; see spatial_modulation), sc and sh then empty. nsc: x is channels-last.
+struct GroupNormParams {
+  std::optional<at::Tensor> w, b, sc, sh, sc_sp, sh_sp;
+  int64_t period = 0;
+
+  GroupNormParams(const at::Tensor& x, bool nsc, const std::optional<at::Tensor>& weight,
+                  const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& scale,
+                  const std::optional<at::Tensor>& shift)
+      : w(as_float32(weight)), b(as_float32(bias)) {
+    if (!has_spatial_modulation(x, scale, shift)) {
+      sc = as_float32(scale);
+      sh = as_float32(shift);
+      return;
+    }
+    period = modulation_period(x, scale, shift);
+    if (scale) sc_sp = spatial_modulation(x, *scale, period, nsc);
+    if (shift) sh_sp = spatial_modulation(x, *shift, period, nsc);
+  }
+};
+
+// The checks both backward launchers make beyond check_group_norm_args: grad_y has x's
+// shape and device, and stats (if given) is group_norm_stats' [N, G, 2] float64 on x's
+// device.
+inline void check_group_norm_backward_args(const at::Tensor& grad_y, const at::Tensor& x,
+                                           int64_t num_groups,
+                                           const std::optional<at::Tensor>& stats) {
+  TORCH_CHECK_VALUE(grad_y.device() == x.device(), "grad_y is on ", grad_y.device(),
+                    " but x is on ", x.device());
+  TORCH_CHECK_VALUE(grad_y.sizes() == x.sizes(), "grad_y has shape ", grad_y.sizes(),
+                    " but x has ", x.sizes());
+  if (!stats) return;
+  const int64_t N = x.size(0);
+  TORCH_CHECK_VALUE(stats->device() == x.device() && stats->scalar_type() == at::kDouble &&
+                        stats->sizes() == at::IntArrayRef({N, num_groups, 2}),
+                    "stats must be group_norm_stats' float64 [N, G, 2] = [", N, ", ",
+                    num_groups, ", 2] tensor on ", x.device(), ", got ", stats->scalar_type(),
+                    " ", stats->sizes(), " on ", stats->device());
+}
+
 // The gradient of a scale/shift argument, as the backward kernels return it: from the
 // per-(n, c) sums (FiLM, or the argument absent: then [N, C] float32, unused) or summed
 // over the broadcast dims of the per-element gradient (spatial).
@@ -117,10 +171,19 @@ inline at::Tensor modulation_grad(const std::optional<at::Tensor>& t, const at::
   return from_sums.to(t->scalar_type());
 }
 
-// An optional weight / bias / FiLM tensor as contiguous float32 (the kernels' format).
-inline std::optional<at::Tensor> as_float32(const std::optional<at::Tensor>& t) {
-  if (!t.has_value()) return std::nullopt;
-  return t->to(at::kFloat).contiguous();
+// group_norm_backward's result from the kernels' float32 grads: gx, then weight and
+// bias grads [C] in their arguments' dtypes (float32 for an absent one), then scale and
+// shift grads (modulation_grad: film_* [N, C] sums, or the per-element *_el summed to a
+// spatial argument's shape).
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> group_norm_grads(
+    const at::Tensor& gx, const at::Tensor& x, const at::Tensor& gw, const at::Tensor& gb,
+    const at::Tensor& film_gs, const at::Tensor& film_gh, const at::Tensor& gs_el,
+    const at::Tensor& gh_el, const std::optional<at::Tensor>& weight,
+    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& scale,
+    const std::optional<at::Tensor>& shift) {
+  return {gx, gw.to(weight ? weight->scalar_type() : at::kFloat),
+          gb.to(bias ? bias->scalar_type() : at::kFloat),
+          modulation_grad(scale, x, film_gs, gs_el), modulation_grad(shift, x, film_gh, gh_el)};
 }
 
 }  // namespace lddm

@@ -247,26 +247,12 @@ std::tuple<at::Tensor, at::Tensor> group_norm_impl(
                  : at::Tensor();
   if (x.numel() == 0) return {y, stats};
 
-  auto ptr = [](const std::optional<at::Tensor>& t) -> const float* {
-    return t ? t->const_data_ptr<float>() : nullptr;
-  };
-  const auto w = as_float32(weight), bi = as_float32(bias);
   // FiLM scale/shift fold into the per-channel coefficients; a spatial one (or both,
   // when either is spatial) into per-element ones, materialised in x's inner order.
-  const bool is_spatial = has_spatial_modulation(x, scale, shift);
-  const int64_t period = is_spatial ? modulation_period(x, scale, shift) : 0;
-  auto film = [&](const std::optional<at::Tensor>& t) -> std::optional<at::Tensor> {
-    return is_spatial ? std::nullopt : as_float32(t);
-  };
-  auto per_position = [&](const std::optional<at::Tensor>& t) -> std::optional<at::Tensor> {
-    if (!is_spatial || !t) return std::nullopt;
-    return spatial_modulation(x, *t, period, nsc);
-  };
-  const auto sc = film(scale), sh = film(shift), sc_sp = per_position(scale),
-             sh_sp = per_position(shift);
-  const Coefficients coef{ptr(w), ptr(bi), ptr(sc), ptr(sh), C, eps,
-                          with_stats ? stats.mutable_data_ptr<double>() : nullptr};
-  const Spatial spatial{ptr(sc_sp), ptr(sh_sp), period};
+  const GroupNormParams p(x, nsc, weight, bias, scale, shift);
+  const Coefficients coef{float_ptr(p.w), float_ptr(p.b), float_ptr(p.sc), float_ptr(p.sh), C,
+                          eps, with_stats ? stats.mutable_data_ptr<double>() : nullptr};
+  const Spatial spatial{float_ptr(p.sc_sp), float_ptr(p.sh_sp), p.period};
   if (x.scalar_type() == at::kFloat) {
     nsc ? run_nsc<float>(x, y, num_groups, coef, spatial, silu)
         : run_ncs<float>(x, y, num_groups, coef, spatial, silu);

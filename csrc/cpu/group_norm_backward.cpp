@@ -257,29 +257,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> group_nor
     const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& shift, bool silu,
     const std::optional<at::Tensor>& stats) {
   LDDM_CHECK_DEVICE(x_in, at::kCPU, "x");
-  LDDM_CHECK_DEVICE(grad_y, at::kCPU, "grad_y");
   check_group_norm_args(x_in, num_groups, weight, bias, scale, shift);
   TORCH_CHECK_VALUE(x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kBFloat16,
                     "x must be float32 or bfloat16 for the cpp backend, got ",
                     x_in.scalar_type());
-  TORCH_CHECK_VALUE(grad_y.sizes() == x_in.sizes(), "grad_y has shape ", grad_y.sizes(),
-                    " but x has ", x_in.sizes());
+  check_group_norm_backward_args(grad_y, x_in, num_groups, stats);
   const int64_t N = x_in.size(0), C = x_in.size(1);
-  if (stats) {
-    TORCH_CHECK_VALUE(stats->device().is_cpu() && stats->scalar_type() == at::kDouble &&
-                          stats->sizes() == at::IntArrayRef({N, num_groups, 2}),
-                      "stats must be group_norm_stats' float64 [N, G, 2] = [", N, ", ",
-                      num_groups, ", 2] CPU tensor, got ", stats->scalar_type(), " ",
-                      stats->sizes(), " on ", stats->device());
-  }
   const at::Tensor saved = stats ? stats->contiguous() : at::Tensor();
   const double* saved_p = stats ? saved.const_data_ptr<double>() : nullptr;
-  const at::MemoryFormat fmt = output_format(x_in);
-  const bool nsc = fmt != at::MemoryFormat::Contiguous;
-  const at::Tensor x = nsc ? x_in : x_in.contiguous();
-  const at::Tensor gy = grad_y.to(x.scalar_type()).contiguous(fmt);
-  at::Tensor gx = at::empty_like(x, fmt);
+  auto [x, gx, nsc] = group_norm_io(x_in);
   poison_if_requested(gx);
+  const at::MemoryFormat fmt = output_format(x_in);  // x's and gx's (group_norm_io)
+  const at::Tensor gy = grad_y.to(x.scalar_type()).contiguous(fmt);
   const auto f32 = x.options().dtype(at::kFloat);
 
   const at::Tensor w = weight ? weight->to(at::kFloat).contiguous() : at::ones({C}, f32);
@@ -354,9 +343,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> group_nor
     pgs[i] = float(cs[1] * double(p.w[i % C]) + cs[0] * double(p.b[i % C]));
     pgh[i] = float(cs[0]);
   }
-  return {gx, gw.to(weight ? weight->scalar_type() : at::kFloat),
-          gb.to(bias ? bias->scalar_type() : at::kFloat),
-          modulation_grad(scale, x, film_gs, gs_el), modulation_grad(shift, x, film_gh, gh_el)};
+  return group_norm_grads(gx, x, gw, gb, film_gs, film_gh, gs_el, gh_el, weight, bias, scale,
+                          shift);
 }
 
 }  // namespace lddm

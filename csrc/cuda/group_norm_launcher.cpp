@@ -14,33 +14,10 @@
 namespace lddm {
 namespace {
 
-const float* ptr(const std::optional<at::Tensor>& t) {
-  return t ? t->const_data_ptr<float>() : nullptr;
+// A spatial modulation as the CUDA kernels take it.
+cuda::SpatialModulation spatial_of(const GroupNormParams& p) {
+  return {float_ptr(p.sc_sp), float_ptr(p.sh_sp), p.period};
 }
-
-// The float32 forms of weight, bias and the modulation the kernels take: FiLM scale /
-// shift as [N, C]; a spatial one (or both, when either is spatial) as one period in
-// x's inner order (`spatial`), with the FiLM pointers null.
-struct KernelParams {
-  std::optional<at::Tensor> w, b, sc, sh, sc_sp, sh_sp;
-  int64_t period = 0;
-
-  KernelParams(const at::Tensor& x, bool nsc, const std::optional<at::Tensor>& weight,
-               const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& scale,
-               const std::optional<at::Tensor>& shift)
-      : w(as_float32(weight)), b(as_float32(bias)) {
-    const bool is_spatial = has_spatial_modulation(x, scale, shift);
-    period = is_spatial ? modulation_period(x, scale, shift) : 0;
-    if (!is_spatial) {
-      sc = as_float32(scale);
-      sh = as_float32(shift);
-      return;
-    }
-    if (scale) sc_sp = spatial_modulation(x, *scale, period, nsc);
-    if (shift) sh_sp = spatial_modulation(x, *shift, period, nsc);
-  }
-  cuda::SpatialModulation spatial() const { return {ptr(sc_sp), ptr(sh_sp), period}; }
-};
 
 cudaStream_t stream_of(const at::Tensor& x) {
   return c10::cuda::getCurrentCUDAStream(x.device().index()).stream();
@@ -67,14 +44,14 @@ std::tuple<at::Tensor, at::Tensor> group_norm_impl(
 
   const int64_t S = x.numel() / (N * C);
   const auto layout = nsc ? cuda::GroupNormLayout::kNSC : cuda::GroupNormLayout::kNCS;
-  const KernelParams p(x, nsc, weight, bias, scale, shift);
+  const GroupNormParams p(x, nsc, weight, bias, scale, shift);
   // From the caching allocator: no cudaMalloc per call, and safe under graph capture.
   const at::Tensor workspace = at::empty(
       {int64_t(cuda::group_norm_workspace_bytes(layout, N, C, S, num_groups))},
       x.options().dtype(at::kByte));
   const cudaError_t err = cuda::group_norm(
-      dtype, layout, x.const_data_ptr(), y.mutable_data_ptr(), ptr(p.w), ptr(p.b), ptr(p.sc),
-      ptr(p.sh), p.spatial(), N, C, S, num_groups, eps, silu,
+      dtype, layout, x.const_data_ptr(), y.mutable_data_ptr(), float_ptr(p.w), float_ptr(p.b),
+      float_ptr(p.sc), float_ptr(p.sh), spatial_of(p), N, C, S, num_groups, eps, silu,
       with_stats ? stats.mutable_data_ptr<double>() : nullptr, workspace.mutable_data_ptr(),
       stream_of(x));
   TORCH_CHECK(err == cudaSuccess, "lddm::group_norm CUDA launch failed: ", cudaGetErrorString(err));
@@ -105,21 +82,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> group_nor
     const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& shift, bool silu,
     const std::optional<at::Tensor>& stats) {
   LDDM_CHECK_DEVICE(x_in, at::kCUDA, "x");
-  TORCH_CHECK_VALUE(grad_y.device() == x_in.device(), "grad_y is on ", grad_y.device(),
-                    " but x is on ", x_in.device());
   check_group_norm_args(x_in, num_groups, weight, bias, scale, shift);
   const cuda::DType dtype = cuda_dtype_of(x_in, "x");
-  TORCH_CHECK_VALUE(grad_y.sizes() == x_in.sizes(), "grad_y has shape ", grad_y.sizes(),
-                    " but x has ", x_in.sizes());
+  check_group_norm_backward_args(grad_y, x_in, num_groups, stats);
   const int64_t N = x_in.size(0), C = x_in.size(1);
-  if (stats) {
-    TORCH_CHECK_VALUE(stats->device() == x_in.device() &&
-                          stats->scalar_type() == at::kDouble &&
-                          stats->sizes() == at::IntArrayRef({N, num_groups, 2}),
-                      "stats must be group_norm_stats' float64 [N, G, 2] = [", N, ", ",
-                      num_groups, ", 2] tensor on ", x_in.device(), ", got ",
-                      stats->scalar_type(), " ", stats->sizes(), " on ", stats->device());
-  }
 
   const c10::cuda::CUDAGuard guard(x_in.device());
   auto [x, gx, nsc] = group_norm_io(x_in);
@@ -136,10 +102,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> group_nor
     gh_el = at::empty(x.sizes(), f32.memory_format(fmt));
   }
   const auto result = [&] {
-    return std::make_tuple(gx, gw.to(weight ? weight->scalar_type() : at::kFloat),
-                           gb.to(bias ? bias->scalar_type() : at::kFloat),
-                           modulation_grad(scale, x, film_gs, gs_el),
-                           modulation_grad(shift, x, film_gh, gh_el));
+    return group_norm_grads(gx, x, gw, gb, film_gs, film_gh, gs_el, gh_el, weight, bias, scale,
+                            shift);
   };
   if (x.numel() == 0) {  // nothing normalised: the parameters' grads are zero
     for (at::Tensor* t : {&gw, &gb, &film_gs, &film_gh}) t->zero_();
@@ -155,7 +119,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> group_nor
                     "the CUDA group_norm backward takes a spatial scale/shift only for x with "
                     "fewer than 2^31 positions per sample, got ", S);
   const auto layout = nsc ? cuda::GroupNormLayout::kNSC : cuda::GroupNormLayout::kNCS;
-  const KernelParams p(x, nsc, weight, bias, scale, shift);
+  const GroupNormParams p(x, nsc, weight, bias, scale, shift);
   const cudaStream_t stream = stream_of(x);
   at::Tensor saved;
   if (stats) {
@@ -166,8 +130,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> group_nor
         {int64_t(cuda::group_norm_workspace_bytes(layout, N, C, S, num_groups))},
         x.options().dtype(at::kByte));
     const cudaError_t err = cuda::group_norm(
-        dtype, layout, x.const_data_ptr(), nullptr, ptr(p.w), ptr(p.b), ptr(p.sc), ptr(p.sh),
-        p.spatial(), N, C, S, num_groups, eps, silu, saved.mutable_data_ptr<double>(),
+        dtype, layout, x.const_data_ptr(), nullptr, float_ptr(p.w), float_ptr(p.b),
+        float_ptr(p.sc), float_ptr(p.sh), spatial_of(p), N, C, S, num_groups, eps, silu,
+        saved.mutable_data_ptr<double>(),
         fwd_ws.mutable_data_ptr(), stream);
     TORCH_CHECK(err == cudaSuccess, "lddm::group_norm_backward CUDA statistics failed: ",
                 cudaGetErrorString(err));
@@ -186,8 +151,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> group_nor
       x.options().dtype(at::kByte));
   const cudaError_t err = cuda::group_norm_backward(
       dtype, layout, gy.const_data_ptr(), x.const_data_ptr(), gx.mutable_data_ptr(),
-      saved.const_data_ptr<double>(), ptr(p.w), ptr(p.b), ptr(p.sc), ptr(p.sh), p.spatial(), N,
-      C, S, num_groups, silu, grads, workspace.mutable_data_ptr(), stream);
+      saved.const_data_ptr<double>(), float_ptr(p.w), float_ptr(p.b), float_ptr(p.sc),
+      float_ptr(p.sh), spatial_of(p), N, C, S, num_groups, silu, grads,
+      workspace.mutable_data_ptr(), stream);
   TORCH_CHECK(err == cudaSuccess, "lddm::group_norm_backward CUDA launch failed: ",
               cudaGetErrorString(err));
   return result();
