@@ -121,31 +121,49 @@ void chunk_moments(const T* __restrict__ x, int64_t positions, int64_t C, float*
 }
 
 #if LDDM_SIMD
-// y[j] = f(V{}, j) (+ SiLU) for j from i on, in blocks of 4 vectors of V and then one:
-// f gives the V::W values before the activation at j. Returns the first j not written
-// (fewer than V::W are left).
+// out[j - i] = f(V{}, j) (+ SiLU) for j from i on, in blocks of 4 vectors of V and then
+// one: f gives the V::W values before the activation at j. Returns the first j not
+// written (fewer than V::W are left).
 template <typename V, bool Silu, typename U, typename F>
-static inline int64_t affine_vectors(U* y, int64_t i, int64_t n, const F& f) {
+static inline int64_t affine_vectors(U* out, int64_t i, int64_t n, const F& f) {
   using R = typename V::reg;
+  const int64_t i0 = i;
   for (; i + 4 * V::W <= n; i += 4 * V::W) {
     R v[4];
     for (int u = 0; u < 4; ++u) v[u] = f(V{}, i + V::W * u);
     if (Silu) silu<V, 4>(v);
-    for (int u = 0; u < 4; ++u) V::store(y + i + V::W * u, v[u]);
+    for (int u = 0; u < 4; ++u) V::store(out + (i - i0) + V::W * u, v[u]);
   }
   for (; i + V::W <= n; i += V::W) {
     R v = f(V{}, i);
     if (Silu) silu<V, 1>(&v);
-    V::store(y + i, v);
+    V::store(out + (i - i0), v);
   }
   return i;
 }
 
-// affine_vectors in the build's widest vectors, then (AVX-512) in one of 8 floats.
+// Floats per chunk of a bf16 row in the AVX2 build: 4 KB, in L1 between the two loops.
+inline constexpr int64_t kAffineChunk = 1024;
+
+// affine_vectors in the build's widest vectors, then (AVX-512) in one of 8 floats. bf16
+// outputs in the AVX2 build go through a float chunk, rounded after the activation in a
+// loop of their own (store_bf16_vectors).
 template <bool Silu, typename U, typename F>
 static inline int64_t affine_simd(U* y, int64_t n, const F& f) {
+#if !LDDM_AVX512
+  if constexpr (std::is_same_v<U, bf16_t>) {
+    alignas(32) float chunk[kAffineChunk];
+    int64_t i = 0;
+    while (i + V8::W <= n) {
+      const int64_t end = affine_vectors<V8, Silu>(chunk, i, std::min(n, i + kAffineChunk), f);
+      store_bf16_vectors(y + i, end - i, [&](int64_t j) { return V8::load(chunk + j); });
+      i = end;
+    }
+    return i;
+  }
+#endif
   int64_t i = affine_vectors<Vec, Silu>(y, 0, n, f);
-  if constexpr (Vec::W > 8) i = affine_vectors<V8, Silu>(y, i, n, f);
+  if constexpr (Vec::W > 8) i = affine_vectors<V8, Silu>(y + i, i, n, f);
   return i;
 }
 #endif

@@ -45,17 +45,29 @@ struct V8 {
     // below 1.2e-38, where the scalar store would keep a subnormal bf16.
     _mm_storeu_si128(reinterpret_cast<__m128i*>(p), (__m128i)_mm256_cvtneps_pbh(v));
 #else
-    const __m256i u = _mm256_castps_si256(v);
-    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
-    __m256i r = _mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7FFF)));
-    const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-    r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7FC00000), nan);
-    r = _mm256_srli_epi32(r, 16);
+    const __m256i r = bf16_bits(v);
     // packus works per 128-bit lane: [a0..a3 b0..b3 | a4..a7 b4..b7] -> fix the order.
     const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);
     _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(packed));
 #endif
   }
+#if !LDDM_AVX512
+  // 16 values, a's then b's, with one pack and one permute for both.
+  static void store2(bf16_t* p, reg a, reg b) {
+    const __m256i packed = _mm256_packus_epi32(bf16_bits(a), bf16_bits(b));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm256_permute4x64_epi64(packed, 0xD8));
+  }
+  // v rounded to bf16 (nearest even; a NaN becomes the quiet NaN 0x7FC0), the 16 bits in
+  // the low half of each 32-bit lane.
+  static __m256i bf16_bits(reg v) {
+    const __m256i u = _mm256_castps_si256(v);
+    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    __m256i r = _mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7FFF)));
+    const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7FC00000), nan);
+    return _mm256_srli_epi32(r, 16);
+  }
+#endif
   static reg add(reg a, reg b) { return _mm256_add_ps(a, b); }
   static reg sub(reg a, reg b) { return _mm256_sub_ps(a, b); }
   static reg mul(reg a, reg b) { return _mm256_mul_ps(a, b); }

@@ -32,6 +32,8 @@ GN_SHAPES = [
     ((1, 320, 3, 4, 4), 32),  # C/G = 10
     ((2, 24, 1, 1), 3),  # 4-D single pixel
     ((2, 44, 3, 5, 5), 11),  # AVX2: 32-channel block + one vector + 4 scalar channels
+    ((1, 4, 3, 19, 23), 2),  # rows of 1311: AVX2 bf16 rounds them in chunks of 1024
+    ((1, 1040, 1, 2, 3), 8),  # channels-last positions of 1040 channels, likewise
 ]
 
 
