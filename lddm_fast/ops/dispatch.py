@@ -100,9 +100,18 @@ _forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("lddm_backe
 _open_blocks = 0
 
 
-# default_order's answers, by (device, op): select() asks on every op call, where the
-# Python around an op on small tensors costs more than the op (benchmarks/RESULTS.md).
+# default_order's answers, by (device, op), and the backends a default call may take,
+# in that order, by (op, device, dtype, needs_grad): what refusal() says without a tensor
+# (status, devices, dtypes, backward) does not change while the registry does not, so a
+# call asks only the shape limits. select() runs on every op call, where the Python
+# around an op on small tensors costs more than the op (benchmarks/RESULTS.md).
 _ORDER_CACHE: dict[tuple[str, str | None], tuple[str, ...]] = {}
+_CANDIDATES: dict[tuple[str, str, torch.dtype, bool], tuple[Backend, ...]] = {}
+
+
+def _clear_caches() -> None:
+    _ORDER_CACHE.clear()
+    _CANDIDATES.clear()
 
 
 def register(backend: Backend, default_for: dict[str, int] | None = None) -> None:
@@ -111,7 +120,7 @@ def register(backend: Backend, default_for: dict[str, int] | None = None) -> Non
     for device, rank in (default_for or {}).items():
         order = _DEFAULT_ORDER.setdefault(device, [])
         order.insert(min(rank, len(order)), backend.name)
-    _ORDER_CACHE.clear()
+    _clear_caches()
 
 
 def unregister(name: str) -> None:
@@ -120,7 +129,7 @@ def unregister(name: str) -> None:
     for order in _DEFAULT_ORDER.values():
         if name in order:
             order.remove(name)
-    _ORDER_CACHE.clear()
+    _clear_caches()
 
 
 def backends() -> dict[str, Backend]:
@@ -131,7 +140,7 @@ def prefer(device: str, op: str, order: list[str]) -> None:
     """Rank backends for one op on one device type, fastest first; backends not named
     keep their device order after these."""
     _OP_ORDER[(device, op)] = list(order)
-    _ORDER_CACHE.clear()
+    _clear_caches()
 
 
 def _default_order(device: str, op: str | None) -> tuple[str, ...]:
@@ -141,6 +150,20 @@ def _default_order(device: str, op: str | None) -> tuple[str, ...]:
         rest = [name for name in _DEFAULT_ORDER.get(device, []) if name not in first]
         _ORDER_CACHE[key] = (*(name for name in first if name in _REGISTRY), *rest, "reference")
     return _ORDER_CACHE[key]
+
+
+def _candidates(op: str, device: str, dtype: torch.dtype, needs_grad: bool) -> tuple[Backend, ...]:
+    """The backends of the default order that serve these calls but for shape limits."""
+    key = (op, device, dtype, needs_grad)
+    found = _CANDIDATES.get(key)
+    if found is None:
+        found = _CANDIDATES[key] = tuple(
+            backend
+            for name in _default_order(device, op)
+            if (backend := _REGISTRY[name]).refusal(op, device, dtype, needs_grad, by_default=True)
+            is None
+        )
+    return found
 
 
 def default_order(device: str, op: str | None = None) -> list[str]:
@@ -185,6 +208,23 @@ def _lookup(name: str) -> Backend:
         raise BackendError(f"unknown backend {name!r}; known backends: {known}") from None
 
 
+# CPython's os.environ keeps the variables in a dict of encoded names: looking the name
+# up there first spares the common call (LDDM_BACKEND unset) os.environ.get's raised and
+# caught KeyErrors, ~3 us of a small op's call (benchmarks/RESULTS.md).
+try:
+    _ENV_NAMES, _ENV_KEY = os.environ._data, os.environ.encodekey(ENV_VAR)
+except AttributeError:  # another os.environ: always ask it
+    _ENV_NAMES = _ENV_KEY = None
+
+
+def _env_backend() -> str:
+    """LDDM_BACKEND's value, "" if unset; read at every call, so that setting it while
+    running takes effect."""
+    if _ENV_NAMES is not None and _ENV_KEY not in _ENV_NAMES:
+        return ""
+    return os.environ.get(ENV_VAR, "").strip()
+
+
 def requested_backend() -> tuple[str | None, str]:
     """The backend forced by use_backend() or LDDM_BACKEND, and where it came from."""
     # Eager calls always read the ContextVar: a context copied inside a block (a
@@ -192,7 +232,7 @@ def requested_backend() -> tuple[str | None, str]:
     forced = None if torch.compiler.is_compiling() and _open_blocks == 0 else _forced.get()
     if forced is not None:
         return forced, "use_backend()"
-    env = os.environ.get(ENV_VAR, "").strip()
+    env = _env_backend()
     if env:
         return env, f"{ENV_VAR}={env}"
     return None, "default"
@@ -218,9 +258,8 @@ def select(
                 f"{device} {str(dtype).removeprefix('torch.')} tensor: {why}"
             )
         return chosen.ops[op]
-    for name in _default_order(device, op):
-        candidate = _REGISTRY[name]
-        if candidate.refusal(op, device, dtype, needs_grad, main, params, by_default=True) is None:
+    for candidate in _candidates(op, device, dtype, needs_grad):
+        if candidate.limits is None or candidate.limits(op, main, params or {}) is None:
             return candidate.ops[op]
     raise BackendError(f"no backend can run lddm_fast.ops.{op} on {device} {dtype}")
 
@@ -228,7 +267,5 @@ def select(
 def default_choice(op: str, device: str, dtype: torch.dtype, needs_grad: bool = False) -> str:
     """Name of the backend a call would get by default: an inference call (for
     `lddm-fast info`), or with ``needs_grad`` a training call."""
-    for name in _default_order(device, op):
-        if _REGISTRY[name].refusal(op, device, dtype, needs_grad, by_default=True) is None:
-            return name
-    return "none"
+    found = _candidates(op, device, dtype, needs_grad)
+    return found[0].name if found else "none"

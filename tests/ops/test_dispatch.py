@@ -96,6 +96,23 @@ def test_use_backend_context_and_env(monkeypatch):
     assert _which() == "reference"
 
 
+@needs_cpp
+@pytest.mark.parametrize("lookup", ["os.environ's dict of names", "os.environ.get only"])
+def test_env_backend_is_read_at_every_call(monkeypatch, lookup):
+    # Set, changed or unset while running, LDDM_BACKEND takes effect at the next call,
+    # with the look-up in os.environ's dict (CPython) and without it.
+    if lookup == "os.environ.get only":
+        monkeypatch.setattr(dispatch, "_ENV_NAMES", None)
+    monkeypatch.delenv("LDDM_BACKEND", raising=False)
+    assert _which() == "cpp"
+    monkeypatch.setenv("LDDM_BACKEND", " reference ")
+    assert _which() == "reference"
+    assert dispatch.requested_backend() == ("reference", "LDDM_BACKEND=reference")
+    monkeypatch.delenv("LDDM_BACKEND")
+    assert _which() == "cpp"
+    assert dispatch.requested_backend() == (None, "default")
+
+
 def test_unknown_backend_is_an_error(monkeypatch):
     with pytest.raises(BackendError, match="unknown backend 'nope'.*known backends"):
         ops.group_norm(torch.randn(2, 4, 3, 3), 2, backend="nope")
