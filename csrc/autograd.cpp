@@ -58,6 +58,8 @@ struct GroupNormFunction : public Function<GroupNormFunction> {
     ctx->saved_data["silu"] = silu;
     if (!with_stats) return {y};
     ctx->mark_non_differentiable({stats});
+    // The statistics get no gradient: autograd would otherwise pass zeros for them.
+    ctx->set_materialize_grads(false);
     return {y, stats};
   }
 
@@ -65,6 +67,8 @@ struct GroupNormFunction : public Function<GroupNormFunction> {
     static auto op = c10::Dispatcher::singleton()
                          .findSchemaOrThrow("lddm::group_norm_backward", "")
                          .typed<decltype(group_norm_backward_cpu)>();
+    // No gradient reached y (grads are not materialized): none for the inputs.
+    if (!grads[0].defined()) return variable_list(9);
     const auto saved = ctx->get_saved_variables();
     const at::Tensor &x = saved[0], &weight = saved[1], &bias = saved[2], &scale = saved[3],
                      &shift = saved[4], &stats = saved[5];
@@ -120,6 +124,7 @@ struct TemporalAttentionFunction : public Function<TemporalAttentionFunction> {
     ctx->saved_data["num_heads"] = num_heads;
     ctx->saved_data["scale"] = scale;
     ctx->mark_non_differentiable({lse});
+    ctx->set_materialize_grads(false);  // the logsumexps get no gradient, not zeros
     return {out, lse};
   }
 
@@ -127,6 +132,7 @@ struct TemporalAttentionFunction : public Function<TemporalAttentionFunction> {
     static auto op = c10::Dispatcher::singleton()
                          .findSchemaOrThrow("lddm::temporal_attention_backward", "")
                          .typed<decltype(temporal_attention_backward_cpu)>();
+    if (!grads[0].defined()) return variable_list(5);  // as GroupNormFunction's
     const auto saved = ctx->get_saved_variables();
     auto [dq, dk, dv] =
         op.call(grads[0], saved[0], saved[1], saved[2], saved[3],

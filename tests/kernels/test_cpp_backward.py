@@ -208,3 +208,31 @@ def test_temporal_attention_finite_differences(isa):
         return ops.temporal_attention(q, k, v, num_heads=2, backend=backend)
 
     directional_check(fn, partial(fn, backend="reference"), [q, k, v])
+
+
+# ---- outputs without a gradient ---------------------------------------------------------
+
+
+class _NoGrad(torch.autograd.Function):
+    """A sum of its input that passes it no gradient (None) back."""
+
+    @staticmethod
+    def forward(ctx, t):
+        return t.sum()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return None
+
+
+def test_output_without_gradient_gives_inputs_none(isa):
+    # A gradient stopped at an op's output (None from the next function) reaches the op's
+    # backward undefined: its inputs get no gradient from it, not zeros and not an error.
+    x = torch.randn(2, 8, 3, 2, 2, requires_grad=True)
+    w = torch.randn(8, requires_grad=True)
+    q = torch.randn(1, 8, 5, 2, 2, requires_grad=True)
+    y = ops.group_norm(x, 2, w, activation="silu", backend="cpp")
+    o = ops.temporal_attention(q, q * 2, q * 3, num_heads=2, backend="cpp")
+    (_NoGrad.apply(y) + _NoGrad.apply(o) + x.sum() + q.sum()).backward()
+    assert torch.equal(x.grad, torch.ones_like(x)) and w.grad is None
+    assert torch.equal(q.grad, torch.ones_like(q))
