@@ -88,6 +88,13 @@ std::pair<float, float> group_constants(const double* sums, const float* w, int6
   return {float(c1 + double(off) * c2), float(c2)};
 }
 
+// A FiLM channel's gu sums from its gv sums (the kernels leave them: gu = s gv with s
+// constant over the channel).
+void film_gu_sums(double* sums, float s) {
+  sums[2] = double(s) * sums[0];
+  sums[3] = double(s) * sums[1];
+}
+
 // Adds `off` to xhat in a channel's sums: sum g (xhat + off) = sum g xhat + off sum g.
 void correct_sums(double* s, float off) {
   s[1] += double(off) * s[0];
@@ -128,6 +135,7 @@ void run_ncs(const at::Tensor& x, const at::Tensor& gy, at::Tensor& gx, int64_t 
         if (!p.spatial) {
           k.gn_grad_row_sums(xp + row * S, dyp + row * S, S, m, r, p.w[c], beff, p.s + row,
                              p.h + row, false, p.silu, nullptr, nullptr, keep + i * S, cs);
+          film_gu_sums(cs, p.s[row]);
         } else {
           // One period of the channel's modulation, reused by every frame (S / P).
           for (int64_t t0 = 0; t0 < S; t0 += P)
@@ -228,6 +236,7 @@ void run_nsc(const at::Tensor& x, const at::Tensor& gy, at::Tensor& gx, int64_t 
           total += part[((n * chunks + ch) * 4 + j) * C + c];
         cs[j] = total;
       }
+      if (!p.spatial) film_gu_sums(cs, p.s[n * C + c]);
       correct_sums(cs, st.off[n * G + c / cg]);
     }
     for (int64_t g = 0; g < G; ++g) {

@@ -7,8 +7,10 @@
 //   gv = dy silu'(v) (or dy),  gu = gv s
 // s = 1 + scale and h = shift, per (n, c) (FiLM) or per element (spatial). Pass 1 sums
 // gv, gv xhat, gu, gu xhat per channel (weight, bias and FiLM grads, and the two group
-// means of the input gradient); for a spatial modulation it also writes gv u and gv per
-// element (their grads before the broadcast is summed out). Pass 2 writes
+// means of the input gradient); with FiLM, s is constant over the channel, so the
+// kernels sum gv and gv xhat only and the caller takes the gu sums as s times those
+// (two fewer accumulations a vector). For a spatial modulation pass 1 also writes gv u
+// and gv per element (their grads before the broadcast is summed out). Pass 2 writes
 //   dx = r (w gu - c1 - xhat c2),  c1 = mean_group(w gu),  c2 = mean_group(w gu xhat).
 // Pass 1 also keeps w gu per element (in float: in dx itself for float outputs), so
 // pass 2 reads x and that instead of recomputing v and silu'(v) from x and dy (a third
@@ -77,7 +79,7 @@ static inline double lane_sum(typename V::reg v) {
 }
 
 // gn_grad_row_sums_impl's vector part on [i, n): returns the first index not done (fewer
-// than V::W are left) and adds its four sums to sums.
+// than V::W are left) and adds its sums to sums (four; two without Varying).
 template <typename V, bool Silu, bool Varying, typename T>
 static inline int64_t grad_row_sums_vectors(const T* x, const T* dy, int64_t i, int64_t n,
                                             float m, float r, float w, float b,
@@ -99,30 +101,35 @@ static inline int64_t grad_row_sums_vectors(const T* x, const T* dy, int64_t i, 
   };
   // Two sets of partial sums, for even and odd vectors of a block: four dependent adds
   // per block would bound the loop by their latency (one set per vector spills).
-  R acc[4][2];
+  constexpr int A = Varying ? 4 : 2;
+  R acc[A][2];
   for (auto& a : acc)
     for (R& v : a) v = V::zero();
+  const R ws = V::set1(w * s[0]);
   const auto sink = [&](int u, int64_t j, const GradCoef<R>& k, R xh, R gv) {
-    const R gu = V::mul(gv, k.s);
-    if constexpr (Varying) {
-      V::store(gs + j, V::mul(gv, V::fmadd(k.w, xh, k.b)));
-      V::store(gh + j, gv);
-    }
-    V::store(wgu + j, V::mul(k.w, gu));
     acc[0][u & 1] = V::add(acc[0][u & 1], gv);
     acc[1][u & 1] = V::fmadd(gv, xh, acc[1][u & 1]);
-    acc[2][u & 1] = V::add(acc[2][u & 1], gu);
-    acc[3][u & 1] = V::fmadd(gu, xh, acc[3][u & 1]);
+    if constexpr (Varying) {
+      const R gu = V::mul(gv, k.s);
+      V::store(gs + j, V::mul(gv, V::fmadd(k.w, xh, k.b)));
+      V::store(gh + j, gv);
+      V::store(wgu + j, V::mul(k.w, gu));
+      acc[2][u & 1] = V::add(acc[2][u & 1], gu);
+      acc[3][u & 1] = V::fmadd(gu, xh, acc[3][u & 1]);
+    } else {
+      V::store(wgu + j, V::mul(ws, gv));
+    }
   };
   for (; i + 4 * W <= n; i += 4 * W) grad_sums_vectors<V, 4, Silu>(x, dy, i, coef, sink);
   for (; i + W <= n; i += W) grad_sums_vectors<V, 1, Silu>(x, dy, i, coef, sink);
-  for (int a = 0; a < 4; ++a)
+  for (int a = 0; a < A; ++a)
     sums[a] += lane_sum<V>(V::add(acc[a][0], acc[a][1]));
   return i;
 }
 
 // gn_grad_chunk_sums_impl's vector part for one position's channels [c, C): returns the
-// first channel not done; sums [4, C] accumulated in memory.
+// first channel not done; sums [4, C] accumulated in memory (the first two rows only
+// without Spatial).
 template <typename V, bool Silu, bool Spatial, typename T>
 static inline int64_t grad_chunk_sums_vectors(
     const T* xr, const T* dr, int64_t c, int64_t C, const float* __restrict__ m,
@@ -145,8 +152,10 @@ static inline int64_t grad_chunk_sums_vectors(
     float* a = sums + j;
     V::store(a, V::add(V::load(a), gv));
     V::store(a + C, V::fmadd(gv, xh, V::load(a + C)));
-    V::store(a + 2 * C, V::add(V::load(a + 2 * C), gu));
-    V::store(a + 3 * C, V::fmadd(gu, xh, V::load(a + 3 * C)));
+    if constexpr (Spatial) {
+      V::store(a + 2 * C, V::add(V::load(a + 2 * C), gu));
+      V::store(a + 3 * C, V::fmadd(gu, xh, V::load(a + 3 * C)));
+    }
   };
   for (; c + 4 * W <= C; c += 4 * W) grad_sums_vectors<V, 4, Silu>(xr, dr, c, coef, sink);
   for (; c + W <= C; c += W) grad_sums_vectors<V, 1, Silu>(xr, dr, c, coef, sink);
@@ -154,8 +163,9 @@ static inline int64_t grad_chunk_sums_vectors(
 }
 #endif
 
-// Varying: s, h, gs, gh are per element ([n]); else s[0], h[0] hold the row's constants
-// and gs, gh are unused; wgu[i] = w gu written.
+// Varying: s, h, gs, gh are per element ([n]) and sums[0..3] get gv, gv xhat, gu,
+// gu xhat; else s[0], h[0] hold the row's constants, gs, gh are unused and only
+// sums[0..1] are added to; wgu[i] = w gu written.
 template <typename T, bool Silu, bool Varying>
 static void gn_grad_row_sums_impl(const T* __restrict__ x, const T* __restrict__ dy, int64_t n,
                                   float m, float r, float w, float b, const float* __restrict__ s,
@@ -183,17 +193,19 @@ static void gn_grad_row_sums_impl(const T* __restrict__ x, const T* __restrict__
       if (Varying) {
         gs[i] = gv * u;
         gh[i] = gv;
+        a2 += gu;
+        a3 += gu * xh;
       }
       wgu[i] = w * gu;
       a0 += gv;
       a1 += gv * xh;
-      a2 += gu;
-      a3 += gu * xh;
     }
     sums[0] += a0;
     sums[1] += a1;
-    sums[2] += a2;
-    sums[3] += a3;
+    if (Varying) {
+      sums[2] += a2;
+      sums[3] += a3;
+    }
   }
 }
 
@@ -233,7 +245,7 @@ void gn_grad_row_dx(const T* __restrict__ x, const float* wgu, T* dx, int64_t n,
 // Channels-last chunk [positions, C]: m, r, w, b per channel [C]; s, h rows of C at
 // position p * sh_step (0: one FiLM row for the chunk); gs, gh [positions, C] written
 // when sh_step != 0; wgu [positions, C] = w gu written; sums [4, C] accumulated (the
-// caller zeroes them).
+// caller zeroes them), with FiLM (sh_step 0) the first two rows only.
 template <typename T, bool Silu>
 static void gn_grad_chunk_sums_impl(const T* __restrict__ x, const T* __restrict__ dy,
                                     int64_t positions, int64_t C, const float* __restrict__ m,
@@ -289,12 +301,9 @@ static void gn_grad_chunk_sums_impl(const T* __restrict__ x, const T* __restrict
       for (int64_t c = c0; c < C; ++c) {
         const float xh = (load(xr[c]) - m[c]) * r[c];
         const float gv = grad_v<Silu>((w[c] * xh + b[c]) * sp[c] + hp[c], load(dr[c]));
-        const float gu = gv * sp[c];
-        kr[c] = w[c] * gu;
+        kr[c] = w[c] * (gv * sp[c]);
         a0[c] += gv;
         a1[c] += gv * xh;
-        a2[c] += gu;
-        a3[c] += gu * xh;
       }
     }
   }
