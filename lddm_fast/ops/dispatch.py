@@ -100,18 +100,12 @@ _forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("lddm_backe
 _open_blocks = 0
 
 
-# default_order's answers, by (device, op), and the backends a default call may take,
-# in that order, by (op, device, dtype, needs_grad): what refusal() says without a tensor
-# (status, devices, dtypes, backward) does not change while the registry does not, so a
-# call asks only the shape limits. select() runs on every op call, where the Python
-# around an op on small tensors costs more than the op (benchmarks/RESULTS.md).
-_ORDER_CACHE: dict[tuple[str, str | None], tuple[str, ...]] = {}
+# The backends a default call may take, in the default order, by (op, device, dtype,
+# needs_grad): what refusal() says without a tensor (status, devices, dtypes, backward)
+# does not change while the registry does not, so a call asks only the shape limits.
+# select() runs on every op call, where the Python around an op on small tensors costs
+# more than the op (benchmarks/RESULTS.md).
 _CANDIDATES: dict[tuple[str, str, torch.dtype, bool], tuple[Backend, ...]] = {}
-
-
-def _clear_caches() -> None:
-    _ORDER_CACHE.clear()
-    _CANDIDATES.clear()
 
 
 def register(backend: Backend, default_for: dict[str, int] | None = None) -> None:
@@ -120,7 +114,7 @@ def register(backend: Backend, default_for: dict[str, int] | None = None) -> Non
     for device, rank in (default_for or {}).items():
         order = _DEFAULT_ORDER.setdefault(device, [])
         order.insert(min(rank, len(order)), backend.name)
-    _clear_caches()
+    _CANDIDATES.clear()
 
 
 def unregister(name: str) -> None:
@@ -129,7 +123,7 @@ def unregister(name: str) -> None:
     for order in _DEFAULT_ORDER.values():
         if name in order:
             order.remove(name)
-    _clear_caches()
+    _CANDIDATES.clear()
 
 
 def backends() -> dict[str, Backend]:
@@ -140,16 +134,7 @@ def prefer(device: str, op: str, order: list[str]) -> None:
     """Rank backends for one op on one device type, fastest first; backends not named
     keep their device order after these."""
     _OP_ORDER[(device, op)] = list(order)
-    _clear_caches()
-
-
-def _default_order(device: str, op: str | None) -> tuple[str, ...]:
-    key = (device, op)
-    if key not in _ORDER_CACHE:
-        first = _OP_ORDER.get(key, []) if op is not None else []
-        rest = [name for name in _DEFAULT_ORDER.get(device, []) if name not in first]
-        _ORDER_CACHE[key] = (*(name for name in first if name in _REGISTRY), *rest, "reference")
-    return _ORDER_CACHE[key]
+    _CANDIDATES.clear()
 
 
 def _candidates(op: str, device: str, dtype: torch.dtype, needs_grad: bool) -> tuple[Backend, ...]:
@@ -159,7 +144,7 @@ def _candidates(op: str, device: str, dtype: torch.dtype, needs_grad: bool) -> t
     if found is None:
         found = _CANDIDATES[key] = tuple(
             backend
-            for name in _default_order(device, op)
+            for name in default_order(device, op)
             if (backend := _REGISTRY[name]).refusal(op, device, dtype, needs_grad, by_default=True)
             is None
         )
@@ -168,7 +153,9 @@ def _candidates(op: str, device: str, dtype: torch.dtype, needs_grad: bool) -> t
 
 def default_order(device: str, op: str | None = None) -> list[str]:
     """Backend names a default call tries in turn, ``reference`` last."""
-    return list(_default_order(device, op))
+    first = _OP_ORDER.get((device, op), []) if op is not None else []
+    rest = [name for name in _DEFAULT_ORDER.get(device, []) if name not in first]
+    return [name for name in first if name in _REGISTRY] + rest + ["reference"]
 
 
 def available_backends() -> dict[str, str]:
