@@ -136,6 +136,31 @@ def check_group_norm_finite_differences(backend, device):
     )
 
 
+def check_group_norm_spatial_grads(backend, device, shape, groups, form, fmt, dtype):
+    """Spatial (SPADE) scale/shift on ``backend`` (+ SiLU): per-element grads summed over
+    their broadcast dims (T for [N, C, 1, H, W]; N, T and H for film_and_broadcast's
+    shift); the output gradient contiguous whatever x's layout."""
+    x = layout(torch.randn(shape, device=device).to(dtype), fmt)
+    scale, shift = spatial_modulation(x, form)
+    c = shape[1]
+    args = [x, torch.randn(c, device=device), torch.randn(c, device=device), scale, shift]
+    gy = torch.randn(shape, device=device).to(dtype)
+    check_grads(group_norm_fn(groups, "silu"), args, gy, backend)
+
+
+def check_group_norm_large_mean_grads(backend, device, fmt, shape=(2, 40, 3, 4, 5), groups=8):
+    """x = 1000 + noise on ``backend`` (+ FiLM, SiLU): xhat must come from the group
+    statistics without losing the mean's float rounding."""
+    n, c = shape[:2]
+
+    def randn(*size):
+        return torch.randn(size, device=device)
+
+    x = layout(1000 + randn(*shape), fmt)
+    args = [x, randn(c), randn(c), randn(n, c), randn(n, c)]
+    check_grads(group_norm_fn(groups, "silu"), args, randn(*shape), backend)
+
+
 def check_group_norm(x, groups, weight, bias, backend, *, scale=None, shift=None, activation=None):
     """ops.group_norm on ``backend`` against the float64 reference by :func:`check`,
     with the eager reference backend in x's dtype as the low-precision yardstick; the

@@ -18,7 +18,6 @@ from parity import (
     directional_check,
     layout,
     rel,
-    spatial_modulation,
 )
 
 from lddm_fast import ops
@@ -65,22 +64,13 @@ def test_group_norm_grad(shape, groups, fmt, affine, film, silu, dtype, isa):
 @pytest.mark.parametrize("form", SPATIAL_FORMS)
 @pytest.mark.parametrize("dtype", CPP_DTYPES)
 def test_group_norm_grad_spatial(shape, groups, fmt, form, dtype, isa):
-    """Spatial (SPADE) scale/shift: per-element grads summed over their broadcast dims
-    (T for [N, C, 1, H, W]; N, T, H for film_and_broadcast's shift)."""
-    c = shape[1]
-    x = layout(torch.randn(shape).to(dtype), fmt)
-    scale, shift = spatial_modulation(x, form)
-    gy = torch.randn(shape).to(dtype)  # contiguous while x is channels-last: one copy
-    check_grads(_gn_fn(groups, True), [x, torch.randn(c), torch.randn(c), scale, shift], gy)
+    parity.check_group_norm_spatial_grads("cpp", "cpu", shape, groups, form, fmt, dtype)
 
 
 @pytest.mark.parametrize("fmt", ["contiguous", "channels_last"])
 def test_group_norm_grad_large_mean_many_chunks(fmt, isa):
-    # Mean 1000 (xhat must not lose the mean's float rounding) and channels-last
-    # samples of several chunks with a partial last one.
-    x = layout(1000 + torch.randn(3, 64, 5, 15, 15), fmt)
-    args = [x, torch.randn(64), torch.randn(64), torch.randn(3, 64), torch.randn(3, 64)]
-    check_grads(_gn_fn(16, True), args, torch.randn(x.shape))
+    # Channels-last samples of several chunks with a partial last one.
+    parity.check_group_norm_large_mean_grads("cpp", "cpu", fmt, (3, 64, 5, 15, 15), 16)
 
 
 @pytest.mark.parametrize("fmt", ["contiguous", "channels_last"])

@@ -13,7 +13,7 @@ from functools import partial
 import parity
 import pytest
 import torch
-from parity import CUDA_TEST_MARKS, SPATIAL_FORMS, group_norm_fn, layout, rel, spatial_modulation
+from parity import CUDA_TEST_MARKS, SPATIAL_FORMS, group_norm_fn, layout, rel
 
 pytestmark = CUDA_TEST_MARKS
 
@@ -59,19 +59,13 @@ def test_absent_parameters_and_float32_parameters(affine, film, dtype):
 @pytest.mark.parametrize("form", SPATIAL_FORMS)
 @pytest.mark.parametrize("shape", [(2, 12, 3, 4, 5), (2, 8, 3, 5)], ids=str)
 def test_spatial_modulation_grads(shape, form, fmt):
-    """SPADE scale/shift: per-element grads summed over their broadcast dims, and a FiLM
-    partner's grads from the per-(n, c) sums."""
-    x = layout(randn(*shape), fmt)
-    scale, shift = spatial_modulation(x, form)
-    c = shape[1]
-    check_grads(group_norm_fn(4, "silu"), [x, randn(c), randn(c), scale, shift], randn(*shape))
+    """And a FiLM partner's grads from the per-(n, c) sums (film_and_broadcast)."""
+    parity.check_group_norm_spatial_grads("cuda", DEV, shape, 4, form, fmt, torch.float32)
 
 
 @pytest.mark.parametrize("fmt", ["contiguous", "channels_last"])
 def test_large_mean(fmt):
-    x = layout(1000 + randn(2, 40, 3, 4, 5), fmt)
-    args = [x, randn(40), randn(40), randn(2, 40), randn(2, 40)]
-    check_grads(group_norm_fn(8, "silu"), args, randn(2, 40, 3, 4, 5))
+    parity.check_group_norm_large_mean_grads("cuda", DEV, fmt)
 
 
 @pytest.mark.parametrize("fmt", ["contiguous", "channels_last"])

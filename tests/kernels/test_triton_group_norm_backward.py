@@ -17,7 +17,7 @@ from functools import partial
 import parity
 import pytest
 import torch
-from parity import SPATIAL_FORMS, group_norm_fn, layout, spatial_modulation
+from parity import SPATIAL_FORMS, group_norm_fn, layout
 
 from lddm_fast import ops
 
@@ -81,22 +81,13 @@ def test_epilogue_combinations(affine, film, activation, dtype):
 @pytest.mark.parametrize("form", SPATIAL_FORMS)
 @pytest.mark.parametrize("shape", [(2, 12, 3, 4, 5), (2, 8, 3, 5)], ids=str)
 def test_spatial_modulation_grads(shape, form, fmt, dtype):
-    """SPADE scale/shift: per-element grads summed over their broadcast dims (T for
-    [N, C, 1, H, W]; N, T and H for film_and_broadcast's shift); the output gradient
-    contiguous whatever x's layout."""
-    x = layout(randn(*shape, dtype=dtype), fmt)
-    scale, shift = spatial_modulation(x, form)
-    c = shape[1]
-    args = [x, randn(c), randn(c), scale, shift]
-    check_grads(group_norm_fn(4, "silu"), args, randn(*shape, dtype=dtype))
+    parity.check_group_norm_spatial_grads("triton", DEVICE, shape, 4, form, fmt, dtype)
 
 
 @pytest.mark.parametrize("fmt", ["contiguous", "channels_last"])
 def test_large_mean(fmt):
-    """x = 1000 + noise: xhat comes from the saved mean of x - k, not from 1000."""
-    x = layout(1000 + randn(2, 40, 3, 4, 5), fmt)
-    args = [x, randn(40), randn(40), randn(2, 40), randn(2, 40)]
-    check_grads(group_norm_fn(8, "silu"), args, randn(2, 40, 3, 4, 5))
+    """xhat comes from the saved mean of x - k, not from 1000."""
+    parity.check_group_norm_large_mean_grads("triton", DEVICE, fmt)
 
 
 @pytest.mark.parametrize("fmt", ["strided_cl", "spatial_slice"])
