@@ -2,7 +2,6 @@
 with no register spills, and the installed distribution exposes the Triton kernels
 only as lddm_fast.kernels."""
 
-import os
 import re
 import shutil
 import subprocess
@@ -10,10 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from cuda_toolkit import CXX, NVCC, cuda_include
 
 ROOT = Path(__file__).resolve().parents[1]
 CUDA_SOURCES = sorted((ROOT / "csrc" / "cuda").glob("*.cu"))
-NVCC = shutil.which("nvcc")
 
 
 def test_there_are_cuda_sources():
@@ -44,19 +43,7 @@ def test_cuda_source_compiles_for_sm90a_without_spills(source, tmp_path):
     assert all(s == ("0", "0") for s in spills), f"register spills in {source.name}:\n{report}"
 
 
-def _cuda_include() -> Path | None:
-    """A CUDA toolkit include folder (cuda_runtime.h), or None."""
-    candidates = [os.environ.get("CUDA_HOME", ""), "/usr/local/cuda"]
-    if NVCC:
-        candidates += [Path(NVCC).parents[1], Path(os.path.realpath(NVCC)).parents[1]]
-    for root in candidates:
-        if root and (Path(root) / "include" / "cuda_runtime.h").is_file():
-            return Path(root) / "include"
-    return None
-
-
-CUDA_INCLUDE = _cuda_include()
-CXX = shutil.which("c++") or shutil.which("g++")
+CUDA_INCLUDE = cuda_include()
 
 
 @pytest.mark.slow

@@ -266,6 +266,74 @@ def attention_qkv(B, C, T, hw, fmt, dtype, device="cpu"):
     return list(qkv.chunk(3, dim=1))
 
 
+def attention_fn(heads, scale=None):
+    """fn(q, k, v, *, backend) for check_grads: ops.temporal_attention."""
+
+    def fn(q, k, v, *, backend):
+        return ops.temporal_attention(q, k, v, num_heads=heads, scale=scale, backend=backend)
+
+    return fn
+
+
+# (T, heads, head_dim, (H, W)) of the GPU backends' attention gradient tests: odd T and
+# head_dim 24 | T = 1 | 1-pixel frames, head_dim 8 | T = 17, head_dim 12, C = 36.
+ATTN_GRAD_CASES = [
+    (7, 2, 24, (3, 5)),
+    (1, 1, 16, (2, 2)),
+    (16, 4, 8, (1, 1)),
+    (17, 3, 12, (2, 3)),
+]
+ATTN_GRAD_FORMATS = ["contiguous", "qkv_views", "qkv_views_cl", "mixed"]
+
+
+def check_attention_grads(backend, device, T, heads, d, hw, fmt, dtype):
+    """check_grads of ``backend``'s attention for fresh q, k, v in ``fmt`` (see
+    attention_qkv) and an output gradient in yet another layout (channels-last)."""
+    q, k, v = attention_qkv(2, heads * d, T, hw, fmt, dtype, device)
+    go = torch.randn(q.shape, device=device).to(dtype)
+    go = go.contiguous(memory_format=torch.channels_last_3d)
+    check_grads(attention_fn(heads), [q, k, v], go, backend)
+
+
+def check_attention_grad_through_one_qkv_leaf(backend, device):
+    """The model's case: q, k, v are channel slices of one channels-last qkv tensor that
+    needs grad; autograd concatenates ``backend``'s three grads into its grad."""
+    qkv = torch.randn(2, 48, 7, 3, 3, device=device)
+    leaf = qkv.contiguous(memory_format=torch.channels_last_3d).requires_grad_()
+    out = ops.temporal_attention(*leaf.chunk(3, dim=1), num_heads=2, backend=backend)
+    out.square().sum().backward()
+    ref = qkv.double().requires_grad_()
+    out = ops.temporal_attention(*ref.chunk(3, dim=1), num_heads=2, backend="reference")
+    out.square().sum().backward()
+    assert rel(leaf.grad, ref.grad) <= FP32_TOL
+
+
+def check_logsumexp(lse, q, k, heads, scale):
+    """lse [B, heads, T, H, W]: each query's log sum_j exp(scale q.k_j), within 1e-6 of
+    float64."""
+    B, C, T, H, W = q.shape
+    qs, ks = (t.double().reshape(B, heads, C // heads, T, H, W) for t in (q, k))
+    logits = torch.einsum("bndiyx,bndjyx->bnijyx", qs, ks) * scale
+    assert rel(lse, torch.logsumexp(logits, dim=3)) <= 1e-6
+
+
+def opcheck_attention(namespace, fmt, device):
+    """torch.library.opcheck of a backend's temporal_attention_lse (autograd included)
+    and temporal_attention_backward (schema, fake) ops: ``namespace`` is
+    torch.ops.lddm or torch.ops.lddm_triton."""
+    qkv = attention_qkv(2, 8, 5, (3, 3), fmt, torch.float32, device)
+    q, k, v = (t.requires_grad_() for t in qkv)
+    torch.library.opcheck(namespace.temporal_attention_lse.default, (q, k, v, 2, 0.25))
+    with torch.no_grad():
+        _, lse = namespace.temporal_attention_lse(q, k, v, 2, 0.25)
+    args = (torch.randn(q.shape, device=device), q.detach(), k.detach(), v.detach(), lse, 2, 0.25)
+    torch.library.opcheck(
+        namespace.temporal_attention_backward.default,
+        args,
+        test_utils=("test_schema", "test_faketensor"),
+    )
+
+
 def d64(t):
     return None if t is None else t.double()
 

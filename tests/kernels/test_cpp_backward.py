@@ -117,13 +117,6 @@ ATTN_CASES = [
 ]
 
 
-def _attn_fn(heads):
-    def fn(q, k, v, *, backend):
-        return ops.temporal_attention(q, k, v, num_heads=heads, backend=backend)
-
-    return fn
-
-
 @pytest.mark.parametrize("T,heads,d,hw", ATTN_CASES)
 @pytest.mark.parametrize(
     "fmt", ["contiguous", "qkv_views", "qkv_views_cl", "channels_last_3d", "transposed_hw"]
@@ -134,7 +127,7 @@ def test_temporal_attention_grad(T, heads, d, hw, fmt, dtype, isa):
     q, k, v = attention_qkv(B, C, T, hw, fmt, dtype)
     # An output gradient in yet another layout (channels-last), read through its strides.
     go = torch.randn(B, C, T, *hw).to(dtype).contiguous(memory_format=torch.channels_last_3d)
-    check_grads(_attn_fn(heads), [q, k, v], go)
+    check_grads(parity.attention_fn(heads), [q, k, v], go)
 
 
 @pytest.mark.parametrize("go_fmt", ["contiguous", "expanded"])
@@ -146,22 +139,11 @@ def test_temporal_attention_grad_channels_last_other_grad_layout(go_fmt, dtype, 
     go = torch.randn(2, 32, 9, 2, 3).to(dtype)
     if go_fmt == "expanded":
         go = go[:1, :1, :1, :1, :1].expand(2, 32, 9, 2, 3)
-    check_grads(_attn_fn(2), [q, k, v], go)
+    check_grads(parity.attention_fn(2), [q, k, v], go)
 
 
 def test_temporal_attention_grad_through_qkv_views(isa):
-    # The normal case: q, k, v are channel slices of one channels-last qkv tensor that
-    # needs grad; autograd concatenates the three grads into its grad.
-    qkv = torch.randn(2, 48, 7, 3, 3).contiguous(memory_format=torch.channels_last_3d)
-    leaf = qkv.clone().requires_grad_()
-    ops.temporal_attention(
-        *leaf.chunk(3, dim=1), num_heads=2, backend="cpp"
-    ).square().sum().backward()
-    ref = qkv.double().requires_grad_()
-    ops.temporal_attention(
-        *ref.chunk(3, dim=1), num_heads=2, backend="reference"
-    ).square().sum().backward()
-    assert rel(leaf.grad, ref.grad) <= 1e-5
+    parity.check_attention_grad_through_one_qkv_leaf("cpp", "cpu")
 
 
 @pytest.mark.parametrize("hw", [(3, 5), (9, 9)])  # 81 pixels: a 64-pixel chunk, then 17
@@ -169,10 +151,7 @@ def test_temporal_attention_grad_through_qkv_views(isa):
 def test_logsumexp_matches_reference(fmt, hw, isa):
     q, k, v = attention_qkv(2, 24, 7, hw, fmt, torch.float32)
     out, lse = torch.ops.lddm.temporal_attention_lse(q, k, v, 2, 0.3)
-    B, C, T, H, W = q.shape
-    qs, ks = (t.double().reshape(B, 2, C // 2, T, H, W) for t in (q, k))
-    logits = torch.einsum("bndiyx,bndjyx->bnijyx", qs, ks) * 0.3
-    assert rel(lse, torch.logsumexp(logits, dim=3)) <= 1e-6
+    parity.check_logsumexp(lse, q, k, 2, 0.3)
     assert (
         rel(
             out,

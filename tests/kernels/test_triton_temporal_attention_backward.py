@@ -38,33 +38,14 @@ DEVICE = "cuda" if STATUS == "ok" else "cpu"
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 check_grads = partial(parity.check_grads, backend="triton")
 
-# (T, heads, head_dim, (H, W)): odd T and head_dim 24 | T = 1 | 1-pixel frames, head_dim
-# 8 | T = 17 (3 positions per 64-row tile), head_dim 12, C = 36.
-CASES = [
-    (7, 2, 24, (3, 5)),
-    (1, 1, 16, (2, 2)),
-    (16, 4, 8, (1, 1)),
-    (17, 3, 12, (2, 3)),
-]
-FORMATS = ["contiguous", "qkv_views", "qkv_views_cl", "mixed"]
-
-
-def attn_fn(heads, scale=None):
-    def fn(q, k, v, *, backend):
-        return ops.temporal_attention(q, k, v, num_heads=heads, scale=scale, backend=backend)
-
-    return fn
+CASES, FORMATS, attn_fn = parity.ATTN_GRAD_CASES, parity.ATTN_GRAD_FORMATS, parity.attention_fn
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("T,heads,d,hw", CASES, ids=str)
 def test_grads_match_float64(T, heads, d, hw, fmt, dtype):
-    B, C = 2, heads * d
-    q, k, v = attention_qkv(B, C, T, hw, fmt, dtype, DEVICE)
-    # The output gradient in yet another layout (channels-last), read through its strides.
-    go = torch.randn(B, C, T, *hw, device=DEVICE).to(dtype)
-    check_grads(attn_fn(heads), [q, k, v], go.contiguous(memory_format=torch.channels_last_3d))
+    parity.check_attention_grads("triton", DEVICE, T, heads, d, hw, fmt, dtype)
 
 
 @pytest.mark.parametrize("fmt", ["frames_cl", "transposed_hw", "misaligned"])
@@ -74,16 +55,7 @@ def test_other_layouts_and_explicit_scale(fmt):
 
 
 def test_grad_through_one_qkv_leaf():
-    """The model's case: q, k, v are channel slices of one channels-last qkv tensor that
-    needs grad; autograd concatenates the three grads into its grad."""
-    qkv = torch.randn(2, 48, 7, 3, 3, device=DEVICE)
-    leaf = qkv.contiguous(memory_format=torch.channels_last_3d).requires_grad_()
-    out = ops.temporal_attention(*leaf.chunk(3, dim=1), num_heads=2, backend="triton")
-    out.square().sum().backward()
-    ref = qkv.double().requires_grad_()
-    out = ops.temporal_attention(*ref.chunk(3, dim=1), num_heads=2, backend="reference")
-    out.square().sum().backward()
-    assert rel(leaf.grad, ref.grad) <= parity.FP32_TOL
+    parity.check_attention_grad_through_one_qkv_leaf("triton", DEVICE)
 
 
 @pytest.mark.parametrize("fmt", ["qkv_views_cl", "mixed"])
@@ -94,9 +66,7 @@ def test_logsumexp_and_capped_grid(fmt):
     B, C, T, H, W = q.shape
     lse = torch.full((B, 2, T, H, W), float("nan"), device=DEVICE)
     temporal_attention(q, k, v, num_heads=2, scale=0.3, lse=lse, max_programs=3)
-    qs, ks = (t.double().reshape(B, 2, C // 2, T, H, W) for t in (q, k))
-    logits = torch.einsum("bndiyx,bndjyx->bnijyx", qs, ks) * 0.3
-    assert rel(lse, torch.logsumexp(logits, dim=3)) <= 1e-6
+    parity.check_logsumexp(lse, q, k, 2, 0.3)
 
     go = torch.randn(B, C, T, H, W, device=DEVICE)
     grads = temporal_attention_backward(go, q, k, v, lse, num_heads=2, scale=0.3, max_programs=3)
@@ -117,17 +87,7 @@ def test_finite_differences():
 @pytest.mark.parametrize("fmt", ["qkv_views_cl", "contiguous"])
 def test_opcheck(fmt):
     """Schema, fake implementations and autograd registration of the custom ops."""
-    qkv = attention_qkv(2, 8, 5, (3, 3), fmt, torch.float32, DEVICE)
-    q, k, v = (t.requires_grad_() for t in qkv)
-    torch.library.opcheck(torch.ops.lddm_triton.temporal_attention_lse.default, (q, k, v, 2, 0.25))
-    with torch.no_grad():
-        _, lse = torch.ops.lddm_triton.temporal_attention_lse(q, k, v, 2, 0.25)
-    args = (torch.randn(q.shape, device=DEVICE), q.detach(), k.detach(), v.detach(), lse, 2, 0.25)
-    torch.library.opcheck(
-        torch.ops.lddm_triton.temporal_attention_backward.default,
-        args,
-        test_utils=("test_schema", "test_faketensor"),
-    )
+    parity.opcheck_attention(torch.ops.lddm_triton, fmt, DEVICE)
 
 
 def test_default_training_call_takes_triton_on_cuda():
