@@ -60,6 +60,8 @@ TORCH_LIBRARY_IMPL(lddm, CUDA, m) {
   m.impl("group_norm_stats", &lddm::group_norm_stats_cuda);
   m.impl("group_norm_backward", &lddm::group_norm_backward_cuda);
   m.impl("temporal_attention", &lddm::temporal_attention_cuda);
+  m.impl("temporal_attention_lse", &lddm::temporal_attention_lse_cuda);
+  m.impl("temporal_attention_backward", &lddm::temporal_attention_backward_cuda);
   m.impl("sampler_step", &lddm::sampler_step_cuda);
 }
 #endif

@@ -103,6 +103,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> group_nor
 at::Tensor temporal_attention_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                    int64_t num_heads, double scale);
 
+std::tuple<at::Tensor, at::Tensor> temporal_attention_lse_cuda(const at::Tensor& q,
+                                                               const at::Tensor& k,
+                                                               const at::Tensor& v,
+                                                               int64_t num_heads, double scale);
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> temporal_attention_backward_cuda(
+    const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const at::Tensor& lse, int64_t num_heads, double scale);
+
 at::Tensor sampler_step_cuda(const at::Tensor& x, const at::Tensor& eps, const at::Tensor& a,
                              const at::Tensor& b, const std::optional<at::Tensor>& noise,
                              const std::optional<at::Tensor>& c);

@@ -32,14 +32,17 @@ _SMEM_FLOOR = 99 * 1024
 _smem_optin: dict[int, int] = {}
 
 
-def cuda_attention_smem_bytes(frames: int, head_dim: int) -> int:
-    """Shared memory the CUDA attention needs per position: four int64 offsets, then
-    q, k, v as fp32 [T, head_dim] and the scores [T, T], rows and blocks padded to odd
-    lengths (bank conflicts). Mirrors bytes_per_position in
-    csrc/cuda/temporal_attention.cu, so the dispatcher can refuse what the launcher
-    would."""
-    dp, tp = head_dim | 1, frames | 1
-    return 4 * 8 + 4 * (3 * ((frames * dp) | 1) + ((frames * tp) | 1))
+def cuda_attention_smem_bytes(frames: int, head_dim: int, *, backward: bool = False) -> int:
+    """Shared memory the CUDA attention needs per position: int64 offsets, fp32
+    [T, head_dim] blocks and [T, T] blocks, rows and blocks padded to odd lengths (bank
+    conflicts). The forward has four offsets (q, k, v, o), three row blocks (q, k, v)
+    and the scores; the backward seven offsets, four row blocks (with the output
+    gradient), the probabilities and their gradients. Mirrors bytes_per_position in
+    csrc/cuda/temporal_attention.cu and temporal_attention_backward.cu, so the
+    dispatcher can refuse what the launcher would."""
+    rows, scores = (head_dim | 1) * frames | 1, (frames | 1) * frames | 1
+    offsets, row_blocks, score_blocks = (7, 4, 2) if backward else (4, 3, 1)
+    return 8 * offsets + 4 * (row_blocks * rows + score_blocks * scores)
 
 
 def device_smem_optin(device: torch.device) -> int:
@@ -52,7 +55,8 @@ def device_smem_optin(device: torch.device) -> int:
 
 
 def cuda_limits(op: str, main: torch.Tensor, params: dict) -> str | None:
-    """Why the CUDA kernels cannot take this shape, or None."""
+    """Why the CUDA kernels cannot take this shape, or None. A call autograd records
+    also needs the backward's shared memory (more than the forward's)."""
     if op != "temporal_attention":
         return None
     frames, head_dim = main.shape[2], main.shape[1] // params.get("num_heads", 1)
@@ -60,11 +64,13 @@ def cuda_limits(op: str, main: torch.Tensor, params: dict) -> str | None:
         return f"T={frames} exceeds its limit of {CUDA_MAX_FRAMES} frames"
     if head_dim > CUDA_MAX_HEAD_DIM:
         return f"head_dim={head_dim} exceeds its limit of {CUDA_MAX_HEAD_DIM}"
-    need, limit = cuda_attention_smem_bytes(frames, head_dim), device_smem_optin(main.device)
+    backward = _training(main)
+    need = cuda_attention_smem_bytes(frames, head_dim, backward=backward)
+    limit = device_smem_optin(main.device)
     if need > limit:
         return (
             f"T={frames} with head_dim={head_dim} needs {need} bytes of shared memory per "
-            f"position, more than this GPU's {limit}"
+            f"position{' for the backward' if backward else ''}, more than this GPU's {limit}"
         )
     return None
 
@@ -124,8 +130,8 @@ CPP_GRAD_DEFAULT_OPS = (
     ("group_norm", "temporal_attention") if vector_cpu_kernels() else ("group_norm",)
 )
 
-# The ops whose CUDA kernels have a backward (csrc/cuda/group_norm_backward.cu), and those
-# a default training call takes: none until a GPU run ranks the CUDA group_norm backward
-# against the Triton one (the default training path on a GPU); backend="cuda" takes it.
-CUDA_BACKWARD_OPS = ("group_norm",)
+# The ops whose CUDA kernels have a backward (csrc/cuda/*_backward.cu), and those a
+# default training call takes: none until a GPU run ranks the CUDA backwards against the
+# Triton ones (the default training path on a GPU); backend="cuda" takes them.
+CUDA_BACKWARD_OPS = ("group_norm", "temporal_attention")
 CUDA_GRAD_DEFAULT_OPS: tuple[str, ...] = ()

@@ -299,6 +299,24 @@ def test_cuda_default_order_is_per_op_as_measured():
     assert set(dispatch.default_order("cuda")) == {"cuda", "triton", "reference"}
 
 
+def test_cuda_attention_limit_of_a_training_call_is_the_backwards(monkeypatch):
+    """A call autograd records needs the backward's shared memory too: T = 48 x 128
+    fits 99 KB for the forward (83,760 bytes) but not for the backward (117,968)."""
+    from lddm_fast.ops import extension
+
+    monkeypatch.setattr(extension, "device_smem_optin", lambda device: 99 * 1024)
+    q = torch.empty(1, 256, 48, 1, 1, device="meta")
+    assert extension.cuda_limits("temporal_attention", q, {"num_heads": 2}) is None
+    why = extension.cuda_limits("temporal_attention", q.requires_grad_(), {"num_heads": 2})
+    need = extension.cuda_attention_smem_bytes(48, 128, backward=True)
+    assert why == (
+        f"T=48 with head_dim=128 needs {need} bytes of shared memory per position for the "
+        f"backward, more than this GPU's {99 * 1024}"
+    )
+    with torch.no_grad():
+        assert extension.cuda_limits("temporal_attention", q, {"num_heads": 2}) is None
+
+
 def test_group_norm_has_no_cuda_size_limit():
     """The CUDA group_norm takes every form of scale/shift (FiLM and spatial), so its
     limits never send a group_norm elsewhere."""
