@@ -1,7 +1,7 @@
 """The CUDA kernels (csrc/cuda) run on the CPU through the host emulation
-(emulated_cuda.py): group_norm forward and backward and temporal_attention, called at
-their framework-free entry points with the buffers their torch launchers would pass,
-against the float64 reference by ``parity.check``.
+(emulated_cuda.py): group_norm and temporal_attention, forward and backward, and
+sampler_step, called at their framework-free entry points with the buffers their torch
+launchers would pass, against the float64 reference by ``parity.check``.
 
 Every buffer sits in a heap block of exactly its size under the address sanitizer, every
 output and workspace starts as NaN, every block's threads are real threads meeting at
@@ -21,6 +21,8 @@ import parity
 import pytest
 import torch
 from parity import check
+
+from lddm_fast import ops
 
 pytestmark = pytest.mark.skipif(
     emulated_cuda.unavailable() is not None,
@@ -286,6 +288,30 @@ def test_temporal_attention_logits_of_every_range(harness):
     """Logits up to about +-400 in the last frame, +-3 in the first: each row of the
     backward must be shifted by its own logsumexp."""
     check_temporal_attention(harness, 7, 2, 24, (3, 5), "qkv_views", F32, frame_gain=20.0)
+
+
+@pytest.mark.parametrize(
+    "dtype,per_sample,noise",
+    [(F32, 4 * 97, True), (BF16, 8 * 33, False), (F16, 7 * 5, True)],
+    ids=str,
+)
+def test_sampler_step(harness, dtype, per_sample, noise):
+    """a*x + b*eps (+ c*noise) per sample: 16-byte vectors where per_sample allows them
+    (the first two cases), single values otherwise."""
+    batch = 3
+    x, eps, nz = (torch.randn(batch, per_sample).to(dtype) for _ in range(3))
+    a, b, c = (torch.randn(batch) for _ in range(3))
+    args = dict(op="sampler_step", dtype=str(dtype)[6:], batch=batch, per_sample=per_sample)
+    inputs = {"x": x, "eps": eps, "a": a, "b": b, "noise": nz if noise else None}
+    inputs["c"] = c if noise else None
+    out = harness(args, inputs, {"out": (dtype, x.shape)})["out"]
+    extra = (nz, c) if noise else (None, None)
+    eager = ops.sampler_step(x, eps, a, b, *extra, backend="reference")
+    ref = ops.sampler_step(
+        x.double(), eps.double(), a.double(), b.double(), *map(parity.d64, extra),
+        backend="reference",
+    )  # fmt: skip
+    check(out, eager, ref)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,8 @@
 //   harness DIR
 //
 // DIR/args.txt holds `key value` lines: `op` (group_norm, group_norm_backward,
-// temporal_attention or temporal_attention_backward) and the op's sizes and flags;
+// temporal_attention, temporal_attention_backward or sampler_step) and the op's sizes
+// and flags;
 // each input buffer is DIR/NAME.in (its raw bytes; an absent optional one is a null
 // pointer). Each buffer goes into a heap block of exactly its size, so the address
 // sanitizer reports any access past it; outputs and workspaces start as 0xFF bytes (NaN
@@ -25,6 +26,7 @@
 
 #include "cuda/group_norm.h"
 #include "cuda/group_norm_backward.h"
+#include "cuda/sampler_step.h"
 #include "cuda/temporal_attention.h"
 
 // The runtime calls the entry points make (no libcudart: one emulated device).
@@ -256,6 +258,17 @@ cudaError_t temporal_attention_backward(Call& call) {
       heads, D, T, H, W, float(call.real("scale")), nullptr);
 }
 
+cudaError_t sampler_step(Call& call) {
+  const DType dtype = dtype_of(call.str("dtype"));
+  const int64_t batch = call.num("batch"), per_sample = call.num("per_sample");
+  Buffer& x = call.input("x");
+  Buffer& out = call.output("out", x.size);
+  return lddm::cuda::sampler_step(dtype, x.data(), call.input("eps").data(),
+                                  call.input("noise", false).data(), out.data(),
+                                  floats(call.input("a")), floats(call.input("b")),
+                                  floats(call.input("c", false)), batch, per_sample, nullptr);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -275,6 +288,8 @@ int main(int argc, char** argv) {
       err = temporal_attention(call);
     else if (op == "temporal_attention_backward")
       err = temporal_attention_backward(call);
+    else if (op == "sampler_step")
+      err = sampler_step(call);
     else
       throw std::runtime_error("unknown op " + op);
     if (err != cudaSuccess) {
