@@ -83,6 +83,12 @@ __device__ __forceinline__ int64_t position_offset(int64_t r, const VideoStrides
   return b * s.b + c0 * s.c + y * s.y + x * s.x;
 }
 
+// Index of (position r, frame t) in the logsumexps, [B * heads, T, H * W] contiguous:
+// position r is (b * heads + head) * H * W + y * W + x.
+__device__ __forceinline__ int64_t lse_index(int64_t r, int t, int frames, int64_t HW) {
+  return (r / HW * frames + t) * HW + r % HW;
+}
+
 // src: one tensor, position i's (t = 0, d = 0) element at base[i] ([count]); dst:
 // [count, frames, dp] fp32 with position stride qkv_pos.
 template <typename T>

@@ -105,10 +105,8 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(const Params<T> p) 
       }
       const float inv = 1.0f / sum;  // sum >= 1: the maximum contributes exp(0)
       for (int j = 0; j < frames; ++j) row[j] *= inv;
-      if (p.lse != nullptr) {  // [B * heads, T, H * W]: see the backward
-        const int64_t flat = first + r / frames, HW = p.H * p.W;
-        p.lse[(flat / HW * frames + r % frames) * HW + flat % HW] = mx + logf(sum);
-      }
+      if (p.lse != nullptr)
+        p.lse[lse_index(first + r / frames, r % frames, frames, p.H * p.W)] = mx + logf(sum);
     }
     __syncthreads();
 

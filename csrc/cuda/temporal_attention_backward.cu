@@ -49,12 +49,12 @@ __device__ __forceinline__ void weighted_rows(const float* w, bool transposed, c
                                               T* __restrict__ out, const int64_t* base,
                                               const VideoStrides& s, bool dfast, int count,
                                               int frames, int D, const Geometry& g) {
+  const int w_t = transposed ? 1 : g.tp, w_u = transposed ? g.tp : 1;
   for (int e = threadIdx.x; e < count * frames * D; e += kThreads) {
     int pos, t, d;
     split_index(e, dfast, count, frames, D, pos, t, d);
     const float* wp = w + pos * g.score_pos;
     const float* xp = x + pos * g.qkv_pos + d;
-    const int w_t = transposed ? 1 : g.tp, w_u = transposed ? g.tp : 1;
     float acc = 0.0f;
     for (int u = 0; u < frames; ++u) acc = fmaf(wp[t * w_t + u * w_u], xp[u * g.dp], acc);
     out[base[pos] + d * s.c + t * s.t] = from_float<T>(acc);
@@ -113,10 +113,7 @@ __global__ void __launch_bounds__(kThreads) attention_backward_kernel(const Para
       const int pos = r / frames, i = r % frames;
       float* prow = ps + pos * g.score_pos + i * g.tp;
       float* drow = ds + pos * g.score_pos + i * g.tp;
-      // The logsumexps are [B * heads, T, H * W]: position first + pos is (b * heads +
-      // head) * H * W + y * W + x.
-      const int64_t flat = first + pos;
-      const float lse = p.lse[(flat / HW * frames + i) * HW + flat % HW];
+      const float lse = p.lse[lse_index(first + pos, i, frames, HW)];
       float sum = 0.0f;
       for (int j = 0; j < frames; ++j) {
         const float e = __expf(prow[j] - lse);

@@ -23,21 +23,22 @@ cudaStream_t stream_of(const at::Tensor& t) {
   return c10::cuda::getCurrentCUDAStream(t.device().index()).stream();
 }
 
-// Checks q, k, v (and any `others`, e.g. the output gradient) as one call's operands:
+// Checks q, k, v (and the backward's output gradient) as one call's operands:
 // CUDA, 5-D, q's shape; k and v q's dtype; C a multiple of num_heads. Returns head_dim.
 int64_t check_operands(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                       int64_t num_heads,
-                       std::initializer_list<std::pair<const at::Tensor*, const char*>> others = {}) {
+                       int64_t num_heads, const at::Tensor* grad_out = nullptr) {
   LDDM_CHECK_DEVICE(q, at::kCUDA, "q");
-  std::vector<std::pair<const at::Tensor*, const char*>> all = {{&q, "q"}, {&k, "k"}, {&v, "v"}};
-  all.insert(all.end(), others.begin(), others.end());
-  for (const auto& [t, name] : all) {
-    TORCH_CHECK_VALUE(t->device() == q.device(), name, " is on ", t->device(), " but q is on ",
+  const auto check_shape = [&](const at::Tensor& t, const char* name) {
+    TORCH_CHECK_VALUE(t.device() == q.device(), name, " is on ", t.device(), " but q is on ",
                       q.device());
-    TORCH_CHECK_VALUE(t->dim() == 5, name, " must be 5-D [B, C, T, H, W], got ", t->sizes());
-    TORCH_CHECK_VALUE(t->sizes() == q.sizes(), name, " has shape ", t->sizes(), " but q has ",
+    TORCH_CHECK_VALUE(t.dim() == 5, name, " must be 5-D [B, C, T, H, W], got ", t.sizes());
+    TORCH_CHECK_VALUE(t.sizes() == q.sizes(), name, " has shape ", t.sizes(), " but q has ",
                       q.sizes());
-  }
+  };
+  check_shape(q, "q");
+  check_shape(k, "k");
+  check_shape(v, "v");
+  if (grad_out != nullptr) check_shape(*grad_out, "grad_out");
   for (const auto& [t, name] : {std::pair{&k, "k"}, std::pair{&v, "v"}})
     TORCH_CHECK_VALUE(t->scalar_type() == q.scalar_type(), name, " is ", t->scalar_type(),
                       " but q is ", q.scalar_type());
@@ -106,7 +107,7 @@ std::tuple<at::Tensor, at::Tensor> temporal_attention_lse_cuda(const at::Tensor&
 std::tuple<at::Tensor, at::Tensor, at::Tensor> temporal_attention_backward_cuda(
     const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const at::Tensor& lse, int64_t num_heads, double scale) {
-  const int64_t D = check_operands(q, k, v, num_heads, {{&grad_out, "grad_out"}});
+  const int64_t D = check_operands(q, k, v, num_heads, &grad_out);
   const cuda::DType dtype = cuda_dtype_of(q, "q");
   const int64_t B = q.size(0), T = q.size(2), H = q.size(3), W = q.size(4);
   TORCH_CHECK_VALUE(lse.device() == q.device() && lse.scalar_type() == at::kFloat &&

@@ -120,6 +120,13 @@ class GroupNormCase:
             **self.spatial,
         }
 
+    def stats(self) -> torch.Tensor:
+        """Each group's float64 mean and 1 / std (eps 1e-5): [N, G, 2], as group_norm
+        writes them for the backward."""
+        groups = self.x.double().reshape(self.N, self.G, -1)
+        rstd = (groups.var(-1, unbiased=False) + 1e-5).rsqrt()
+        return torch.stack([groups.mean(-1), rstd], dim=-1)
+
     def reference_args(self) -> list:
         return [self.x, self.weight, self.bias, self.scale, self.shift]
 
@@ -140,11 +147,11 @@ def check_group_norm_forward(harness, case):
     ref = fn(*[parity.d64(t) for t in c.reference_args()], backend="reference")
     check(c.from_dense(out["y"]), eager, ref)
 
-    groups = c.x.double().reshape(c.N, c.G, -1)
-    mean, var = groups.mean(-1), groups.var(-1, unbiased=False)
+    stats = c.stats()
     # The mean within 1e-5 of the spread, as the cpp backend's (test_cpp_backward.py).
-    torch.testing.assert_close(out["stats"][..., 0], mean, rtol=0, atol=1e-5 * var.sqrt().max())
-    torch.testing.assert_close(out["stats"][..., 1], (var + 1e-5).rsqrt(), rtol=1e-5, atol=0)
+    spread = (1 / stats[..., 1]).max()
+    torch.testing.assert_close(out["stats"][..., 0], stats[..., 0], rtol=0, atol=1e-5 * spread)
+    torch.testing.assert_close(out["stats"][..., 1], stats[..., 1], rtol=1e-5, atol=0)
 
 
 def check_group_norm_backward(harness, case):
@@ -152,8 +159,7 @@ def check_group_norm_backward(harness, case):
     their grads, and a spatial modulation's per-element grads, from the forward's
     float64 statistics."""
     c = GroupNormCase(case)
-    groups = c.x.double().reshape(c.N, c.G, -1)
-    stats = torch.stack([groups.mean(-1), (groups.var(-1, unbiased=False) + 1e-5).rsqrt()], dim=-1)
+    stats = c.stats()
     N, C = c.N, c.C
     outputs = {
         "dx": (c.dtype, c.dense(c.x).shape),
@@ -231,7 +237,7 @@ def attention_call(harness, q, k, v, heads, scale, env=None):
     return torch.as_strided(out["o"], q.shape, so), out["lse"]
 
 
-def attention_backward_call(harness, go, q, k, v, lse, heads, scale):
+def attention_backward_call(harness, go, q, k, v, lse, heads, scale, env=None):
     """dq, dk, dv, each in the launcher's layout for its input."""
     args = attention_args("temporal_attention_backward", q, heads, scale)
     for name, t in (("go", go), ("q", q), ("k", k), ("v", v)):
@@ -239,7 +245,7 @@ def attention_backward_call(harness, go, q, k, v, lse, heads, scale):
     strides = {f"d{name}": output_strides(t) for name, t in (("q", q), ("k", k), ("v", v))}
     args.update({f"s{name}": strides_arg(st) for name, st in strides.items()})
     outputs = {name: (q.dtype, (q.numel(),)) for name in strides}
-    out = harness(args, {"go": go, "q": q, "k": k, "v": v, "lse": lse}, outputs)
+    out = harness(args, {"go": go, "q": q, "k": k, "v": v, "lse": lse}, outputs, env=env)
     return [torch.as_strided(out[name], q.shape, st) for name, st in strides.items()]
 
 
@@ -391,8 +397,7 @@ def test_smem_bytes_the_dispatcher_assumes(harness, backward):
     def call(optin):
         env = {"LDDM_EMU_SMEM_OPTIN": str(optin)}
         if backward:
-            run = emulated_cuda.Harness(harness.program, harness.work, env=env)
-            return attention_backward_call(run, q, q, k, v, lse, 1, 0.2)
+            return attention_backward_call(harness, q, q, k, v, lse, 1, 0.2, env=env)
         return attention_call(harness, q, k, v, 1, 0.2, env=env)
 
     assert torch.isfinite(call(need)[0]).all()
