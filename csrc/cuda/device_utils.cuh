@@ -7,9 +7,27 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_runtime_api.h>
+
+#include "cuda/dtype.h"
 
 namespace lddm {
 namespace cuda {
+
+// f(T{}) with T the storage type of `dtype` (float, __nv_bfloat16, __half): the entry
+// points' one switch from the runtime dtype to their launch templates.
+template <typename F>
+cudaError_t with_storage_type(DType dtype, F&& f) {
+  switch (dtype) {
+    case DType::kFloat32:
+      return f(float{});
+    case DType::kBFloat16:
+      return f(__nv_bfloat16{});
+    case DType::kFloat16:
+      return f(__half{});
+  }
+  return cudaErrorInvalidValue;
+}
 
 __device__ __forceinline__ float to_float(float v) { return v; }
 __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }

@@ -439,18 +439,11 @@ cudaError_t group_norm(DType dtype, GroupNormLayout layout, const void* x, void*
   if (G <= 0 || C % G != 0 || (y == nullptr && stats == nullptr)) return cudaErrorInvalidValue;
   if (spatial.active() && (scale || shift || spatial.period <= 0 || S % spatial.period != 0))
     return cudaErrorInvalidValue;
-  switch (dtype) {
-    case DType::kFloat32:
-      return launch<float>(layout, x, y, weight, bias, scale, shift, spatial, N, C, S, G, eps, silu,
-                         stats, workspace, stream);
-    case DType::kBFloat16:
-      return launch<__nv_bfloat16>(layout, x, y, weight, bias, scale, shift, spatial, N, C, S, G, eps, silu,
-                         stats, workspace, stream);
-    case DType::kFloat16:
-      return launch<__half>(layout, x, y, weight, bias, scale, shift, spatial, N, C, S, G, eps, silu,
-                         stats, workspace, stream);
-  }
-  return cudaErrorInvalidValue;
+  return with_storage_type(dtype, [&](auto storage) {
+    using Storage = decltype(storage);
+    return launch<Storage>(layout, x, y, weight, bias, scale, shift, spatial, N, C, S, G, eps,
+                           silu, stats, workspace, stream);
+  });
 }
 
 }  // namespace cuda

@@ -418,18 +418,11 @@ cudaError_t group_norm_backward(DType dtype, GroupNormLayout layout, const void*
   if (spatial.active() && (scale || shift || spatial.period <= 0 || S % spatial.period != 0 ||
                            S >= kMaxSpatialPositions))
     return cudaErrorInvalidValue;
-  switch (dtype) {
-    case DType::kFloat32:
-      return launch<float>(layout, dy, x, dx, stats, weight, bias, scale, shift, spatial, N, C, S,
-                           G, silu, grads, workspace, stream);
-    case DType::kBFloat16:
-      return launch<__nv_bfloat16>(layout, dy, x, dx, stats, weight, bias, scale, shift, spatial,
-                                   N, C, S, G, silu, grads, workspace, stream);
-    case DType::kFloat16:
-      return launch<__half>(layout, dy, x, dx, stats, weight, bias, scale, shift, spatial, N, C,
-                            S, G, silu, grads, workspace, stream);
-  }
-  return cudaErrorInvalidValue;
+  return with_storage_type(dtype, [&](auto storage) {
+    using Storage = decltype(storage);
+    return launch<Storage>(layout, dy, x, dx, stats, weight, bias, scale, shift, spatial, N, C,
+                           S, G, silu, grads, workspace, stream);
+  });
 }
 
 }  // namespace cuda

@@ -76,15 +76,10 @@ cudaError_t launch(const void* x, const void* eps, const void* noise, void* out,
 cudaError_t sampler_step(DType dtype, const void* x, const void* eps, const void* noise, void* out,
                          const float* a, const float* b, const float* c, int64_t batch,
                          int64_t per_sample, cudaStream_t stream) {
-  switch (dtype) {
-    case DType::kFloat32:
-      return launch<float>(x, eps, noise, out, a, b, c, batch, per_sample, stream);
-    case DType::kBFloat16:
-      return launch<__nv_bfloat16>(x, eps, noise, out, a, b, c, batch, per_sample, stream);
-    case DType::kFloat16:
-      return launch<__half>(x, eps, noise, out, a, b, c, batch, per_sample, stream);
-  }
-  return cudaErrorInvalidValue;
+  return with_storage_type(dtype, [&](auto storage) {
+    using Storage = decltype(storage);
+    return launch<Storage>(x, eps, noise, out, a, b, c, batch, per_sample, stream);
+  });
 }
 
 }  // namespace cuda

@@ -175,16 +175,10 @@ cudaError_t temporal_attention(DType dtype, const void* q, const void* k, const 
                                float* lse, VideoStrides sq, VideoStrides sk, VideoStrides sv,
                                VideoStrides so, int64_t B, int64_t heads, int64_t D, int64_t T,
                                int64_t H, int64_t W, float scale, cudaStream_t stream) {
-  switch (dtype) {
-    case DType::kFloat32:
-      return launch<float>(q, k, v, o, lse, sq, sk, sv, so, B, heads, D, T, H, W, scale, stream);
-    case DType::kBFloat16:
-      return launch<__nv_bfloat16>(q, k, v, o, lse, sq, sk, sv, so, B, heads, D, T, H, W, scale,
-                                   stream);
-    case DType::kFloat16:
-      return launch<__half>(q, k, v, o, lse, sq, sk, sv, so, B, heads, D, T, H, W, scale, stream);
-  }
-  return cudaErrorInvalidValue;
+  return with_storage_type(dtype, [&](auto storage) {
+    using Storage = decltype(storage);
+    return launch<Storage>(q, k, v, o, lse, sq, sk, sv, so, B, heads, D, T, H, W, scale, stream);
+  });
 }
 
 }  // namespace cuda

@@ -196,16 +196,10 @@ cudaError_t temporal_attention_backward(DType dtype, const void* go, const void*
                                         cudaStream_t stream) {
   // In the kernel's order: q, k, v, go, dq, dk, dv.
   const VideoStrides s[7] = {sq, sk, sv, sgo, sdq, sdk, sdv};
-  switch (dtype) {
-    case DType::kFloat32:
-      return launch<float>(go, q, k, v, lse, dq, dk, dv, s, B, heads, D, T, H, W, scale, stream);
-    case DType::kBFloat16:
-      return launch<__nv_bfloat16>(go, q, k, v, lse, dq, dk, dv, s, B, heads, D, T, H, W, scale,
-                                   stream);
-    case DType::kFloat16:
-      return launch<__half>(go, q, k, v, lse, dq, dk, dv, s, B, heads, D, T, H, W, scale, stream);
-  }
-  return cudaErrorInvalidValue;
+  return with_storage_type(dtype, [&](auto storage) {
+    using Storage = decltype(storage);
+    return launch<Storage>(go, q, k, v, lse, dq, dk, dv, s, B, heads, D, T, H, W, scale, stream);
+  });
 }
 
 }  // namespace cuda
